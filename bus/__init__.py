@@ -1,0 +1,1 @@
+"""The nicteam bus: one message codec, ZeroMQ endpoints, heartbeats, fault injection."""

@@ -1,0 +1,1 @@
+"""The NIC datapath, sans-I/O: pure classes fed frames, time and config that return decisions."""
