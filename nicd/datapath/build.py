@@ -13,6 +13,7 @@ from nicd.datapath.frames import (
     ETH_ARP,
     ETH_IPV4,
     ETH_IPV6,
+    ETH_RARP,
     ETH_VLAN,
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -171,6 +172,12 @@ def arp_frame(
 def gratuitous_arp(mac: bytes, ip: IPv4Address, vlan: int | None = None) -> bytes:
     """A gratuitous ARP announcing that `ip` is at `mac` (teaming uses it after a move)."""
     return arp_frame(1, mac, ip, b"\0" * 6, ip, dst_mac=b"\xff" * 6, vlan=vlan)
+
+
+def rarp_frame(mac: bytes, vlan: int | None = None) -> bytes:
+    """A RARP announcement of `mac` (what a vSphere switch sends after a NIC failover)."""
+    body = struct.pack("!HHBBH", 1, ETH_IPV4, 6, 4, 3) + mac + b"\0" * 4 + mac + b"\0" * 4
+    return ethernet(b"\xff" * 6, mac, ETH_RARP, body, vlan)
 
 
 def packet_ips(pkt: Packet) -> tuple[IPAddress, IPAddress]:

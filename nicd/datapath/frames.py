@@ -16,6 +16,7 @@ from dataclasses import dataclass
 ETH_IPV4 = 0x0800
 ETH_ARP = 0x0806
 ETH_VLAN = 0x8100
+ETH_RARP = 0x8035
 ETH_IPV6 = 0x86DD
 
 PROTO_ICMP = 1

@@ -1,0 +1,617 @@
+"""One NIC's datapath: frames in, decisions and frames to emit out. Sans-I/O.
+
+Theory of operation. A frame enters on one of four kinds of port (`Ingress`): a VF (from a VM
+homed here), an uplink (from the fabric), or the private channel (a sibling hands over a frame
+to deliver to a VPID homed here, or to transmit on one of our uplinks). Every stateful step for
+a VPID happens on its home NIC, in a *stage*: the firewall of one VPID in one direction
+(from-VM or to-VM), looked up tier by tier: eSwitch, flow cache, slow path (conntrack, then the
+rule classifier). Between stages the virtual switch picks the destination by MAC: a VPID here
+(its to-VM stage runs here), a VPID on a sibling (handed over; the sibling runs the to-VM
+stage), or the network (the team picks an uplink, maybe a sibling's: a transmit-only handover).
+
+The slow path alone decides; the fast tiers only replay its decisions for connections it has
+marked `sw_ok` / `hw_ok`, and only for segments that cannot change conntrack state. With the
+tiers switched off (`cache_enabled=False`, `eswitch_capacity=0`) the same class is the
+reference the property tests compare against.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from nicd.datapath import build
+from nicd.datapath.classifier import Classifier
+from nicd.datapath.conntrack import ConntrackTable, CtRecord, Timeouts
+from nicd.datapath.eswitch import DEFAULT_ESWITCH_CAPACITY, ESwitch
+from nicd.datapath.flowcache import DEFAULT_CACHE_CAPACITY, FlowCache
+from nicd.datapath.frames import (
+    ETH_ARP,
+    ETH_VLAN,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_ACK,
+    MalformedFrame,
+    Packet,
+    parse_frame_untrusted,
+)
+from nicd.datapath.rules import Action, Direction, Rule, RuleSet
+from nicd.datapath.teaming import Team, TeamPolicy, Uplink, flow_hash
+from nicd.datapath.tiers import FlowKey, Tier, TierStats
+from nicd.datapath.vpidmap import MapChange, VpidMap
+from nicd.datapath.vswitch import Interface, Segment, VSwitch
+
+# TCP segments a fast tier may handle: ACK set, none of SYN/FIN/RST (they change state).
+_FAST_TCP_MASK = 0x17
+_FAST_TCP_OK = TCP_ACK
+
+
+class Ingress(enum.IntEnum):
+    """Where a frame entered this NIC; `port` means PPID, PPID, VPID, PPID respectively."""
+
+    VF = 0
+    UPLINK = 1
+    PEER_DELIVER = 2
+    PEER_TRANSMIT = 3
+
+
+class Out(enum.IntEnum):
+    """Where a frame leaves: a VF here, an uplink here, or a sibling over the private channel."""
+
+    VF = 0
+    UPLINK = 1
+    PEER_DELIVER = 2
+    PEER_TRANSMIT = 3
+
+
+class Verdict(enum.IntEnum):
+    """What became of the frame that entered."""
+
+    FORWARD = 0
+    DROP = 1
+
+
+@dataclass(slots=True)
+class Emit:
+    """A frame to send: `target` is a PPID here (VF, UPLINK), a VPID or PPID on `nic`."""
+
+    out: Out
+    target: int
+    frame: bytes
+    nic: str = ""
+
+
+@dataclass(slots=True)
+class Decision:
+    """The fate of one input frame: verdict, the tier and rule that decided, frames to emit."""
+
+    verdict: Verdict
+    tier: Tier | None = None  # the slowest tier of the stages that ran; None if none ran
+    reason: str = ""
+    rule: str = ""
+    emits: list[Emit] = field(default_factory=list)
+    record: CtRecord | None = None
+
+
+@dataclass(slots=True)
+class DatapathConfig:
+    """Sizes and switches of one NIC's datapath."""
+
+    eswitch_capacity: int = DEFAULT_ESWITCH_CAPACITY
+    cache_capacity: int = DEFAULT_CACHE_CAPACITY
+    cache_enabled: bool = True
+    ct_limit: int = 262_144
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    rebalance_swaps: int = 64
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    """Datapath-wide counters; drops by reason (dotted codes)."""
+
+    frames_in: int = 0
+    forwarded: int = 0
+    drops: Counter[str] = field(default_factory=Counter)
+    handover_sent: Counter[str] = field(default_factory=Counter)
+    handover_received: Counter[str] = field(default_factory=Counter)
+    remap_flows_kept: int = 0
+    revalidated: int = 0
+    revalidate_removed: int = 0
+    announcements: int = 0
+
+
+@dataclass(slots=True)
+class _Stage:
+    allowed: bool
+    tier: Tier
+    reason: str = ""
+    rule: str = ""
+    record: CtRecord | None = None
+    reject: bool = False
+
+
+class Pipeline:
+    """The datapath of NIC `nic`: feed it frames and `now`, get `Decision`s back."""
+
+    def __init__(
+        self,
+        nic: str,
+        config: DatapathConfig,
+        ruleset: RuleSet,
+        segments: Iterable[Segment],
+        interfaces: Iterable[Interface],
+        uplinks: Iterable[Uplink],
+        policy: TeamPolicy = TeamPolicy.PORT_ID,
+    ) -> None:
+        self.nic = nic
+        self.config = config
+        self.classifier = Classifier(ruleset)
+        self.ct = ConntrackTable(config.timeouts, config.ct_limit)
+        self.cache = FlowCache(capacity=config.cache_capacity if config.cache_enabled else 0)
+        self.eswitch = ESwitch(capacity=config.eswitch_capacity)
+        self.map = VpidMap(nic)
+        self.vswitch = VSwitch(segments, interfaces)
+        self.team = Team(list(uplinks), policy)
+        self.stats = PipelineStats()
+        self._vf_vpid: dict[int, int] = {}
+        self._uplinks: dict[int, Uplink] = {u.ppid: u for u in self.team.uplinks if u.nic == nic}
+        self._last_tick: float | None = None
+
+    # ----------------------------------------------------------------- configuration
+
+    def set_rules(self, ruleset: RuleSet, now: float) -> None:
+        """Swap the rule set, then revalidate every connection so no tier keeps a denied flow."""
+        self.classifier = Classifier(ruleset)
+        for rec in list(self.ct):
+            self.stats.revalidated += 1
+            rule, action = self._classify_record(rec)
+            if action is not Action.ALLOW:
+                self._forget(rec)
+                self.stats.revalidate_removed += 1
+                continue
+            name = rule.name if rule is not None else "default"
+            sw_ok, hw_capable = _offload_flags(rule, rec.proto)
+            if (rec.rule, rec.sw_ok, rec.hw_capable) != (name, sw_ok, hw_capable):
+                rec.rule, rec.sw_ok, rec.hw_capable = name, sw_ok, hw_capable
+                self._evict(rec)
+                if rec.established:
+                    self._offload(rec, now)
+
+    def set_topology(self, segments: Iterable[Segment], interfaces: Iterable[Interface]) -> None:
+        """Replace the host's segments and VM interfaces."""
+        self.vswitch.set_topology(segments, interfaces)
+
+    def apply_map(self, epoch: int, entries: Iterable[tuple[int, str, int]]) -> MapChange | None:
+        """Apply the host's VPID map; flows keep referring to VPIDs, none is rewritten."""
+        change = self.map.apply(epoch, entries)
+        if change is None:
+            return None
+        self._vf_vpid = {ppid: vpid for vpid, nic, ppid in self.map.entries() if nic == self.nic}
+        lost = {
+            vpid for vpid, (_old, new) in change.moved.items() if new is None or new.nic != self.nic
+        }
+        kept = 0
+        for table in (self.eswitch, self.cache):
+            for rec in list(table.records()):
+                if rec.zone in lost:
+                    table.evict(rec)
+                elif rec.zone in change.moved:
+                    kept += 1
+        self.stats.remap_flows_kept += kept
+        return change
+
+    def set_uplink_live(self, name: str, up: bool) -> list[Emit]:
+        """Take an uplink out of or back into the team; returns the moved MACs' announcements."""
+        before = self.team.assignments(self.map.local_vpids())
+        if not self.team.set_live(name, up):
+            return []
+        return self._announce_moves(before)
+
+    def set_nic_live(self, nic: str, up: bool) -> list[Emit]:
+        """A whole NIC leaves or rejoins the team."""
+        before = self.team.assignments(self.map.local_vpids())
+        if not self.team.set_nic_live(nic, up):
+            return []
+        return self._announce_moves(before)
+
+    def set_policy(self, policy: TeamPolicy) -> list[Emit]:
+        """Change the team policy at run time."""
+        before = self.team.assignments(self.map.local_vpids())
+        self.team.set_policy(policy)
+        return self._announce_moves(before)
+
+    # ----------------------------------------------------------------- frames
+
+    def process(self, ingress: Ingress, port: int, frame: bytes, now: float) -> Decision:
+        """Decide one frame; never raises on bad input (drops are counted by reason)."""
+        self.stats.frames_in += 1
+        if ingress is Ingress.PEER_TRANSMIT:
+            d = self._from_peer_transmit(port, frame)
+        else:
+            try:
+                pkt = parse_frame_untrusted(frame)
+            except MalformedFrame as e:
+                d = Decision(Verdict.DROP, reason="malformed." + e.reason)
+            else:
+                if ingress is Ingress.VF:
+                    d = self._from_vf(port, pkt, frame, now)
+                elif ingress is Ingress.UPLINK:
+                    d = self._from_uplink(port, pkt, frame, now)
+                else:
+                    d = self._from_peer_deliver(port, pkt, frame, now)
+        if d.verdict is Verdict.DROP:
+            self.stats.drops[d.reason] += 1
+        else:
+            self.stats.forwarded += 1
+        for e in d.emits:
+            if e.out is Out.PEER_DELIVER or e.out is Out.PEER_TRANSMIT:
+                self.stats.handover_sent[e.out.name.lower()] += 1
+        return d
+
+    def process_batch(
+        self, batch: Iterable[tuple[Ingress, int, bytes]], now: float
+    ) -> list[Decision]:
+        """Decide a batch of frames, in order."""
+        process = self.process
+        return [process(ingress, port, frame, now) for ingress, port, frame in batch]
+
+    def _from_vf(self, ppid: int, pkt: Packet, frame: bytes, now: float) -> Decision:
+        vpid = self._vf_vpid.get(ppid)
+        if vpid is None:
+            return Decision(Verdict.DROP, reason="port.unknown_vf")
+        if not self.map.owns(vpid):
+            return Decision(Verdict.DROP, reason="fence.not_owner")
+        seg = self.vswitch.segment_of_vpid(vpid)
+        if seg is None:
+            return Decision(Verdict.DROP, reason="l2.no_segment")
+        if pkt.vlan is not None:
+            return Decision(Verdict.DROP, reason="l2.tagged_from_vm")
+        if pkt.ethertype == ETH_ARP:
+            reply = self.vswitch.answer_arp(seg.name, pkt) if pkt.arp_op == 1 else None
+            if reply is not None:
+                return Decision(Verdict.FORWARD, emits=[Emit(Out.VF, ppid, reply)])
+        if pkt.is_broadcast or not pkt.family:
+            return self._flood_or_l2(vpid, seg, pkt, frame, now)
+        stage = self._stage(vpid, Direction.FROM_VM, pkt, len(frame), now)
+        if not stage.allowed:
+            return self._denied(stage, vpid, seg, pkt, frame, Direction.FROM_VM, now)
+        d = self._switch(vpid, seg, pkt, frame, now)
+        if d.tier is None or stage.tier < d.tier:
+            d.tier = stage.tier
+        if d.verdict is Verdict.FORWARD:
+            d.rule, d.record = stage.rule, stage.record
+        return d
+
+    def _from_uplink(self, ppid: int, pkt: Packet, frame: bytes, now: float) -> Decision:
+        uplink = self._uplinks.get(ppid)
+        if uplink is None:
+            return Decision(Verdict.DROP, reason="port.unknown_uplink")
+        seg = self.vswitch.segment_of_vlan(pkt.vlan)
+        if seg is None:
+            return Decision(Verdict.DROP, reason="l2.unknown_vlan")
+        if not pkt.src_mac[0] & 1:
+            arp_ip = pkt.arp_spa if pkt.ethertype == ETH_ARP else None
+            self.vswitch.learn_remote(seg.name, pkt.src_mac, arp_ip, now)
+        untagged = _untag(frame) if pkt.vlan is not None else frame
+        if pkt.is_broadcast:
+            if not self.team.accepts(uplink.name, None, True):
+                return Decision(Verdict.DROP, reason="team.not_designated")
+            return Decision(Verdict.FORWARD, emits=self._flood_emits(seg.name, None, untagged))
+        vpid = self.vswitch.lookup(seg.name, pkt.dst_mac)
+        if vpid is None:
+            return Decision(Verdict.DROP, reason="l2.unknown_dst")
+        if not self.team.accepts(uplink.name, vpid, False):
+            return Decision(Verdict.DROP, reason="team.not_accepted")
+        return self._to_vpid(vpid, pkt, untagged, now)
+
+    def _from_peer_deliver(self, vpid: int, pkt: Packet, frame: bytes, now: float) -> Decision:
+        self.stats.handover_received["peer_deliver"] += 1
+        if not self.map.owns(vpid):
+            return Decision(Verdict.DROP, reason="fence.not_owner")
+        home = self.map.home(vpid)
+        assert home is not None
+        if pkt.is_broadcast or not pkt.family:
+            return Decision(Verdict.FORWARD, emits=[Emit(Out.VF, home.ppid, frame)])
+        return self._to_vpid(vpid, pkt, frame, now)
+
+    def _from_peer_transmit(self, ppid: int, frame: bytes) -> Decision:
+        self.stats.handover_received["peer_transmit"] += 1
+        uplink = self._uplinks.get(ppid)
+        if uplink is None:
+            return Decision(Verdict.DROP, reason="port.unknown_uplink")
+        if not self.team.is_live(uplink.name):
+            return Decision(Verdict.DROP, reason="uplink.down")
+        return Decision(Verdict.FORWARD, emits=[Emit(Out.UPLINK, ppid, frame)])
+
+    # ----------------------------------------------------------------- switching
+
+    def _switch(self, vpid: int, seg: Segment, pkt: Packet, frame: bytes, now: float) -> Decision:
+        """After the from-VM stage: to a VPID (here or on a sibling) or to the network."""
+        dst = self.vswitch.lookup(seg.name, pkt.dst_mac)
+        if dst is None:
+            return self._to_network(vpid, seg, pkt, frame)
+        return self._to_vpid(dst, pkt, frame, now)
+
+    def _to_vpid(self, vpid: int, pkt: Packet, frame: bytes, now: float) -> Decision:
+        home = self.map.home(vpid)
+        if home is None:
+            return Decision(Verdict.DROP, reason="map.unknown_vpid")
+        if home.nic != self.nic:
+            return Decision(Verdict.FORWARD, emits=[Emit(Out.PEER_DELIVER, vpid, frame, home.nic)])
+        stage = self._stage(vpid, Direction.TO_VM, pkt, len(frame), now)
+        if not stage.allowed:
+            seg = self.vswitch.segment_of_vpid(vpid)
+            assert seg is not None
+            return self._denied(stage, vpid, seg, pkt, frame, Direction.TO_VM, now)
+        return Decision(
+            Verdict.FORWARD,
+            stage.tier,
+            rule=stage.rule,
+            emits=[Emit(Out.VF, home.ppid, frame)],
+            record=stage.record,
+        )
+
+    def _to_network(self, vpid: int, seg: Segment, pkt: Packet, frame: bytes) -> Decision:
+        h = flow_hash(pkt.proto, pkt.src_ip, pkt.dst_ip, pkt.sport, pkt.dport) if pkt.family else 0
+        uplink = self.team.select(vpid, h)
+        if uplink is None:
+            return Decision(Verdict.DROP, reason="team.no_uplink")
+        wire = _tag(frame, seg.vlan)
+        return Decision(Verdict.FORWARD, emits=[self._uplink_emit(uplink, vpid, wire)])
+
+    def _uplink_emit(self, uplink: Uplink, vpid: int, wire: bytes) -> Emit:
+        if self.team.policy is TeamPolicy.LOAD_BASED:
+            self.team.account(uplink.name, vpid, len(wire), self._last_tick or 0.0)
+        if uplink.nic == self.nic:
+            return Emit(Out.UPLINK, uplink.ppid, wire)
+        return Emit(Out.PEER_TRANSMIT, uplink.ppid, wire, uplink.nic)
+
+    def _flood_or_l2(
+        self, vpid: int, seg: Segment, pkt: Packet, frame: bytes, now: float
+    ) -> Decision:
+        """Broadcast, multicast and non-IP frames: the firewall sees only IP ones (from-VM)."""
+        if pkt.family:
+            stage = self._stage(vpid, Direction.FROM_VM, pkt, len(frame), now)
+            if not stage.allowed:
+                return self._denied(stage, vpid, seg, pkt, frame, Direction.FROM_VM, now)
+        if not pkt.is_broadcast:
+            dst = self.vswitch.lookup(seg.name, pkt.dst_mac)
+            if dst is None:
+                return self._to_network(vpid, seg, pkt, frame)
+            home = self.map.home(dst)
+            if home is None:
+                return Decision(Verdict.DROP, reason="map.unknown_vpid")
+            out = Emit(Out.VF, home.ppid, frame)
+            if home.nic != self.nic:
+                out = Emit(Out.PEER_DELIVER, dst, frame, home.nic)
+            return Decision(Verdict.FORWARD, emits=[out])
+        emits = self._flood_emits(seg.name, vpid, frame)
+        net = self._to_network(vpid, seg, pkt, frame)
+        emits.extend(net.emits)
+        return Decision(Verdict.FORWARD, emits=emits)
+
+    def _flood_emits(self, segment: str, exclude: int | None, frame: bytes) -> list[Emit]:
+        """One copy for every other VM of the segment, here or handed to its home sibling."""
+        emits: list[Emit] = []
+        for vpid in self.vswitch.flood_vpids(segment, exclude):
+            home = self.map.home(vpid)
+            if home is None:
+                continue
+            if home.nic == self.nic:
+                emits.append(Emit(Out.VF, home.ppid, frame))
+            else:
+                emits.append(Emit(Out.PEER_DELIVER, vpid, frame, home.nic))
+        return emits
+
+    def _denied(
+        self,
+        stage: _Stage,
+        vpid: int,
+        seg: Segment,
+        pkt: Packet,
+        frame: bytes,
+        direction: Direction,
+        now: float,
+    ) -> Decision:
+        d = Decision(Verdict.DROP, stage.tier, stage.reason, stage.rule)
+        if stage.reject:
+            d.emits = self._reject_emits(vpid, seg, pkt, frame, direction)
+        return d
+
+    def _reject_emits(
+        self, vpid: int, seg: Segment, pkt: Packet, frame: bytes, direction: Direction
+    ) -> list[Emit]:
+        """The RST or ICMP unreachable goes back to whoever sent the rejected packet."""
+        if pkt.proto == PROTO_TCP:
+            answer = build.tcp_reset_for(pkt)
+        else:
+            answer = build.icmp_unreachable_for(pkt, frame)
+        if direction is Direction.FROM_VM:
+            home = self.map.home(vpid)
+            return [Emit(Out.VF, home.ppid, answer)] if home else []
+        src = self.vswitch.lookup(seg.name, pkt.src_mac)
+        if src is None:
+            uplink = self.team.select(vpid, 0)
+            return [self._uplink_emit(uplink, vpid, _tag(answer, seg.vlan))] if uplink else []
+        home = self.map.home(src)
+        if home is None:
+            return []
+        if home.nic == self.nic:
+            return [Emit(Out.VF, home.ppid, answer)]
+        return [Emit(Out.PEER_DELIVER, src, answer, home.nic)]
+
+    # ----------------------------------------------------------------- the firewall stage
+
+    def _stage(
+        self, vpid: int, direction: Direction, pkt: Packet, nbytes: int, now: float
+    ) -> _Stage:
+        """One VPID's firewall in one direction: eSwitch, then flow cache, then slow path."""
+        if pkt.fragment:
+            return _Stage(False, Tier.SLOW, "ip.fragment")
+        if pkt.proto != PROTO_TCP or pkt.tcp_flags & _FAST_TCP_MASK == _FAST_TCP_OK:
+            key: FlowKey = (
+                vpid,
+                direction,
+                pkt.family,
+                pkt.proto,
+                pkt.src_ip,
+                pkt.dst_ip,
+                pkt.sport,
+                pkt.dport,
+            )
+            entry = self.eswitch.hit(key, nbytes, now) if self.eswitch.capacity else None
+            if entry is not None:
+                return _Stage(True, Tier.ESWITCH, rule=entry.record.rule, record=entry.record)
+            entry = self.cache.hit(key, nbytes, now) if self.cache.capacity else None
+            if entry is not None:
+                return _Stage(True, Tier.CACHE, rule=entry.record.rule, record=entry.record)
+        else:
+            self.cache.stats.punts += 1
+        return self._slow_path(vpid, direction, pkt, now)
+
+    def _slow_path(self, vpid: int, direction: Direction, pkt: Packet, now: float) -> _Stage:
+        rec, is_reply = self.ct.lookup(vpid, pkt)
+        if rec is not None:
+            was_established = rec.established
+            if not self.ct.update(rec, is_reply, pkt, now):
+                return _Stage(False, Tier.SLOW, "ct.invalid", rec.rule, rec)
+            if rec.established:
+                self._offload(rec, now)
+            elif was_established:
+                self._evict(rec)
+            return _Stage(True, Tier.SLOW, rule=rec.rule, record=rec)
+        seg = self.vswitch.segment_of_vpid(vpid)
+        segment = seg.name if seg else ""
+        rule = self.classifier.lookup(
+            segment, direction, pkt.family, pkt.proto, pkt.src_ip, pkt.dst_ip, pkt.sport, pkt.dport
+        )
+        action = rule.action if rule is not None else self.classifier.ruleset.default
+        name = rule.name if rule is not None else "default"
+        if action is Action.DROP:
+            return _Stage(False, Tier.SLOW, "fw.drop", name)
+        if action is Action.REJECT:
+            return _Stage(False, Tier.SLOW, "fw.reject", name, reject=True)
+        problem = self.ct.new_flow_check(pkt)
+        if problem is not None:
+            return _Stage(False, Tier.SLOW, problem, name)
+        sw_ok, hw_capable = _offload_flags(rule, pkt.proto)
+        rec = self.ct.create(vpid, direction, pkt, now, name, sw_ok, hw_capable)
+        if rec is None:
+            return _Stage(False, Tier.SLOW, "ct.full", name)
+        if rec.established:
+            self._offload(rec, now)
+        return _Stage(True, Tier.SLOW, rule=name, record=rec)
+
+    def _classify_record(self, rec: CtRecord) -> tuple[Rule | None, Action]:
+        seg = self.vswitch.segment_of_vpid(rec.zone)
+        rule = self.classifier.lookup(
+            seg.name if seg else "",
+            Direction(rec.origin),
+            rec.family,
+            rec.proto,
+            rec.src,
+            rec.dst,
+            rec.sport,
+            rec.dport,
+        )
+        return rule, rule.action if rule is not None else self.classifier.ruleset.default
+
+    # ----------------------------------------------------------------- tiers
+
+    def _offload(self, rec: CtRecord, now: float) -> None:
+        """Push an established record down: cache if `sw_ok`, eSwitch too if `hw_ok` and room."""
+        if not rec.sw_ok or not self.cache.capacity:
+            return
+        self.cache.install(rec, now)
+        rec.tier = Tier.CACHE
+        if rec.hw_ok and self.eswitch.capacity and self.eswitch.install(rec, now):
+            rec.tier = Tier.ESWITCH
+
+    def _evict(self, rec: CtRecord) -> None:
+        self.eswitch.evict(rec)
+        self.cache.evict(rec)
+        rec.tier = Tier.SLOW
+
+    def _forget(self, rec: CtRecord) -> None:
+        self._evict(rec)
+        self.ct.remove(rec)
+
+    def tick(self, now: float) -> list[Emit]:
+        """Periodic work: read tier counters back, expire, age MACs, rebalance eSwitch and team."""
+        interval = now - self._last_tick if self._last_tick is not None else 0.0
+        self._last_tick = now
+        hw_rates, waiting = self._readback(interval)
+        for rec in self.ct.expire(now):
+            self._evict(rec)
+        self.vswitch.age(now)
+        if self.eswitch.capacity and waiting:
+            swaps = self.eswitch.rebalance(hw_rates, waiting, self.config.rebalance_swaps, now)
+            for old, new in swaps:
+                old.tier, new.tier = Tier.CACHE, Tier.ESWITCH
+        if self.team.policy is TeamPolicy.LOAD_BASED:
+            before = self.team.assignments(self.map.local_vpids())
+            if self.team.rebalance(now):
+                return self._announce_moves(before)
+        return []
+
+    def _readback(self, interval: float) -> tuple[dict[int, float], list[tuple[float, CtRecord]]]:
+        """Hand hit counts to conntrack; return eSwitch flow rates and hw flows left waiting."""
+        hw_rates: dict[int, float] = {}
+        waiting: list[tuple[float, CtRecord]] = []
+        scale = 1.0 / interval if interval > 0 else 0.0
+        for table in (self.eswitch, self.cache):
+            for entry in table.readback():
+                rec = entry.record
+                self.ct.touch(rec, entry.last_hit, entry.packets, entry.bytes)
+                rate = entry.packets * scale
+                if table is self.eswitch:
+                    hw_rates[id(rec)] = hw_rates.get(id(rec), 0.0) + rate
+                elif rec.hw_ok and rec.tier != Tier.ESWITCH:
+                    waiting.append((rate, rec))
+                entry.total_packets += entry.packets
+                entry.packets = entry.bytes = 0
+        return hw_rates, waiting
+
+    # ----------------------------------------------------------------- teaming
+
+    def _announce_moves(self, before: dict[int, str]) -> list[Emit]:
+        """RARP for every local MAC whose uplink changed, sent on its new uplink."""
+        after = self.team.assignments(self.map.local_vpids())
+        emits: list[Emit] = []
+        for vpid, name in after.items():
+            if before.get(vpid) == name:
+                continue
+            iface = self.vswitch.interface(vpid)
+            seg = self.vswitch.segment_of_vpid(vpid)
+            uplink = self.team.select(vpid, 0)
+            if iface is None or seg is None or uplink is None:
+                continue
+            emits.append(self._uplink_emit(uplink, vpid, build.rarp_frame(iface.mac, seg.vlan)))
+        self.stats.announcements += len(emits)
+        return emits
+
+    def tier_stats(self) -> dict[str, TierStats]:
+        """Counters of each fast tier."""
+        return {"eswitch": self.eswitch.stats, "cache": self.cache.stats}
+
+
+def _offload_flags(rule: Rule | None, proto: int) -> tuple[bool, bool]:
+    """(sw_ok, hw_capable): `inspect` is neither, `sw-only` no hardware, hardware speaks TCP/UDP."""
+    inspect = rule is not None and rule.inspect
+    sw_only = rule is not None and rule.sw_only
+    sw_ok = not inspect
+    return sw_ok, sw_ok and not sw_only and proto in (PROTO_TCP, PROTO_UDP)
+
+
+def _tag(frame: bytes, vlan: int | None) -> bytes:
+    if vlan is None:
+        return frame
+    return (
+        frame[:12] + ETH_VLAN.to_bytes(2, "big") + (vlan & 0x0FFF).to_bytes(2, "big") + frame[12:]
+    )
+
+
+def _untag(frame: bytes) -> bytes:
+    return frame[:12] + frame[16:]
