@@ -32,20 +32,16 @@ from nicd.datapath.frames import (
     ETH_VLAN,
     PROTO_TCP,
     PROTO_UDP,
-    TCP_ACK,
     MalformedFrame,
     Packet,
     parse_frame_untrusted,
 )
 from nicd.datapath.rules import Action, Direction, Rule, RuleSet
 from nicd.datapath.teaming import Team, TeamPolicy, Uplink, flow_hash
-from nicd.datapath.tiers import FlowKey, Tier, TierStats
+from nicd.datapath.tiers import Action as PathAction
+from nicd.datapath.tiers import FastKey, PathEntry, Tier, TierStats, fast_key
 from nicd.datapath.vpidmap import MapChange, VpidMap
 from nicd.datapath.vswitch import Interface, Segment, VSwitch
-
-# TCP segments a fast tier may handle: ACK set, none of SYN/FIN/RST (they change state).
-_FAST_TCP_MASK = 0x17
-_FAST_TCP_OK = TCP_ACK
 
 
 class Ingress(enum.IntEnum):
@@ -92,7 +88,7 @@ class Decision:
     reason: str = ""
     rule: str = ""
     emits: list[Emit] = field(default_factory=list)
-    record: CtRecord | None = None
+    records: tuple[CtRecord, ...] = ()
 
 
 @dataclass(slots=True)
@@ -158,6 +154,13 @@ class Pipeline:
         self._vf_vpid: dict[int, int] = {}
         self._uplinks: dict[int, Uplink] = {u.ppid: u for u in self.team.uplinks if u.nic == nic}
         self._last_tick: float | None = None
+        # Bumped whenever the map, the team or the topology changes: older entries are misses.
+        self._gen = 0
+        self._keys_of: dict[int, set[FastKey]] = {}
+        # Scratch of the frame being decided by the slow path, for installing its fast entry.
+        self._recs: list[CtRecord] = []
+        self._learn: tuple[str, bytes] | None = None
+        self._account: tuple[str, int] | None = None
 
     # ----------------------------------------------------------------- configuration
 
@@ -176,29 +179,21 @@ class Pipeline:
             if (rec.rule, rec.sw_ok, rec.hw_capable) != (name, sw_ok, hw_capable):
                 rec.rule, rec.sw_ok, rec.hw_capable = name, sw_ok, hw_capable
                 self._evict(rec)
-                if rec.established:
-                    self._offload(rec, now)
 
     def set_topology(self, segments: Iterable[Segment], interfaces: Iterable[Interface]) -> None:
         """Replace the host's segments and VM interfaces."""
         self.vswitch.set_topology(segments, interfaces)
+        self._gen += 1
 
     def apply_map(self, epoch: int, entries: Iterable[tuple[int, str, int]]) -> MapChange | None:
         """Apply the host's VPID map; flows keep referring to VPIDs, none is rewritten."""
         change = self.map.apply(epoch, entries)
         if change is None:
             return None
+        self._gen += 1
         self._vf_vpid = {ppid: vpid for vpid, nic, ppid in self.map.entries() if nic == self.nic}
-        lost = {
-            vpid for vpid, (_old, new) in change.moved.items() if new is None or new.nic != self.nic
-        }
-        kept = 0
-        for table in (self.eswitch, self.cache):
-            for rec in list(table.records()):
-                if rec.zone in lost:
-                    table.evict(rec)
-                elif rec.zone in change.moved:
-                    kept += 1
+        moved = set(change.moved)
+        kept = sum(1 for rec in self.ct if rec.zone in moved)
         self.stats.remap_flows_kept += kept
         return change
 
@@ -226,36 +221,69 @@ class Pipeline:
 
     def process(self, ingress: Ingress, port: int, frame: bytes, now: float) -> Decision:
         """Decide one frame; never raises on bad input (drops are counted by reason)."""
-        self.stats.frames_in += 1
-        if ingress is Ingress.PEER_TRANSMIT:
-            d = self._from_peer_transmit(port, frame)
-        else:
-            try:
-                pkt = parse_frame_untrusted(frame)
-            except MalformedFrame as e:
-                d = Decision(Verdict.DROP, reason="malformed." + e.reason)
+        key = fast_key(ingress, port, frame)
+        if key is not None:
+            found = self._fast_lookup(key, len(frame), now)
+            if found is not None:
+                entry, tier = found
+                self.stats.frames_in += 1
+                self.stats.forwarded += 1
+                emits = self._apply(entry, frame)
+                return Decision(Verdict.FORWARD, tier, "", entry.rule, emits, entry.records)
+        return self._slow(ingress, port, frame, now, key)
+
+    def process_batch(self, batch: Iterable[tuple[Ingress, int, bytes]], now: float) -> list[Emit]:
+        """Decide a batch of frames in order; returns every frame to emit.
+
+        The worker's hot path: fast-tier hits are handled without `Decision` objects.
+        """
+        emits: list[Emit] = []
+        fast = self._fast_lookup
+        apply = self._apply
+        hits = 0
+        for ingress, port, frame in batch:
+            key = fast_key(ingress, port, frame)
+            found = fast(key, len(frame), now) if key is not None else None
+            if found is not None:
+                hits += 1
+                emits += apply(found[0], frame)
             else:
-                if ingress is Ingress.VF:
-                    d = self._from_vf(port, pkt, frame, now)
-                elif ingress is Ingress.UPLINK:
-                    d = self._from_uplink(port, pkt, frame, now)
-                else:
-                    d = self._from_peer_deliver(port, pkt, frame, now)
+                emits += self._slow(ingress, port, frame, now, key).emits
+        self.stats.frames_in += hits
+        self.stats.forwarded += hits
+        return emits
+
+    def _slow(
+        self, ingress: Ingress, port: int, frame: bytes, now: float, key: FastKey | None
+    ) -> Decision:
+        """The slow path for a frame no fast tier decided; installs its path when it may."""
+        self.stats.frames_in += 1
+        self._recs = []
+        self._learn = self._account = None
+        d = self._decide(ingress, port, frame, now)
         if d.verdict is Verdict.DROP:
             self.stats.drops[d.reason] += 1
         else:
             self.stats.forwarded += 1
+            if key is not None and self._recs:
+                self._install(key, frame, d)
         for e in d.emits:
             if e.out is Out.PEER_DELIVER or e.out is Out.PEER_TRANSMIT:
                 self.stats.handover_sent[e.out.name.lower()] += 1
         return d
 
-    def process_batch(
-        self, batch: Iterable[tuple[Ingress, int, bytes]], now: float
-    ) -> list[Decision]:
-        """Decide a batch of frames, in order."""
-        process = self.process
-        return [process(ingress, port, frame, now) for ingress, port, frame in batch]
+    def _decide(self, ingress: Ingress, port: int, frame: bytes, now: float) -> Decision:
+        if ingress is Ingress.PEER_TRANSMIT:
+            return self._from_peer_transmit(port, frame)
+        try:
+            pkt = parse_frame_untrusted(frame)
+        except MalformedFrame as e:
+            return Decision(Verdict.DROP, reason="malformed." + e.reason)
+        if ingress is Ingress.VF:
+            return self._from_vf(port, pkt, frame, now)
+        if ingress is Ingress.UPLINK:
+            return self._from_uplink(port, pkt, frame, now)
+        return self._from_peer_deliver(port, pkt, frame, now)
 
     def _from_vf(self, ppid: int, pkt: Packet, frame: bytes, now: float) -> Decision:
         vpid = self._vf_vpid.get(ppid)
@@ -281,7 +309,8 @@ class Pipeline:
         if d.tier is None or stage.tier < d.tier:
             d.tier = stage.tier
         if d.verdict is Verdict.FORWARD:
-            d.rule, d.record = stage.rule, stage.record
+            d.rule = stage.rule
+        d.records = tuple(self._recs)
         return d
 
     def _from_uplink(self, ppid: int, pkt: Packet, frame: bytes, now: float) -> Decision:
@@ -294,6 +323,7 @@ class Pipeline:
         if not pkt.src_mac[0] & 1:
             arp_ip = pkt.arp_spa if pkt.ethertype == ETH_ARP else None
             self.vswitch.learn_remote(seg.name, pkt.src_mac, arp_ip, now)
+            self._learn = (seg.name, pkt.src_mac)
         untagged = _untag(frame) if pkt.vlan is not None else frame
         if pkt.is_broadcast:
             if not self.team.accepts(uplink.name, None, True):
@@ -350,7 +380,7 @@ class Pipeline:
             stage.tier,
             rule=stage.rule,
             emits=[Emit(Out.VF, home.ppid, frame)],
-            record=stage.record,
+            records=tuple(self._recs),
         )
 
     def _to_network(self, vpid: int, seg: Segment, pkt: Packet, frame: bytes) -> Decision:
@@ -364,6 +394,7 @@ class Pipeline:
     def _uplink_emit(self, uplink: Uplink, vpid: int, wire: bytes) -> Emit:
         if self.team.policy is TeamPolicy.LOAD_BASED:
             self.team.account(uplink.name, vpid, len(wire), self._last_tick or 0.0)
+            self._account = (uplink.name, vpid)
         if uplink.nic == self.nic:
             return Emit(Out.UPLINK, uplink.ppid, wire)
         return Emit(Out.PEER_TRANSMIT, uplink.ppid, wire, uplink.nic)
@@ -447,39 +478,23 @@ class Pipeline:
     def _stage(
         self, vpid: int, direction: Direction, pkt: Packet, nbytes: int, now: float
     ) -> _Stage:
-        """One VPID's firewall in one direction: eSwitch, then flow cache, then slow path."""
+        """One VPID's firewall in one direction, in the slow path (fast tiers matched earlier)."""
         if pkt.fragment:
             return _Stage(False, Tier.SLOW, "ip.fragment")
-        if pkt.proto != PROTO_TCP or pkt.tcp_flags & _FAST_TCP_MASK == _FAST_TCP_OK:
-            key: FlowKey = (
-                vpid,
-                direction,
-                pkt.family,
-                pkt.proto,
-                pkt.src_ip,
-                pkt.dst_ip,
-                pkt.sport,
-                pkt.dport,
-            )
-            entry = self.eswitch.hit(key, nbytes, now) if self.eswitch.capacity else None
-            if entry is not None:
-                return _Stage(True, Tier.ESWITCH, rule=entry.record.rule, record=entry.record)
-            entry = self.cache.hit(key, nbytes, now) if self.cache.capacity else None
-            if entry is not None:
-                return _Stage(True, Tier.CACHE, rule=entry.record.rule, record=entry.record)
-        else:
-            self.cache.stats.punts += 1
-        return self._slow_path(vpid, direction, pkt, now)
+        stage = self._slow_path(vpid, direction, pkt, now)
+        if stage.record is not None and stage.allowed:
+            self._recs.append(stage.record)
+        return stage
 
     def _slow_path(self, vpid: int, direction: Direction, pkt: Packet, now: float) -> _Stage:
         rec, is_reply = self.ct.lookup(vpid, pkt)
         if rec is not None:
+            if rec.tier != Tier.SLOW:
+                self.cache.stats.punts += 1
             was_established = rec.established
             if not self.ct.update(rec, is_reply, pkt, now):
                 return _Stage(False, Tier.SLOW, "ct.invalid", rec.rule, rec)
-            if rec.established:
-                self._offload(rec, now)
-            elif was_established:
+            if was_established and not rec.established:
                 self._evict(rec)
             return _Stage(True, Tier.SLOW, rule=rec.rule, record=rec)
         seg = self.vswitch.segment_of_vpid(vpid)
@@ -500,8 +515,6 @@ class Pipeline:
         rec = self.ct.create(vpid, direction, pkt, now, name, sw_ok, hw_capable)
         if rec is None:
             return _Stage(False, Tier.SLOW, "ct.full", name)
-        if rec.established:
-            self._offload(rec, now)
         return _Stage(True, Tier.SLOW, rule=name, record=rec)
 
     def _classify_record(self, rec: CtRecord) -> tuple[Rule | None, Action]:
@@ -520,18 +533,77 @@ class Pipeline:
 
     # ----------------------------------------------------------------- tiers
 
-    def _offload(self, rec: CtRecord, now: float) -> None:
-        """Push an established record down: cache if `sw_ok`, eSwitch too if `hw_ok` and room."""
-        if not rec.sw_ok or not self.cache.capacity:
+    def _fast_lookup(self, key: FastKey, nbytes: int, now: float) -> tuple[PathEntry, Tier] | None:
+        """eSwitch, then flow cache: a current-generation entry counts the hit and decides."""
+        es = self.eswitch
+        entry = es.entries.get(key)
+        if entry is None or entry.gen != self._gen:
+            es.stats.misses += 1
+            cache = self.cache
+            entry = cache.entries.get(key)
+            if entry is None or entry.gen != self._gen:
+                cache.stats.misses += 1
+                return None
+            cache.stats.hits += 1
+            tier = Tier.CACHE
+        else:
+            es.stats.hits += 1
+            tier = Tier.ESWITCH
+        entry.packets += 1
+        entry.bytes += nbytes
+        entry.last_hit = now
+        return entry, tier
+
+    @staticmethod
+    def _apply(entry: PathEntry, frame: bytes) -> list[Emit]:
+        emits = []
+        for a in entry.actions:
+            vlan = a.vlan
+            if vlan is None:
+                f = frame
+            elif vlan == 0:
+                f = _untag(frame)
+            else:
+                f = _tag(frame, vlan)
+            emits.append(Emit(a.out, a.target, f, a.nic))  # type: ignore[arg-type]
+        return emits
+
+    def _install(self, key: FastKey, frame: bytes, d: Decision) -> None:
+        """Push the path the slow path just decided down to the flow cache and the eSwitch.
+
+        Only when every stage's record is established and `sw_ok` (cache) or also `hw_ok`
+        (eSwitch), and the action is a plain forward (the frame kept, or a tag pushed/popped).
+        """
+        recs = tuple(self._recs)
+        if not all(r.sw_ok and r.established for r in recs) or not d.emits:
             return
-        self.cache.install(rec, now)
-        rec.tier = Tier.CACHE
-        if rec.hw_ok and self.eswitch.capacity and self.eswitch.install(rec, now):
-            rec.tier = Tier.ESWITCH
+        actions = []
+        for e in d.emits:
+            vlan = _vlan_op(frame, e.frame)
+            if vlan == -1:
+                return
+            actions.append(PathAction(e.out, e.target, e.nic, vlan))
+        entry = PathEntry(tuple(actions), recs, d.rule, self._gen, self._learn, self._account)
+        tier = Tier.SLOW
+        if self.cache.capacity and self.cache.install(key, entry):
+            tier = Tier.CACHE
+        if (
+            self.eswitch.capacity
+            and all(r.hw_ok for r in recs)
+            and self.eswitch.install(key, entry)
+        ):
+            tier = Tier.ESWITCH
+        if tier is Tier.SLOW:
+            return
+        for r in recs:
+            self._keys_of.setdefault(id(r), set()).add(key)
+            r.tier = max(r.tier, tier)
 
     def _evict(self, rec: CtRecord) -> None:
-        self.eswitch.evict(rec)
-        self.cache.evict(rec)
+        """Remove every fast-tier entry that depends on this record."""
+        for key in self._keys_of.pop(id(rec), ()):
+            self.eswitch.evict(key, rec)
+            self.cache.evict(key, rec)
         rec.tier = Tier.SLOW
 
     def _forget(self, rec: CtRecord) -> None:
@@ -542,42 +614,55 @@ class Pipeline:
         """Periodic work: read tier counters back, expire, age MACs, rebalance eSwitch and team."""
         interval = now - self._last_tick if self._last_tick is not None else 0.0
         self._last_tick = now
-        hw_rates, waiting = self._readback(interval)
+        rates, waiting = self._readback(interval)
         for rec in self.ct.expire(now):
             self._evict(rec)
         self.vswitch.age(now)
         if self.eswitch.capacity and waiting:
-            swaps = self.eswitch.rebalance(hw_rates, waiting, self.config.rebalance_swaps, now)
-            for old, new in swaps:
-                old.tier, new.tier = Tier.CACHE, Tier.ESWITCH
+            for _old, new in self.eswitch.rebalance(rates, waiting, self.config.rebalance_swaps):
+                for r in new.records:
+                    r.tier = Tier.ESWITCH
         if self.team.policy is TeamPolicy.LOAD_BASED:
             before = self.team.assignments(self.map.local_vpids())
             if self.team.rebalance(now):
                 return self._announce_moves(before)
         return []
 
-    def _readback(self, interval: float) -> tuple[dict[int, float], list[tuple[float, CtRecord]]]:
-        """Hand hit counts to conntrack; return eSwitch flow rates and hw flows left waiting."""
-        hw_rates: dict[int, float] = {}
-        waiting: list[tuple[float, CtRecord]] = []
+    def _readback(
+        self, interval: float
+    ) -> tuple[dict[FastKey, float], list[tuple[float, FastKey, PathEntry]]]:
+        """Hand hit counts to conntrack, refresh learned MACs; rates for offload-rebalance."""
+        rates: dict[FastKey, float] = {}
+        waiting: list[tuple[float, FastKey, PathEntry]] = []
         scale = 1.0 / interval if interval > 0 else 0.0
+        hw = self.eswitch.entries
         for table in (self.eswitch, self.cache):
-            for entry in table.readback():
-                rec = entry.record
-                self.ct.touch(rec, entry.last_hit, entry.packets, entry.bytes)
+            for key, entry in table.entries.items():
+                if table is self.cache and hw.get(key) is entry:
+                    continue  # the same entry, already read back through the eSwitch
                 rate = entry.packets * scale
                 if table is self.eswitch:
-                    hw_rates[id(rec)] = hw_rates.get(id(rec), 0.0) + rate
-                elif rec.hw_ok and rec.tier != Tier.ESWITCH:
-                    waiting.append((rate, rec))
-                entry.total_packets += entry.packets
+                    rates[key] = rate
+                elif entry.gen == self._gen and all(r.hw_ok for r in entry.records):
+                    waiting.append((rate, key, entry))
+                if not entry.packets:
+                    continue
+                for rec in entry.records:
+                    self.ct.touch(rec, entry.last_hit, entry.packets, entry.bytes)
+                if entry.learn is not None:
+                    seg, mac = entry.learn
+                    self.vswitch.learn_remote(seg, mac, None, entry.last_hit)
+                if entry.account is not None:
+                    name, vpid = entry.account
+                    self.team.account(name, vpid, entry.bytes, entry.last_hit)
                 entry.packets = entry.bytes = 0
-        return hw_rates, waiting
+        return rates, waiting
 
     # ----------------------------------------------------------------- teaming
 
     def _announce_moves(self, before: dict[int, str]) -> list[Emit]:
         """RARP for every local MAC whose uplink changed, sent on its new uplink."""
+        self._gen += 1
         after = self.team.assignments(self.map.local_vpids())
         emits: list[Emit] = []
         for vpid, name in after.items():
@@ -615,3 +700,14 @@ def _tag(frame: bytes, vlan: int | None) -> bytes:
 
 def _untag(frame: bytes) -> bytes:
     return frame[:12] + frame[16:]
+
+
+def _vlan_op(frame: bytes, out: bytes) -> int | None:
+    """How `out` derives from `frame`: None kept, 0 tag popped, N tag N pushed, -1 otherwise."""
+    if out is frame or out == frame:
+        return None
+    if len(out) == len(frame) + 4 and out == _tag(frame, int.from_bytes(out[14:16]) & 0x0FFF):
+        return int.from_bytes(out[14:16]) & 0x0FFF
+    if len(out) + 4 == len(frame) and out == _untag(frame):
+        return 0
+    return -1

@@ -220,7 +220,7 @@ def _parse_proto(v: Any, where: str) -> int:
 def _parse_port(v: Any, where: str) -> int:
     if isinstance(v, str):
         s = v.strip()
-        if not s.isdigit():
+        if not (s.isascii() and s.isdigit()):
             raise RuleError(where, f"bad port {v!r}")
         v = int(s)
     if not _is_int(v) or not 0 <= v <= 65535:
@@ -263,38 +263,30 @@ def rule_from_dict(d: Mapping[str, Any], where: str) -> Rule:
     """Build a Rule from its config table; ``where`` (e.g. ``rules[3]``) prefixes error fields."""
     if not isinstance(d, Mapping):
         raise RuleError(where, f"must be a table, got {type(d).__name__}")
-    unknown = sorted(str(k) for k in d if k not in _CONFIG_KEYS)
-    if unknown:
-        raise RuleError(f"{where}.{unknown[0]}", "unknown key")
-    for key in ("name", "action"):
-        if key not in d:
-            raise RuleError(f"{where}.{key}", "missing")
 
     def at(key: str) -> str:
         return f"{where}.{key}"
 
-    name = d["name"]
-    if not isinstance(name, str) or not name:
-        raise RuleError(at("name"), f"must be a non-empty string, got {name!r}")
-    priority = d.get("priority", DEFAULT_PRIORITY)
-    if not _is_int(priority) or priority < 0:
-        raise RuleError(at("priority"), f"must be an integer >= 0, got {priority!r}")
-    segment = d.get("segment")
-    if segment is not None and (not isinstance(segment, str) or not segment):
-        raise RuleError(at("segment"), f"must be a non-empty string, got {segment!r}")
+    unknown = sorted(str(k) for k in d if k not in _CONFIG_KEYS)
+    if unknown:
+        raise RuleError(at(unknown[0]), "unknown key")
+    for key in ("name", "action"):
+        if key not in d:
+            raise RuleError(at(key), "missing")
     direction = None
     if "direction" in d:
-        direction = _DIRECTION_NAMES.get(d["direction"])
+        v = d["direction"]
+        direction = _DIRECTION_NAMES.get(v) if isinstance(v, str) else None
         if direction is None:
-            raise RuleError(
-                at("direction"), f"must be 'to-vm' or 'from-vm', got {d['direction']!r}"
-            )
+            raise RuleError(at("direction"), f"must be 'to-vm' or 'from-vm', got {v!r}")
+    # Types and values of name, priority and segment are checked by Rule itself; its errors
+    # name the attribute, which the except below turns into this rule's config path.
     try:
         return Rule(
-            name=name,
-            priority=priority,
+            name=d["name"],
+            priority=d.get("priority", DEFAULT_PRIORITY),
             action=_parse_action(d["action"], at("action")),
-            segment=segment,
+            segment=d.get("segment"),
             direction=direction,
             src=_parse_network(d["src"], at("src")) if "src" in d else None,
             dst=_parse_network(d["dst"], at("dst")) if "dst" in d else None,

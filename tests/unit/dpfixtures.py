@@ -105,3 +105,57 @@ def tcp(
 ) -> bytes:
     """A TCP frame from VM a to VM b."""
     return build.tcp_frame(a.mac, b.mac, a.ip, b.ip, sport, dport, flags, seq, ack, payload)
+
+
+# -- helpers added for tests/unit/test_pipeline.py ----------------------------------------------
+
+VLAN_OF: dict[str, int | None] = {s.name: s.vlan for s in SEGMENTS}
+
+
+def vm(vpid: int) -> VM:
+    """The test host's VM interface with that VPID."""
+    return next(v for v in VMS if v.vpid == vpid)
+
+
+def tcp_out(
+    a: VM, sport: int, dport: int, flags: int, seq: int = 0, ack: int = 0, payload: bytes = b""
+) -> bytes:
+    """A TCP frame from VM a to the external peer, as the VM sends it (untagged)."""
+    return build.tcp_frame(a.mac, PEER_MAC, a.ip, PEER_IP, sport, dport, flags, seq, ack, payload)
+
+
+def tcp_in(
+    a: VM, sport: int, dport: int, flags: int, seq: int = 0, ack: int = 0, payload: bytes = b""
+) -> bytes:
+    """A TCP frame from the external peer to VM a, as the fabric delivers it (segment tag)."""
+    return build.tcp_frame(
+        PEER_MAC, a.mac, PEER_IP, a.ip, sport, dport, flags, seq, ack, payload,
+        vlan=VLAN_OF[a.segment],
+    )  # fmt: skip
+
+
+def udp(a: VM, b: VM, sport: int, dport: int, payload: bytes = b"q") -> bytes:
+    """A UDP frame from VM a to VM b."""
+    return build.udp_frame(a.mac, b.mac, a.ip, b.ip, sport, dport, payload)
+
+
+def udp_out(a: VM, sport: int, dport: int, payload: bytes = b"q") -> bytes:
+    """A UDP frame from VM a to the external peer (untagged, as the VM sends it)."""
+    return build.udp_frame(a.mac, PEER_MAC, a.ip, PEER_IP, sport, dport, payload)
+
+
+def udp_in(a: VM, sport: int, dport: int, payload: bytes = b"r") -> bytes:
+    """A UDP frame from the external peer to VM a, tagged as on the wire."""
+    return build.udp_frame(
+        PEER_MAC, a.mac, PEER_IP, a.ip, sport, dport, payload, vlan=VLAN_OF[a.segment]
+    )
+
+
+def echo(a: VM, b: VM, icmp_type: int, ident: int, seq: int = 0) -> bytes:
+    """An ICMP echo request (8) or reply (0) from VM a to VM b."""
+    return build.icmp_frame(a.mac, b.mac, a.ip, b.ip, icmp_type, ident=ident, seq=seq)
+
+
+def arp_request(a: VM, target: IPv4Address) -> bytes:
+    """VM a's broadcast ARP request for `target`."""
+    return build.arp_frame(1, a.mac, a.ip, b"\0" * 6, target)

@@ -173,7 +173,7 @@ def test_the_property_exercises_fast_tiers() -> None:
     """Guard against a vacuous property: an established flow does reach the eSwitch."""
     rs = ruleset_from_config([{"name": "all", "priority": 1, "action": "allow"}])
     p = make_pipeline(rules=rs)
-    frames = _frames(("open", 3)) + _frames(("data", 3, True))
+    frames = _frames(("open", 3)) + _frames(("data", 3, True)) * 2
     decisions = [p.process(*f, 0.0) for f in frames]
     assert all(d.verdict is Verdict.FORWARD for d in decisions)
     assert decisions[-1].tier is Tier.ESWITCH

@@ -1,0 +1,319 @@
+"""What every bus node does regardless of transport: stats, faults, peer events, the receive path.
+
+Theory of operation: a node has one inbox (on ZeroMQ a ROUTER bound at its own endpoint) and one
+outgoing link per peer (a DEALER whose identity is the node's name), so every received message
+carries the sender's name. ``BaseNode`` owns everything above the socket: encoding, counting,
+fault injection (drop/partition on send and receive, delay on send with order kept), decoding
+untrusted bytes, and peer connect/disconnect events. A transport subclass supplies four
+non-blocking primitives: ``_transmit``, ``_drain``, ``_recv_one`` and ``_close_transport``.
+
+Peer events: callbacks registered with ``on_peer_connect`` / ``on_peer_disconnect`` run on the
+event loop with the peer's name when the link to that peer completes its handshake or drops
+(a crash or close of the peer). If a callback raises, that is our bug: the exception is re-raised
+from the next ``recv_batch`` so it cannot be lost inside a background task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import structlog
+
+from bus.codec import MalformedMessage, decode_untrusted, encode
+from bus.faults import ANY, FaultTable
+from bus.messages import Fault, InvalidField, Message, check_name
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_HWM = 1000  # the ZeroMQ default, in messages
+LinkT = TypeVar("LinkT")
+PeerCallback = Callable[[str], None]
+RawMessage = list[bytes]  # [sender identity, payload]: what a ROUTER hands over
+
+
+class BusClosed(RuntimeError):
+    """The node was closed; raised by send/recv on a closed node."""
+
+
+@dataclass(slots=True)
+class BusStats:
+    """Counters of one node, in messages (a batch counts once)."""
+
+    sent: int = 0
+    received: int = 0
+    dropped_full: int = 0  # peer queue at its high-water mark, or no live connection yet
+    dropped_unknown_peer: int = 0  # sent to a name never passed to connect()
+    dropped_fault: int = 0  # dropped by fault injection, either direction
+    malformed: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+
+class BaseNode(ABC, Generic[LinkT]):
+    """Transport-independent part of a bus node; see the module docstring."""
+
+    def __init__(self, name: str, bind_endpoint: str, *, hwm: int = DEFAULT_HWM) -> None:
+        try:
+            check_name("name", name)
+        except InvalidField as exc:
+            raise ValueError(f"bad node name {name!r}: {exc}") from None
+        if name == ANY:
+            raise ValueError(f"bad node name {name!r}: reserved for fault rules on every peer")
+        if hwm < 1:
+            raise ValueError("hwm must be >= 1")
+        self.name = name
+        self.bind_endpoint = bind_endpoint
+        self.endpoint = bind_endpoint  # the transport replaces it with the bound address
+        self.hwm = hwm
+        self.stats = BusStats()
+        self.faults = FaultTable()
+        self._links: dict[str, LinkT] = {}
+        self._connected: set[str] = set()
+        self._on_connect: list[PeerCallback] = []
+        self._on_disconnect: list[PeerCallback] = []
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._delayed: dict[str, deque[tuple[float, bytes]]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._failure: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    # -- public API ------------------------------------------------------------------------
+
+    def send(self, peer: str, msg: Message) -> bool:
+        """Queue ``msg`` to ``peer`` without blocking; False (and counted) if it was dropped."""
+        return self.send_raw(peer, encode(msg))
+
+    def send_raw(self, peer: str, data: bytes) -> bool:
+        """Queue already-encoded (or deliberately malformed) bytes to ``peer``."""
+        if self._closed:
+            raise BusClosed(self.name)
+        link = self._links.get(peer)
+        if link is None:
+            self.stats.dropped_unknown_peer += 1
+            return False
+        if self.faults.active or self._delayed:
+            return self._send_with_faults(peer, link, data)
+        return self._count_transmit(link, data)
+
+    async def recv_batch(self, max_messages: int = 256) -> list[tuple[str, Message]]:
+        """Await at least one valid message, then take what is ready, up to ``max_messages``.
+
+        Malformed and fault-dropped messages are counted and skipped; raises ``BusClosed`` if the
+        node is (or gets) closed, and re-raises an exception from a peer-event callback.
+        """
+        if max_messages < 1:
+            raise ValueError("max_messages must be >= 1")
+        while True:
+            self._check_usable()
+            raw = self._drain(max_messages)
+            if not raw:
+                try:
+                    first = await self._recv_one()
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if self._closed and task is not None and not task.cancelling():
+                        raise BusClosed(self.name) from None  # closed under us, not cancelled
+                    raise
+                raw = [first, *self._drain(max_messages - 1)]
+            batch = [got for got in map(self._accept, raw) if got is not None]
+            if batch:
+                return batch
+
+    def on_peer_connect(self, callback: PeerCallback) -> None:
+        """Call ``callback(peer)`` each time the link to ``peer`` becomes usable."""
+        self._on_connect.append(callback)
+
+    def on_peer_disconnect(self, callback: PeerCallback) -> None:
+        """Call ``callback(peer)`` each time an established link to ``peer`` drops."""
+        self._on_disconnect.append(callback)
+
+    def is_connected(self, peer: str) -> bool:
+        """True while the link to ``peer`` is established (sends can be queued)."""
+        return peer in self._connected
+
+    async def wait_connected(self, peer: str) -> None:
+        """Return once the link to ``peer`` is established; wrap in a timeout."""
+        if peer not in self._links:
+            raise KeyError(f"{peer!r} is not connected; call connect() first")
+        if peer in self._connected:
+            return
+        waiter = self._running_loop().create_future()
+        self._waiters.setdefault(peer, []).append(waiter)
+        await waiter
+
+    def apply_fault(self, fault: Fault) -> None:
+        """Apply a ``Fault`` command with this node's clock."""
+        self.faults.apply(fault, self._running_loop().time())
+
+    @property
+    def peers(self) -> list[str]:
+        """Names passed to ``connect``."""
+        return list(self._links)
+
+    # -- transport API and hooks -----------------------------------------------------------
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Bind this node's inbox at ``bind_endpoint``; the bound address is ``endpoint``."""
+
+    @abstractmethod
+    def connect(self, peer: str, endpoint: str) -> None:
+        """Open the link to ``peer`` at ``endpoint``; it comes up asynchronously."""
+
+    @abstractmethod
+    def disconnect(self, peer: str) -> None:
+        """Close the link to ``peer``; later sends to it count as unknown peer."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close everything (idempotent); pending and later receives raise ``BusClosed``."""
+
+    @abstractmethod
+    def _transmit(self, link: LinkT, data: bytes) -> bool:
+        """Queue ``data`` on ``link`` without blocking; False if it would block."""
+
+    @abstractmethod
+    def _drain(self, max_messages: int) -> list[RawMessage]:
+        """Take up to ``max_messages`` already-arrived messages without blocking."""
+
+    @abstractmethod
+    async def _recv_one(self) -> RawMessage:
+        """Await one message."""
+
+    # -- helpers for subclasses ------------------------------------------------------------
+
+    def _add_link(self, peer: str, link: LinkT) -> None:
+        if self._closed:
+            raise BusClosed(self.name)
+        if self._loop is None:
+            raise RuntimeError("start() the node before connect()")
+        try:
+            check_name("peer", peer)
+        except InvalidField as exc:
+            raise ValueError(f"bad peer name {peer!r}: {exc}") from None
+        if peer in self._links:
+            raise ValueError(f"{self.name} is already connected to {peer!r}")
+        self._links[peer] = link
+
+    def _remove_link(self, peer: str) -> LinkT | None:
+        self._connected.discard(peer)
+        self._delayed.pop(peer, None)
+        timer = self._timers.pop(peer, None)
+        if timer is not None:
+            timer.cancel()
+        for waiter in self._waiters.pop(peer, []):
+            waiter.cancel()
+        return self._links.pop(peer, None)
+
+    def _peer_up(self, peer: str) -> None:
+        if self._closed or peer not in self._links or peer in self._connected:
+            return
+        self._connected.add(peer)
+        for waiter in self._waiters.pop(peer, []):
+            if not waiter.done():
+                waiter.set_result(None)
+        self._notify(self._on_connect, peer)
+
+    def _peer_down(self, peer: str) -> None:
+        if self._closed or peer not in self._connected:
+            return
+        self._connected.discard(peer)
+        self._notify(self._on_disconnect, peer)
+
+    def _mark_closed(self) -> None:
+        """Forget links, timers and waiters; the subclass then closes its sockets."""
+        self._closed = True
+        for peer in list(self._links):
+            self._remove_link(peer)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _notify(self, callbacks: list[PeerCallback], peer: str) -> None:
+        for callback in callbacks:
+            try:
+                callback(peer)
+            except Exception as exc:  # our bug: surface it from recv_batch, do not lose it
+                if self._failure is None:
+                    self._failure = exc
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._closed:
+            raise BusClosed(self.name)
+
+    def _count_transmit(self, link: LinkT, data: bytes) -> bool:
+        if self._transmit(link, data):
+            self.stats.sent += 1
+            return True
+        self.stats.dropped_full += 1
+        return False
+
+    def _send_with_faults(self, peer: str, link: LinkT, data: bytes) -> bool:
+        now = self._running_loop().time()
+        deliver, delay = self.faults.decide(peer, now) if self.faults.active else (True, 0.0)
+        if not deliver:
+            self.stats.dropped_fault += 1
+            return False
+        queue = self._delayed.get(peer)
+        if delay <= 0.0 and not queue:
+            return self._count_transmit(link, data)
+        # Held messages go out in order: nothing overtakes an earlier delayed message.
+        due = now + delay
+        if queue is None:
+            queue = self._delayed[peer] = deque()
+        elif queue[-1][0] > due:
+            due = queue[-1][0]
+        queue.append((due, data))
+        if peer not in self._timers:
+            self._timers[peer] = self._running_loop().call_at(due, self._flush_delayed, peer, due)
+        return True
+
+    def _flush_delayed(self, peer: str, upto: float) -> None:
+        # ``upto`` is the due time the timer was set for: the loop may fire a little early.
+        del self._timers[peer]
+        queue = self._delayed[peer]
+        link = self._links[peer]
+        while queue and queue[0][0] <= upto:
+            self._count_transmit(link, queue.popleft()[1])
+        if queue:
+            due = queue[0][0]
+            self._timers[peer] = self._running_loop().call_at(due, self._flush_delayed, peer, due)
+        else:
+            del self._delayed[peer]
+
+    def _accept(self, raw: RawMessage) -> tuple[str, Message] | None:
+        if len(raw) != 2:
+            return self._malformed("?", "parts")
+        identity, payload = raw
+        try:
+            peer = identity.decode()
+        except UnicodeDecodeError:
+            peer = ""
+        if not peer or peer[0] == "\x00":  # ZeroMQ's anonymous ids start with NUL: not a node
+            return self._malformed("?", "identity")
+        if self.faults.active and not self.faults.decide(peer, self._running_loop().time())[0]:
+            self.stats.dropped_fault += 1
+            return None
+        try:
+            msg = decode_untrusted(payload)
+        except MalformedMessage as exc:
+            return self._malformed(peer, exc.reason)
+        self.stats.received += 1
+        return peer, msg
+
+    def _malformed(self, peer: str, reason: str) -> None:
+        counts = self.stats.malformed
+        count = counts[reason] = counts.get(reason, 0) + 1
+        if count & (count - 1) == 0:  # log the 1st, 2nd, 4th, 8th...: a flood cannot fill logs
+            log.warning("bus.drop.malformed", node=self.name, peer=peer, reason=reason, count=count)
+        return None
