@@ -120,7 +120,10 @@ def test_every_truncation_is_a_malformed_frame_or_a_shorter_packet(frame: bytes)
             assert e.reason
 
 
-@given(st.sampled_from(sample_frames()), st.lists(st.tuples(st.integers(0, 200), st.binary(min_size=1, max_size=4))))
+EDITS = st.lists(st.tuples(st.integers(0, 200), st.binary(min_size=1, max_size=4)))
+
+
+@given(st.sampled_from(sample_frames()), EDITS)
 def test_random_mutations_raise_only_malformed_frame(frame: bytes, edits) -> None:
     data = bytearray(frame)
     for pos, chunk in edits:
