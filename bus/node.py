@@ -99,6 +99,19 @@ class BaseNode(ABC, Generic[LinkT]):
             return self._send_with_faults(peer, link, data)
         return self._count_transmit(link, data)
 
+    def reply(self, peer: str, msg: Message) -> bool:
+        """Answer ``peer`` on our own inbox socket (it need not be bound: a control client).
+
+        False, counted as unknown peer, if no such peer is connected to us.
+        """
+        if self._closed:
+            raise BusClosed(self.name)
+        if self._reply(peer, encode(msg)):
+            self.stats.sent += 1
+            return True
+        self.stats.dropped_unknown_peer += 1
+        return False
+
     async def recv_batch(self, max_messages: int = 256) -> list[tuple[str, Message]]:
         """Await at least one valid message, then take what is ready, up to ``max_messages``.
 
@@ -173,6 +186,10 @@ class BaseNode(ABC, Generic[LinkT]):
         """Close everything (idempotent); pending and later receives raise ``BusClosed``."""
 
     @abstractmethod
+    @abstractmethod
+    def _reply(self, peer: str, data: bytes) -> bool:
+        """Send ``data`` back to ``peer`` over the inbox socket; False if it cannot go."""
+
     def _transmit(self, link: LinkT, data: bytes) -> bool:
         """Queue ``data`` on ``link`` without blocking; False if it would block."""
 

@@ -69,6 +69,14 @@ class MemoryNode(BaseNode[tuple[str, str]]):
         target._readable.set()
         return True
 
+    def _reply(self, peer: str, data: bytes) -> bool:
+        target = self._network._nodes.get(peer)
+        if target is None or target._closed or len(target._inbox) >= target.hwm:
+            return False
+        target._inbox.append([self._identity, data])
+        target._readable.set()
+        return True
+
     def _drain(self, max_messages: int) -> list[RawMessage]:
         inbox = self._inbox
         count = min(max_messages, len(inbox))

@@ -110,6 +110,7 @@ class BusNode(BaseNode[_Link]):
         router.setsockopt(zmq.RCVHWM, self.hwm)
         router.setsockopt(zmq.SNDHWM, self.hwm)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # reply() to an unknown peer fails loudly
         router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         if self._curve is not None and _is_tcp(self.bind_endpoint):
             self._auth = AsyncioAuthenticator(self._ctx)
@@ -187,6 +188,16 @@ class BusNode(BaseNode[_Link]):
         try:
             link.sender.send(data, zmq.DONTWAIT, copy=False)
         except zmq.Again:
+            return False
+        return True
+
+    def _reply(self, peer: str, data: bytes) -> bool:
+        receiver = self._receiver
+        if receiver is None:
+            return False
+        try:
+            receiver.send_multipart([peer.encode(), data], zmq.DONTWAIT, copy=False)
+        except zmq.ZMQError:  # EHOSTUNREACH (unknown peer, ROUTER_MANDATORY) or Again (full)
             return False
         return True
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from nicd.datapath import build
@@ -108,6 +108,7 @@ class PipelineStats:
     """Datapath-wide counters; drops by reason (dotted codes)."""
 
     frames_in: int = 0
+    slow_path: int = 0  # frames no fast tier decided
     forwarded: int = 0
     drops: Counter[str] = field(default_factory=Counter)
     handover_sent: Counter[str] = field(default_factory=Counter)
@@ -190,7 +191,7 @@ class Pipeline:
         change = self.map.apply(epoch, entries)
         if change is None:
             return None
-        self._gen += 1
+        self._evict_where(lambda e: not e.vpids.isdisjoint(change.moved))
         self._vf_vpid = {ppid: vpid for vpid, nic, ppid in self.map.entries() if nic == self.nic}
         moved = set(change.moved)
         kept = sum(1 for rec in self.ct if rec.zone in moved)
@@ -221,6 +222,8 @@ class Pipeline:
 
     def process(self, ingress: Ingress, port: int, frame: bytes, now: float) -> Decision:
         """Decide one frame; never raises on bad input (drops are counted by reason)."""
+        if ingress >= Ingress.PEER_DELIVER:
+            self.stats.handover_received[_HANDOVER_NAMES[ingress]] += 1
         key = fast_key(ingress, port, frame)
         if key is not None:
             found = self._fast_lookup(key, len(frame), now)
@@ -241,7 +244,10 @@ class Pipeline:
         fast = self._fast_lookup
         apply = self._apply
         hits = 0
+        received = self.stats.handover_received
         for ingress, port, frame in batch:
+            if ingress >= Ingress.PEER_DELIVER:
+                received[_HANDOVER_NAMES[ingress]] += 1
             key = fast_key(ingress, port, frame)
             found = fast(key, len(frame), now) if key is not None else None
             if found is not None:
@@ -258,6 +264,7 @@ class Pipeline:
     ) -> Decision:
         """The slow path for a frame no fast tier decided; installs its path when it may."""
         self.stats.frames_in += 1
+        self.stats.slow_path += 1
         self._recs = []
         self._learn = self._account = None
         d = self._decide(ingress, port, frame, now)
@@ -268,8 +275,8 @@ class Pipeline:
             if key is not None and self._recs:
                 self._install(key, frame, d)
         for e in d.emits:
-            if e.out is Out.PEER_DELIVER or e.out is Out.PEER_TRANSMIT:
-                self.stats.handover_sent[e.out.name.lower()] += 1
+            if e.out >= Out.PEER_DELIVER:
+                self.stats.handover_sent[_HANDOVER_NAMES[e.out]] += 1
         return d
 
     def _decide(self, ingress: Ingress, port: int, frame: bytes, now: float) -> Decision:
@@ -324,7 +331,11 @@ class Pipeline:
             arp_ip = pkt.arp_spa if pkt.ethertype == ETH_ARP else None
             self.vswitch.learn_remote(seg.name, pkt.src_mac, arp_ip, now)
             self._learn = (seg.name, pkt.src_mac)
-        untagged = _untag(frame) if pkt.vlan is not None else frame
+        untagged = frame
+        if pkt.vlan is not None:
+            # The VM side is untagged: parse what it will see, so a reject answers that frame.
+            untagged = _untag(frame)
+            pkt = parse_frame_untrusted(untagged)
         if pkt.is_broadcast:
             if not self.team.accepts(uplink.name, None, True):
                 return Decision(Verdict.DROP, reason="team.not_designated")
@@ -337,7 +348,6 @@ class Pipeline:
         return self._to_vpid(vpid, pkt, untagged, now)
 
     def _from_peer_deliver(self, vpid: int, pkt: Packet, frame: bytes, now: float) -> Decision:
-        self.stats.handover_received["peer_deliver"] += 1
         if not self.map.owns(vpid):
             return Decision(Verdict.DROP, reason="fence.not_owner")
         home = self.map.home(vpid)
@@ -347,7 +357,10 @@ class Pipeline:
         return self._to_vpid(vpid, pkt, frame, now)
 
     def _from_peer_transmit(self, ppid: int, frame: bytes) -> Decision:
-        self.stats.handover_received["peer_transmit"] += 1
+        try:
+            parse_frame_untrusted(frame)
+        except MalformedFrame as e:
+            return Decision(Verdict.DROP, reason="malformed." + e.reason)
         uplink = self._uplinks.get(ppid)
         if uplink is None:
             return Decision(Verdict.DROP, reason="port.unknown_uplink")
@@ -370,6 +383,8 @@ class Pipeline:
             return Decision(Verdict.DROP, reason="map.unknown_vpid")
         if home.nic != self.nic:
             return Decision(Verdict.FORWARD, emits=[Emit(Out.PEER_DELIVER, vpid, frame, home.nic)])
+        if not pkt.family:  # ARP replies and other non-IP unicast: L2 only, no firewall
+            return Decision(Verdict.FORWARD, emits=[Emit(Out.VF, home.ppid, frame)])
         stage = self._stage(vpid, Direction.TO_VM, pkt, len(frame), now)
         if not stage.allowed:
             seg = self.vswitch.segment_of_vpid(vpid)
@@ -554,9 +569,12 @@ class Pipeline:
         entry.last_hit = now
         return entry, tier
 
-    @staticmethod
-    def _apply(entry: PathEntry, frame: bytes) -> list[Emit]:
+    def _apply(self, entry: PathEntry, frame: bytes) -> list[Emit]:
         emits = []
+        if entry.handovers:
+            for a in entry.actions:
+                if a.out >= Out.PEER_DELIVER:
+                    self.stats.handover_sent[_HANDOVER_NAMES[a.out]] += 1
         for a in entry.actions:
             vlan = a.vlan
             if vlan is None:
@@ -583,7 +601,12 @@ class Pipeline:
             if vlan == -1:
                 return
             actions.append(PathAction(e.out, e.target, e.nic, vlan))
-        entry = PathEntry(tuple(actions), recs, d.rule, self._gen, self._learn, self._account)
+        vpids = {r.zone for r in recs} | {e.target for e in d.emits if e.out is Out.PEER_DELIVER}
+        to_network = any(e.out in (Out.UPLINK, Out.PEER_TRANSMIT) for e in d.emits)
+        entry = PathEntry(
+            tuple(actions), recs, d.rule, self._gen, frozenset(vpids), to_network,
+            self._learn, self._account,
+        )  # fmt: skip
         tier = Tier.SLOW
         if self.cache.capacity and self.cache.install(key, entry):
             tier = Tier.CACHE
@@ -598,6 +621,15 @@ class Pipeline:
         for r in recs:
             self._keys_of.setdefault(id(r), set()).add(key)
             r.tier = max(r.tier, tier)
+
+    def _evict_where(self, doomed: Callable[[PathEntry], bool]) -> int:
+        """Evict every fast-tier entry for which `doomed` holds (a map or team change)."""
+        gone = 0
+        for table in (self.eswitch, self.cache):
+            for key in [k for k, e in table.entries.items() if doomed(e)]:
+                table.evict(key)
+                gone += 1
+        return gone
 
     def _evict(self, rec: CtRecord) -> None:
         """Remove every fast-tier entry that depends on this record."""
@@ -619,7 +651,9 @@ class Pipeline:
             self._evict(rec)
         self.vswitch.age(now)
         if self.eswitch.capacity and waiting:
-            for _old, new in self.eswitch.rebalance(rates, waiting, self.config.rebalance_swaps):
+            for old, new in self.eswitch.rebalance(rates, waiting, self.config.rebalance_swaps):
+                for r in old.records:
+                    r.tier = Tier.CACHE
                 for r in new.records:
                     r.tier = Tier.ESWITCH
         if self.team.policy is TeamPolicy.LOAD_BASED:
@@ -662,7 +696,7 @@ class Pipeline:
 
     def _announce_moves(self, before: dict[int, str]) -> list[Emit]:
         """RARP for every local MAC whose uplink changed, sent on its new uplink."""
-        self._gen += 1
+        self._evict_where(lambda e: e.to_network)
         after = self.team.assignments(self.map.local_vpids())
         emits: list[Emit] = []
         for vpid, name in after.items():
@@ -680,6 +714,9 @@ class Pipeline:
     def tier_stats(self) -> dict[str, TierStats]:
         """Counters of each fast tier."""
         return {"eswitch": self.eswitch.stats, "cache": self.cache.stats}
+
+
+_HANDOVER_NAMES = {2: "peer_deliver", 3: "peer_transmit"}
 
 
 def _offload_flags(rule: Rule | None, proto: int) -> tuple[bool, bool]:

@@ -53,11 +53,17 @@ class PathEntry:
     records: tuple[CtRecord, ...]
     rule: str
     gen: int
+    vpids: frozenset[int]  # VPIDs it depends on: a map change that moves one evicts it
+    to_network: bool  # leaves through the team: a team change evicts it
     learn: tuple[str, bytes] | None = None  # (segment, MAC) to refresh: frames from an uplink
     account: tuple[str, int] | None = None  # (uplink, VPID) for load-based teaming
     packets: int = 0
     bytes: int = 0
     last_hit: float = 0.0
+    handovers: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.handovers = any(a.out >= 2 for a in self.actions)
 
 
 @dataclass(slots=True)
@@ -157,6 +163,8 @@ def fast_key(ingress: int, port: int, frame: bytes) -> FastKey | None:
         return None
     prefix = proto << 48 | ingress << 32 | port
     if proto == 6:
+        if l4 + 20 > end:
+            return None
         doff = frame[l4 + 12] >> 2 & 0x3C
         if doff < 20 or l4 + doff > end or frame[l4 + 13] & 0x17 != 0x10:
             return None
