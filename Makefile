@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The default cluster from the Procfile: Ctrl-C stops every process.
+up: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONUNBUFFERED=1 $(BIN)/honcho start -f Procfile
+
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

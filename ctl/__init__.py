@@ -1,0 +1,1 @@
+"""The nicteam operator tools: the control client and, later, the `nicteam` CLI."""

@@ -1,0 +1,5 @@
+"""`python -m hostd`: the host daemon."""
+
+from hostd.daemon import main
+
+main()

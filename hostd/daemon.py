@@ -1,0 +1,288 @@
+"""hostd: one host's VMs, its FPAG and map, and the control socket, on one uvloop loop.
+
+Each VM interface is an `Endpoint` (real frames, TCP/UDP with accounting) plugged into a VF port
+of its home NIC. Frames a VM sends go to its home NIC as `FrameBatch(host, [(VF PPID, frame)])`;
+frames a NIC delivers come back the same way. A NIC that says hello gets the host's policy and
+the current VPID map.
+
+    python -m hostd --config configs/default.toml --host h1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from collections import defaultdict
+from collections.abc import Callable
+from ipaddress import IPv4Interface, IPv6Interface
+from typing import Any
+
+import structlog
+import uvloop
+
+from bus.log import configure_logging
+from bus.messages import (
+    ControlReply,
+    ControlRequest,
+    FrameBatch,
+    Heartbeat,
+    Hello,
+    MapUpdate,
+    PolicyUpdate,
+)
+from bus.node import BaseNode, BusClosed
+from bus.transport import BusNode
+from configs.loader import Config, HostSpec, load_config
+from hostd.endpoint import Endpoint
+from hostd.fpag import Fpag
+from hostd.traffic import FlowSpec
+from nicd.datapath.frames import mac_str
+
+POLL_S = 0.005
+
+
+class HostDaemon:
+    """The VMs of one host, the FPAG, and the bus conversation with the host's NICs."""
+
+    def __init__(self, config: Config, spec: HostSpec, node: BaseNode[Any]) -> None:
+        self.config = config
+        self.spec = spec
+        self.node = node
+        self.log = structlog.get_logger().bind(host=spec.name)
+        self.fpag = Fpag([n.name for n in spec.nics])
+        self.endpoints: dict[int, Endpoint] = {}
+        self.policy_version = 1
+        self.nic_state: dict[str, str] = {}
+        self._announced: set[str] = set()
+        self._stopping = asyncio.Event()
+        for vm in spec.vms:
+            for i, iface in enumerate(vm.interfaces):
+                vpid = self.fpag.attach(vm.name, i, vm.nic)
+                name = vm.name if len(vm.interfaces) == 1 else f"{vm.name}/{i}"
+                ep = Endpoint(name, iface.mac, list(iface.ips), seed=name)
+                for port in vm.tcp_listen:
+                    ep.listen_tcp(port)
+                for port in vm.udp_listen:
+                    ep.bind_udp(port)
+                self.endpoints[vpid] = ep
+        self.fpag.commit()
+        self._add_v6_neighbors()
+
+    def now(self) -> float:
+        """The loop's monotonic clock."""
+        return asyncio.get_running_loop().time()
+
+    def policy(self) -> dict[str, Any]:
+        """The policy every NIC of this host runs: the config's, plus VPIDs on interfaces."""
+        policy = self.config.policy_dict(self.spec.name)
+        interfaces = []
+        for vpid, ep in sorted(self.endpoints.items()):
+            b = self.fpag.binding(vpid)
+            iface = self.config.vm(b.vm).interfaces[b.index]
+            interfaces.append(
+                {
+                    "vpid": vpid,
+                    "vm": ep.name,
+                    "mac": mac_str(iface.mac),
+                    "ips": [str(ip.ip) for ip in iface.ips],
+                    "segment": iface.segment,
+                }
+            )
+        policy["interfaces"] = interfaces
+        return policy
+
+    async def run(self) -> None:
+        """Bind, connect to every NIC, start the workload, serve until `stop()`."""
+        await self.node.start()
+        for nic in self.spec.nics:
+            self.node.connect(nic.name, self.config.endpoint(nic.name))
+        self._start_flows(self.now())
+        self.log.info("host.start", vpids=self.fpag.entries(), epoch=self.fpag.epoch)
+        tasks = [
+            asyncio.create_task(self._receive()),
+            asyncio.create_task(self._every(POLL_S, self._poll)),
+            asyncio.create_task(self._every(self.config.timers.stats_s, self._log_flows)),
+        ]
+        await self._stopping.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._log_flows()
+        await self.node.close()
+        self.log.info("host.stop")
+
+    def stop(self) -> None:
+        """Ask the loop to finish."""
+        self._stopping.set()
+
+    # ------------------------------------------------------------------ workload
+
+    def _start_flows(self, now: float) -> None:
+        for flow in self.config.flows:
+            src = self._endpoint_for(flow.src, flow.dst)
+            if src is None:
+                continue  # a flow of another host or of an external peer
+            dst_ip = self._address_of(flow.dst, src)
+            spec = FlowSpec(
+                flow.name, flow.proto, src.name, dst_ip, flow.dport, flow.rate, flow.size
+            )
+            src.add_flow(spec, now)
+
+    def _endpoint_for(self, vm_name: str, dst: str) -> Endpoint | None:
+        """The sending VM's interface on the destination's subnet (else its first)."""
+        mine = [
+            (vpid, ep)
+            for vpid, ep in self.endpoints.items()
+            if self.fpag.binding(vpid).vm == vm_name
+        ]
+        if not mine:
+            return None
+        for _vpid, ep in mine:
+            if self._address_of(dst, ep, strict=True) is not None:
+                return ep
+        return mine[0][1]
+
+    def _address_of(self, name: str, src: Endpoint, strict: bool = False) -> Any:
+        """An address of VM or peer `name`, preferably on one of `src`'s subnets."""
+        ips: list[IPv4Interface | IPv6Interface] = []
+        try:
+            for iface in self.config.vm(name).interfaces:
+                ips.extend(iface.ips)
+        except KeyError:
+            ips.extend(self.config.peer(name).ips)
+        nets = [ip.network for ip in src.interfaces]
+        for ip in ips:
+            if any(ip.ip in net for net in nets):
+                return ip.ip
+        return None if strict else next(i.ip for i in ips if i.version == 4)
+
+    def _add_v6_neighbors(self) -> None:
+        # IPv6 neighbour discovery is not emulated: every endpoint knows every v6 neighbour.
+        table = [(ip.ip, ep.mac) for ep in self.endpoints.values() for ip in ep.interfaces]
+        table += [(ip.ip, p.mac) for p in self.config.peers for ip in p.ips]
+        for ep in self.endpoints.values():
+            for ip, mac in table:
+                if ip.version == 6 and mac != ep.mac:
+                    ep.add_neighbor(ip, mac)
+
+    # ------------------------------------------------------------------ bus
+
+    async def _receive(self) -> None:
+        handlers: dict[type, Callable[[str, Any], None]] = {
+            Hello: self._on_hello,
+            Heartbeat: self._on_heartbeat,
+            ControlRequest: self._on_control,
+        }
+        try:
+            while True:
+                out: dict[int, list[bytes]] = defaultdict(list)
+                for peer, msg in await self.node.recv_batch(1024):
+                    if isinstance(msg, FrameBatch):
+                        self._on_frames(peer, msg, out)
+                    elif (handler := handlers.get(type(msg))) is not None:
+                        handler(peer, msg)
+                self._send(out)
+        except BusClosed:
+            self.stop()
+
+    def _on_frames(self, peer: str, msg: FrameBatch, out: dict[int, list[bytes]]) -> None:
+        now = self.now()
+        for ppid, frame in msg.frames:
+            vpid = self.fpag.vpid_at(peer, ppid)
+            if vpid is None:
+                continue  # a stale NIC still delivering for a port it lost
+            out[vpid].extend(self.endpoints[vpid].receive(frame, now))
+
+    def _on_hello(self, peer: str, msg: Hello) -> None:
+        if peer not in self.fpag.nics:
+            return
+        self.node.send(peer, PolicyUpdate(self.policy_version, self.policy()))
+        self.node.send(peer, MapUpdate(self.fpag.epoch, self.fpag.entries()))
+        self.log.info("host.nic.hello", nic=peer, epoch=self.fpag.epoch)
+
+    def _on_heartbeat(self, peer: str, msg: Heartbeat) -> None:
+        old = self.nic_state.get(peer)
+        self.nic_state[peer] = msg.state
+        if msg.state == "up" and peer not in self._announced:
+            # The VMs behind a NIC that just came up tell the network where they are.
+            self._announced.add(peer)
+            out = {vpid: self.endpoints[vpid].announce() for vpid in self.fpag.vpids_on(peer)}
+            self._send(out)
+        if old != msg.state:
+            self.log.info("host.nic.state", nic=peer, state=msg.state, epoch=msg.epoch)
+
+    def _on_control(self, peer: str, msg: ControlRequest) -> None:
+        if msg.cmd == "stats":
+            result = {"flows": self.flow_stats(), "nics": dict(self.nic_state)}
+            reply = ControlReply(msg.req_id, True, result, "")
+        elif msg.cmd == "map":
+            result = {"epoch": self.fpag.epoch, "entries": self.fpag.entries()}
+            reply = ControlReply(msg.req_id, True, result, "")
+        else:
+            reply = ControlReply(msg.req_id, False, {}, f"unknown command {msg.cmd!r}")
+        self.node.reply(peer, reply)
+
+    def _send(self, out: dict[int, list[bytes]]) -> None:
+        per_nic: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
+        for vpid, frames in out.items():
+            if frames:
+                b = self.fpag.binding(vpid)
+                per_nic[b.nic].extend((b.ppid, f) for f in frames)
+        for nic, frames in per_nic.items():
+            self.node.send(nic, FrameBatch(self.spec.name, frames))
+
+    # ------------------------------------------------------------------ timers
+
+    async def _every(self, period: float, action: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while True:
+            due += period
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            action()
+
+    def _poll(self) -> None:
+        now = self.now()
+        self._send({vpid: ep.poll(now) for vpid, ep in self.endpoints.items()})
+
+    def flow_stats(self) -> dict[str, Any]:
+        """Per-flow books of every VM endpoint: senders' and sinks' views."""
+        flows: dict[str, Any] = {}
+        for ep in self.endpoints.values():
+            snap = ep.snapshot()
+            for name, stats in snap["flows"].items():
+                flows.setdefault(name, {})["sender"] = stats
+            for name, stats in snap["sinks"].items():
+                flows.setdefault(name, {})["sink"] = stats
+        return flows
+
+    def _log_flows(self) -> None:
+        self.log.info("host.flows", flows=self.flow_stats())
+
+
+async def serve(config: Config, host: str) -> None:
+    """Run host `host` until SIGTERM or SIGINT."""
+    daemon = HostDaemon(config, config.host(host), BusNode(host, config.endpoint(host)))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stop)
+    await daemon.run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `python -m hostd`."""
+    parser = argparse.ArgumentParser(prog="hostd", description=__doc__)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--run-dir")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.run_dir)
+    configure_logging(args.host, config.run_dir, host=args.host)
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(serve(config, args.host))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,355 @@
+"""The NIC OS: one uvloop event loop that moves frame batches between the bus and the datapath.
+
+Everything that decides lives in `nicd.datapath`; this module only receives bus messages, hands
+frames to `Pipeline.process_batch` in batches, sends what comes out (grouped per destination:
+the host's VF channel, the fabric's uplinks, sibling NICs over the private channel), and runs
+the timers (datapath tick, heartbeats, stats). It starts with no policy: hostd sends the
+policy and the VPID map when the NIC says hello.
+
+    python -m nicd.worker --config configs/default.toml --nic nic1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import uvloop
+
+from bus.codec import encode
+from bus.heartbeat import Liveness, LivenessTracker
+from bus.log import configure_logging
+from bus.messages import (
+    ControlReply,
+    ControlRequest,
+    FrameBatch,
+    Handover,
+    HandoverKind,
+    Heartbeat,
+    Hello,
+    MapUpdate,
+    PolicyUpdate,
+)
+from bus.node import BaseNode, BusClosed
+from bus.transport import BusNode
+from configs.loader import FABRICD as FABRIC
+from configs.loader import Config, NicSpec, load_config, timeouts_from_ms
+from nicd.datapath.pipeline import DatapathConfig, Emit, Ingress, Out, Pipeline
+from nicd.datapath.rules import ruleset_from_config
+from nicd.datapath.teaming import Uplink, team_policy_from_str
+from nicd.datapath.vswitch import interface_from_dict, segment_from_dict
+
+HELLO_EVERY_S = 0.25
+
+
+def build_pipeline(spec: NicSpec, policy: dict[str, Any]) -> Pipeline:
+    """A datapath for NIC `spec` from the host's policy (raises ValueError on a bad policy)."""
+    segments = [segment_from_dict(s, f"segments[{i}]") for i, s in enumerate(policy["segments"])]
+    interfaces = [
+        interface_from_dict({k: v for k, v in d.items() if k != "vpid"}, d["vpid"], f"if[{i}]")
+        for i, d in enumerate(policy["interfaces"])
+    ]
+    uplinks = [
+        Uplink(nic["name"], i + 1, f"{nic['name']}/{port}")
+        for nic in policy["nics"]
+        for i, port in enumerate(nic["uplinks"])
+    ]
+    config = DatapathConfig(
+        eswitch_capacity=spec.eswitch_capacity,
+        ct_limit=spec.ct_limit,
+        timeouts=timeouts_from_ms(policy["timeouts_ms"]),
+    )
+    rules = ruleset_from_config(policy["rules"], policy["firewall_default"], policy["version"])
+    policy_kind = team_policy_from_str(policy["team_policy"], "team_policy")
+    return Pipeline(spec.name, config, rules, segments, interfaces, uplinks, policy_kind)
+
+
+class NicWorker:
+    """One NIC's event loop: bus in, datapath, bus out; timers for tick, heartbeat and stats."""
+
+    def __init__(self, config: Config, spec: NicSpec, node: BaseNode[Any]) -> None:
+        self.config = config
+        self.spec = spec
+        self.node = node
+        self.host = spec.host
+        self.siblings = [n.name for n in config.host(spec.host).nics if n.name != spec.name]
+        self.pipeline: Pipeline | None = None
+        self.policy_version = -1
+        self.log = structlog.get_logger().bind(nic=spec.name, host=spec.host)
+        timers = config.timers
+        self.liveness = LivenessTracker(timers.heartbeat_s, timers.heartbeat_misses)
+        self.not_ready_drops = 0
+        self.hb_seq = 0
+        self._stopping = asyncio.Event()
+        self._handlers: dict[type, Callable[[str, Any], None]] = {
+            MapUpdate: self._on_map,
+            PolicyUpdate: self._on_policy,
+            Heartbeat: self._on_heartbeat,
+            ControlRequest: self._on_control,
+            Hello: lambda peer, msg: None,
+        }
+
+    def now(self) -> float:
+        """The loop's monotonic clock: the only clock the datapath sees."""
+        return asyncio.get_running_loop().time()
+
+    async def run(self) -> None:
+        """Bind, connect to host, fabric and siblings, then serve until `stop()`."""
+        await self.node.start()
+        self.node.connect(self.host, self.config.endpoint(self.host))
+        self.node.connect(FABRIC, self.config.endpoint(FABRIC))
+        for sib in self.siblings:
+            self.node.connect(sib, self.config.endpoint(sib))
+        self.node.on_peer_disconnect(self._on_disconnect)
+        self.log.info("nic.start", siblings=self.siblings)
+        timers = [
+            asyncio.create_task(self._every(self.config.timers.tick_s, self._tick)),
+            asyncio.create_task(self._every(self.config.timers.heartbeat_s, self._heartbeat)),
+            asyncio.create_task(self._every(self.config.timers.stats_s, self._log_stats)),
+            asyncio.create_task(self._hello_until_ready()),
+        ]
+        receiver = asyncio.create_task(self._receive())
+        await self._stopping.wait()
+        for task in [*timers, receiver]:
+            task.cancel()
+        await asyncio.gather(*timers, receiver, return_exceptions=True)
+        await self.node.close()
+        self.log.info("nic.stop")
+
+    def stop(self) -> None:
+        """Ask the loop to finish (signal handlers call this)."""
+        self._stopping.set()
+
+    async def _receive(self) -> None:
+        try:
+            while True:
+                self._handle(await self.node.recv_batch(1024))
+        except BusClosed:
+            self.stop()
+
+    def _handle(self, batch: list[tuple[str, Any]]) -> None:
+        frames: list[tuple[Ingress, int, bytes]] = []
+        for peer, msg in batch:
+            if isinstance(msg, FrameBatch):
+                ingress = _frame_ingress(peer, self.host)
+                if ingress is None:
+                    self.log.warning("nic.drop.unexpected_frames", peer=peer)
+                    continue
+                frames.extend((ingress, port, f) for port, f in msg.frames)
+            elif isinstance(msg, Handover):
+                kind = Ingress.PEER_TRANSMIT
+                if msg.kind is HandoverKind.DELIVER:
+                    kind = Ingress.PEER_DELIVER
+                frames.extend((kind, port, f) for port, f in msg.frames)
+            else:
+                self._flush(frames)  # frames before a map or policy change see the old one
+                frames = []
+                handler = self._handlers.get(type(msg))
+                if handler is not None:
+                    handler(peer, msg)
+        self._flush(frames)
+
+    def _flush(self, frames: list[tuple[Ingress, int, bytes]]) -> None:
+        if not frames:
+            return
+        if self.pipeline is None:
+            self.not_ready_drops += len(frames)
+            return
+        self._send(self.pipeline.process_batch(frames, self.now()))
+
+    def _send(self, emits: list[Emit]) -> None:
+        """Group emitted frames per destination, one bus message each."""
+        if not emits:
+            return
+        to_host: list[tuple[int, bytes]] = []
+        to_fabric: list[tuple[int, bytes]] = []
+        handovers: dict[tuple[str, HandoverKind], list[tuple[int, bytes]]] = defaultdict(list)
+        for e in emits:
+            if e.out is Out.VF:
+                to_host.append((e.target, e.frame))
+            elif e.out is Out.UPLINK:
+                to_fabric.append((e.target, e.frame))
+            elif e.out is Out.PEER_DELIVER:
+                handovers[(e.nic, HandoverKind.DELIVER)].append((e.target, e.frame))
+            else:
+                handovers[(e.nic, HandoverKind.TRANSMIT)].append((e.target, e.frame))
+        name = self.spec.name
+        if to_host:
+            self.node.send(self.host, FrameBatch(name, to_host))
+        if to_fabric:
+            self.node.send(FABRIC, FrameBatch(name, to_fabric))
+        for (nic, kind), frames in handovers.items():
+            self.node.send(nic, Handover(name, kind, frames))
+
+    # ------------------------------------------------------------- control plane messages
+
+    def _on_policy(self, peer: str, msg: PolicyUpdate) -> None:
+        if peer != self.host or msg.version <= self.policy_version:
+            return
+        try:
+            policy = dict(msg.policy, version=msg.version)
+            if self.pipeline is None:
+                self.pipeline = build_pipeline(self.spec, policy)
+            else:
+                self.pipeline.set_rules(
+                    ruleset_from_config(policy["rules"], policy["firewall_default"], msg.version),
+                    self.now(),
+                )
+        except (KeyError, TypeError, ValueError) as e:
+            self.log.error("nic.policy.rejected", version=msg.version, error=str(e))
+            return
+        self.policy_version = msg.version
+        self.log.info("nic.policy", version=msg.version)
+
+    def _on_map(self, peer: str, msg: MapUpdate) -> None:
+        if peer != self.host or self.pipeline is None:
+            return
+        try:
+            change = self.pipeline.apply_map(msg.epoch, msg.entries)
+        except ValueError as e:
+            self.log.error("map.rejected", epoch=msg.epoch, error=str(e))
+            return
+        if change is not None:
+            self.log.info("map.epoch", epoch=msg.epoch, moved=sorted(change.moved))
+            self.log.info("nic.ready", epoch=msg.epoch, vpids=self.pipeline.map.local_vpids())
+
+    def _on_heartbeat(self, peer: str, msg: Heartbeat) -> None:
+        self.liveness.heard(peer, self.now())
+
+    def _on_disconnect(self, peer: str) -> None:
+        if peer in self.siblings:
+            self.liveness.disconnected(peer, self.now())
+            self._check_liveness()
+
+    def _on_control(self, peer: str, msg: ControlRequest) -> None:
+        if msg.cmd == "stats":
+            reply = ControlReply(msg.req_id, True, self.stats(), "")
+        elif msg.cmd == "ping":
+            reply = ControlReply(msg.req_id, True, {"nic": self.spec.name}, "")
+        else:
+            reply = ControlReply(msg.req_id, False, {}, f"unknown command {msg.cmd!r}")
+        self.node.reply(peer, reply)
+
+    # ------------------------------------------------------------- timers
+
+    async def _every(self, period: float, action: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while True:
+            due += period
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            action()
+
+    def _tick(self) -> None:
+        if self.pipeline is not None:
+            self._send(self.pipeline.tick(self.now()))
+
+    def _heartbeat(self) -> None:
+        self.hb_seq += 1
+        epoch = self.pipeline.map.epoch if self.pipeline else 0
+        state = "up" if self.pipeline is not None and epoch else "starting"
+        data = encode(Heartbeat(self.spec.name, self.hb_seq, epoch, state))
+        for peer in (self.host, *self.siblings):
+            self.node.send_raw(peer, data)
+        self._check_liveness()
+
+    def _check_liveness(self) -> None:
+        for peer, old, new in self.liveness.poll(self.now()):
+            if peer not in self.siblings or self.pipeline is None:
+                continue
+            if new is Liveness.DOWN or (new is Liveness.UP and old is Liveness.DOWN):
+                up = new is Liveness.UP
+                self.log.info("nic.peer.up" if up else "nic.peer.down", peer=peer)
+                self._send(self.pipeline.set_nic_live(peer, up))
+
+    async def _hello_until_ready(self) -> None:
+        while self.pipeline is None or not self.pipeline.map.epoch:
+            self.node.send(self.host, Hello(self.spec.name, "nic"))
+            await asyncio.sleep(HELLO_EVERY_S)
+
+    def _log_stats(self) -> None:
+        if self.pipeline is not None:
+            s = self.stats()
+            self.log.info("nic.stats", **{k: s[k] for k in ("frames_in", "slow_path", "tiers")})
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the control socket and the periodic `nic.stats` event."""
+        out: dict[str, Any] = {"nic": self.spec.name, "not_ready_drops": self.not_ready_drops}
+        bus = self.node.stats
+        out["bus"] = {
+            "sent": bus.sent,
+            "received": bus.received,
+            "dropped_full": bus.dropped_full,
+            "dropped_unknown_peer": bus.dropped_unknown_peer,
+            "malformed": dict(bus.malformed),
+        }
+        p = self.pipeline
+        if p is None:
+            return out | {
+                "state": "waiting-for-policy",
+                "frames_in": 0,
+                "slow_path": 0,
+                "tiers": {},
+            }
+        ct = p.ct.stats
+        out |= {
+            "state": "up" if p.map.epoch else "waiting-for-map",
+            "epoch": p.map.epoch,
+            "vpids": p.map.local_vpids(),
+            "frames_in": p.stats.frames_in,
+            "forwarded": p.stats.forwarded,
+            "slow_path": p.stats.slow_path,
+            "drops": dict(p.stats.drops),
+            "conntrack": len(p.ct),
+            "ct": {"created": ct.created, "expired": ct.expired, "invalid": ct.invalid},
+            "tiers": {
+                "eswitch": p.eswitch.stats.as_dict() | {"entries": len(p.eswitch)},
+                "cache": p.cache.stats.as_dict() | {"entries": len(p.cache)},
+            },
+            "handover_sent": dict(p.stats.handover_sent),
+            "handover_received": dict(p.stats.handover_received),
+            "team": [u.name for u in p.team.live()],
+        }
+        return out
+
+
+def _frame_ingress(peer: str, host: str) -> Ingress | None:
+    if peer == host:
+        return Ingress.VF
+    if peer == FABRIC:
+        return Ingress.UPLINK
+    return None
+
+
+async def serve(config: Config, nic: str) -> None:
+    """Run NIC `nic` until SIGTERM or SIGINT."""
+    spec = config.nic(nic)
+    worker = NicWorker(config, spec, BusNode(nic, config.endpoint(nic)))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    await worker.run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the NIC OS worker process."""
+    parser = argparse.ArgumentParser(prog="nicd.worker", description=__doc__)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--nic", required=True)
+    parser.add_argument("--run-dir")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.run_dir)
+    spec = config.nic(args.nic)
+    configure_logging(args.nic, config.run_dir, host=spec.host, nic=args.nic)
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(serve(config, args.nic))
+
+
+if __name__ == "__main__":
+    main()
