@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,23 +42,31 @@ class Cluster:
         """The pid of a NIC's OS worker, from the card's pid file."""
         return int((self.run_dir / f"{nic}.pid").read_text())
 
-    def session_pids(self) -> list[int]:
-        """Every live process of the cluster's session (honcho and all it started)."""
-        return session_pids(self.proc.pid)
+    tag: str
+
+    def pids(self) -> list[int]:
+        """Every live process of the cluster: honcho and everything it started."""
+        return tagged_pids(self.tag)
 
 
-def session_pids(sid: int) -> list[int]:
-    """Live (non-zombie) processes whose session id is `sid`."""
+def tagged_pids(tag: str) -> list[int]:
+    """Live (non-zombie) processes whose environment carries NICTEAM_TEST_TAG=`tag`.
+
+    honcho gives each process its own session, and orphans are reparented, so neither the
+    session nor the parent chain finds every descendant; the inherited environment does.
+    """
+    marker = f"NICTEAM_TEST_TAG={tag}".encode()
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[3]) == sid:
+        if state != "Z":
             pids.append(int(entry.name))
     return pids
 
@@ -79,16 +89,16 @@ def wait_for(
 
 
 def stop(
-    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 20.0
+    proc: subprocess.Popen[bytes], tag: str, sig: int = signal.SIGTERM, timeout: float = 20.0
 ) -> int | None:
-    """Stop honcho with `sig`; SIGKILL the whole session if it does not finish in time."""
+    """Stop honcho with `sig`; SIGKILL every tagged process if it does not finish in time."""
     if proc.poll() is None:
         proc.send_signal(sig)
         try:
             return proc.wait(timeout)
         except subprocess.TimeoutExpired:
             pass
-    for pid in session_pids(proc.pid):
+    for pid in tagged_pids(tag):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     proc.wait(5)
@@ -96,14 +106,18 @@ def stop(
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+def cluster() -> Iterator[Cluster]:
     """The default cluster, launched from the Procfile exactly as `make up` does."""
-    run_dir = tmp_path / "run"
-    output = tmp_path / "honcho.out"
+    # Not pytest's tmp_path: unix socket paths must stay under ~107 bytes.
+    top = Path(tempfile.mkdtemp(prefix="nt-"))
+    tag = top.name
+    run_dir = top / "run"
+    output = top / "honcho.out"
     env = os.environ | {
         "NICTEAM_RUN_DIR": str(run_dir),
         "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1",
+        "NICTEAM_TEST_TAG": tag,
     }
     with output.open("wb") as out:
         proc = subprocess.Popen(
@@ -115,11 +129,14 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             start_new_session=True,  # its own session: cleanup finds every descendant
         )
     config = load_config(REPO / "configs/default.toml", run_dir)
-    c = Cluster(proc, run_dir, config, output)
+    c = Cluster(proc, run_dir, config, output, tag)
     try:
         for nic in (n.name for h in config.hosts for n in h.nics):
             wait_for(f"{nic} up", lambda nic=nic: c.control(nic, "stats")["state"] == "up")
         yield c
     finally:
-        stop(proc)
-        assert not session_pids(proc.pid), "processes left behind"
+        stop(proc, tag)
+        left = tagged_pids(tag)
+        if not left:
+            shutil.rmtree(top, ignore_errors=True)
+        assert not left, f"processes left behind: {left} (output in {output})"
