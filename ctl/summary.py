@@ -1,0 +1,80 @@
+"""Per-flow delivery of a running cluster, from the endpoints' own books.
+
+    python -m ctl.summary [--config configs/default.toml] [--json]
+
+Senders' books come from the hosts (VMs) and fabricd (external peers); receivers' from the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from configs import DEFAULT_CONFIG
+from configs.loader import FABRICD, Config, load_config
+from ctl.client import ControlError, control
+
+
+def books(config: Config) -> dict[str, dict[str, Any]]:
+    """flow name -> {"sender": stats, "sink": stats} from every host and from fabricd."""
+    out: dict[str, dict[str, Any]] = {}
+    for host in config.hosts:
+        for name, sides in control(config.endpoint(host.name), "stats")["flows"].items():
+            out.setdefault(name, {}).update(sides)
+    for peer in control(config.endpoint(FABRICD), "stats")["peers"].values():
+        for name, stats in peer["flows"].items():
+            out.setdefault(name, {})["sender"] = stats
+        for name, stats in peer["sinks"].items():
+            out.setdefault(name, {})["sink"] = stats
+    return out
+
+
+def rows(config: Config) -> list[dict[str, Any]]:
+    """One row per configured flow: what was sent, delivered, lost and reset."""
+    got = books(config)
+    table = []
+    for flow in config.flows:
+        sender = got.get(flow.name, {}).get("sender", {})
+        sink = got.get(flow.name, {}).get("sink", {})
+        table.append(
+            {
+                "flow": flow.name,
+                "proto": flow.proto,
+                "expect": flow.expect,
+                "sent": sender.get("sent", 0),
+                "delivered": sink.get("delivered", 0),
+                "gaps": sink.get("gaps", 0),
+                "retransmits": sender.get("retransmits", 0),
+                "resets": sender.get("resets", 0),
+            }
+        )
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the table (or JSON); exit 1 if the cluster does not answer."""
+    parser = argparse.ArgumentParser(prog="ctl.summary", description=__doc__)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--run-dir")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.run_dir)
+    try:
+        table = rows(config)
+    except ControlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    cols = ["flow", "proto", "expect", "sent", "delivered", "gaps", "retransmits", "resets"]
+    print("  ".join(f"{c:>16}" if i else f"{c:<18}" for i, c in enumerate(cols)))
+    for r in table:
+        print("  ".join(f"{r[c]!s:>16}" if i else f"{r[c]!s:<18}" for i, c in enumerate(cols)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
