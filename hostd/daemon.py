@@ -10,17 +10,13 @@ the current VPID map.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import signal
 from collections import defaultdict
 from collections.abc import Callable
 from ipaddress import IPv4Interface, IPv6Interface
 from typing import Any
 
 import structlog
-import uvloop
 
 from bus.log import configure_logging
 from bus.messages import (
@@ -33,8 +29,9 @@ from bus.messages import (
     PolicyUpdate,
 )
 from bus.node import BaseNode, BusClosed
+from bus.runtime import daemon_args, every, run_loop, run_until_signalled
 from bus.transport import BusNode
-from configs.loader import Config, HostSpec, load_config
+from configs.loader import Config, HostSpec
 from hostd.endpoint import Endpoint
 from hostd.fpag import Fpag
 from hostd.traffic import FlowSpec
@@ -102,8 +99,8 @@ class HostDaemon:
         self.log.info("host.start", vpids=self.fpag.entries(), epoch=self.fpag.epoch)
         tasks = [
             asyncio.create_task(self._receive()),
-            asyncio.create_task(self._every(POLL_S, self._poll)),
-            asyncio.create_task(self._every(self.config.timers.stats_s, self._log_flows)),
+            asyncio.create_task(every(POLL_S, self._poll)),
+            asyncio.create_task(every(self.config.timers.stats_s, self._log_flows)),
         ]
         await self._stopping.wait()
         for task in tasks:
@@ -235,14 +232,6 @@ class HostDaemon:
 
     # ------------------------------------------------------------------ timers
 
-    async def _every(self, period: float, action: Callable[[], None]) -> None:
-        loop = asyncio.get_running_loop()
-        due = loop.time()
-        while True:
-            due += period
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            action()
-
     def _poll(self) -> None:
         now = self.now()
         self._send({vpid: ep.poll(now) for vpid, ep in self.endpoints.items()})
@@ -262,26 +251,12 @@ class HostDaemon:
         self.log.info("host.flows", flows=self.flow_stats())
 
 
-async def serve(config: Config, host: str) -> None:
-    """Run host `host` until SIGTERM or SIGINT."""
-    daemon = HostDaemon(config, config.host(host), BusNode(host, config.endpoint(host)))
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, daemon.stop)
-    await daemon.run()
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m hostd`."""
-    parser = argparse.ArgumentParser(prog="hostd", description=__doc__)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--host", required=True)
-    parser.add_argument("--run-dir")
-    args = parser.parse_args(argv)
-    config = load_config(args.config, args.run_dir)
-    configure_logging(args.host, config.run_dir, host=args.host)
-    with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(serve(config, args.host))
+    config, host = daemon_args("hostd", __doc__, "host", argv)
+    configure_logging(host, config.run_dir, host=host)
+    daemon = HostDaemon(config, config.host(host), BusNode(host, config.endpoint(host)))
+    run_loop(run_until_signalled(daemon))
 
 
 if __name__ == "__main__":

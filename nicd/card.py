@@ -10,7 +10,6 @@ SIGINT, stops the worker and removes the pid file and any socket file the worker
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import signal
 import subprocess
@@ -22,8 +21,8 @@ from types import FrameType
 import structlog
 
 from bus.log import configure_logging
+from bus.runtime import daemon_args
 from bus.transport import ipc_path
-from configs.loader import load_config
 
 STOP_GRACE_S = 3.0
 
@@ -98,17 +97,12 @@ class Card:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the card process (`python -m nicd`)."""
-    parser = argparse.ArgumentParser(prog="nicd", description=__doc__)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--nic", required=True)
-    parser.add_argument("--run-dir")
-    args = parser.parse_args(argv)
-    config = load_config(args.config, args.run_dir)
-    spec = config.nic(args.nic)
-    configure_logging(f"{args.nic}-card", config.run_dir, host=spec.host, nic=args.nic)
-    cmd = [sys.executable, "-m", "nicd.worker", "--config", args.config, "--nic", args.nic,
+    config, nic = daemon_args("nicd", __doc__, "nic", argv)
+    spec = config.nic(nic)
+    configure_logging(f"{nic}-card", config.run_dir, host=spec.host, nic=nic)
+    cmd = [sys.executable, "-m", "nicd.worker", "--config", str(config.path), "--nic", nic,
            "--run-dir", str(config.run_dir)]  # fmt: skip
-    card = Card(cmd, config.run_dir / f"{args.nic}.pid", ipc_path(config.endpoint(args.nic)),
+    card = Card(cmd, config.run_dir / f"{nic}.pid", ipc_path(config.endpoint(nic)),
                 config.timers.reboot_delay_s)  # fmt: skip
     signal.signal(signal.SIGTERM, card.stop)
     signal.signal(signal.SIGINT, card.stop)

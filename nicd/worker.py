@@ -11,16 +11,12 @@ policy and the VPID map when the NIC says hello.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import signal
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import structlog
-import uvloop
 
 from bus.codec import encode
 from bus.heartbeat import Liveness, LivenessTracker
@@ -37,9 +33,10 @@ from bus.messages import (
     PolicyUpdate,
 )
 from bus.node import BaseNode, BusClosed
+from bus.runtime import daemon_args, every, run_loop, run_until_signalled
 from bus.transport import BusNode
 from configs.loader import FABRICD as FABRIC
-from configs.loader import Config, NicSpec, load_config, timeouts_from_ms
+from configs.loader import Config, NicSpec, timeouts_from_ms
 from nicd.datapath.pipeline import DatapathConfig, Emit, Ingress, Out, Pipeline
 from nicd.datapath.rules import ruleset_from_config
 from nicd.datapath.teaming import Uplink, team_policy_from_str
@@ -109,9 +106,9 @@ class NicWorker:
         self.node.on_peer_disconnect(self._on_disconnect)
         self.log.info("nic.start", siblings=self.siblings)
         timers = [
-            asyncio.create_task(self._every(self.config.timers.tick_s, self._tick)),
-            asyncio.create_task(self._every(self.config.timers.heartbeat_s, self._heartbeat)),
-            asyncio.create_task(self._every(self.config.timers.stats_s, self._log_stats)),
+            asyncio.create_task(every(self.config.timers.tick_s, self._tick)),
+            asyncio.create_task(every(self.config.timers.heartbeat_s, self._heartbeat)),
+            asyncio.create_task(every(self.config.timers.stats_s, self._log_stats)),
             asyncio.create_task(self._hello_until_ready()),
         ]
         receiver = asyncio.create_task(self._receive())
@@ -238,14 +235,6 @@ class NicWorker:
 
     # ------------------------------------------------------------- timers
 
-    async def _every(self, period: float, action: Callable[[], None]) -> None:
-        loop = asyncio.get_running_loop()
-        due = loop.time()
-        while True:
-            due += period
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            action()
-
     def _tick(self) -> None:
         if self.pipeline is not None:
             self._send(self.pipeline.tick(self.now()))
@@ -327,28 +316,12 @@ def _frame_ingress(peer: str, host: str) -> Ingress | None:
     return None
 
 
-async def serve(config: Config, nic: str) -> None:
-    """Run NIC `nic` until SIGTERM or SIGINT."""
-    spec = config.nic(nic)
-    worker = NicWorker(config, spec, BusNode(nic, config.endpoint(nic)))
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.stop)
-    await worker.run()
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the NIC OS worker process."""
-    parser = argparse.ArgumentParser(prog="nicd.worker", description=__doc__)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--nic", required=True)
-    parser.add_argument("--run-dir")
-    args = parser.parse_args(argv)
-    config = load_config(args.config, args.run_dir)
-    spec = config.nic(args.nic)
-    configure_logging(args.nic, config.run_dir, host=spec.host, nic=args.nic)
-    with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(serve(config, args.nic))
+    config, nic = daemon_args("nicd.worker", __doc__, "nic", argv)
+    spec = config.nic(nic)
+    configure_logging(nic, config.run_dir, host=spec.host, nic=nic)
+    run_loop(run_until_signalled(NicWorker(config, spec, BusNode(nic, config.endpoint(nic)))))
 
 
 if __name__ == "__main__":

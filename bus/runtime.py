@@ -1,0 +1,58 @@
+"""What every nicteam daemon's event loop shares: periodic timers, signals, command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+import uvloop
+
+from configs.loader import Config, load_config
+
+
+class Daemon(Protocol):
+    """A daemon that runs until `stop()` is called."""
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+async def every(period: float, action: Callable[[], None]) -> None:
+    """Call `action` every `period` seconds, on a fixed schedule (no drift), until cancelled."""
+    loop = asyncio.get_running_loop()
+    due = loop.time()
+    while True:
+        due += period
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        action()
+
+
+async def run_until_signalled(daemon: Daemon) -> None:
+    """Run `daemon`; SIGTERM or SIGINT asks it to stop cleanly."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stop)
+    await daemon.run()
+
+
+def daemon_args(
+    prog: str, doc: str | None, role: str, argv: list[str] | None
+) -> tuple[Config, str]:
+    """Parse `--config FILE --<role> NAME [--run-dir DIR]`; returns the config and the name."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc)
+    parser.add_argument("--config", required=True)
+    parser.add_argument(f"--{role}", required=True, dest="name")
+    parser.add_argument("--run-dir")
+    args = parser.parse_args(argv)
+    return load_config(args.config, args.run_dir), args.name
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run a daemon's coroutine on uvloop; a late Ctrl-C during shutdown is not a traceback."""
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(main)
