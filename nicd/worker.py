@@ -139,11 +139,10 @@ class NicWorker:
                     self.log.warning("nic.drop.unexpected_frames", peer=peer)
                     continue
                 frames.extend((ingress, port, f) for port, f in msg.frames)
+            elif isinstance(msg, Handover) and msg.kind is HandoverKind.DELIVER:
+                frames.extend((Ingress.PEER_DELIVER, port, f) for port, f in msg.frames)
             elif isinstance(msg, Handover):
-                kind = Ingress.PEER_TRANSMIT
-                if msg.kind is HandoverKind.DELIVER:
-                    kind = Ingress.PEER_DELIVER
-                frames.extend((kind, port, f) for port, f in msg.frames)
+                self._transmit(msg.frames)
             else:
                 self._flush(frames)  # frames before a map or policy change see the old one
                 frames = []
@@ -159,6 +158,15 @@ class NicWorker:
             self.not_ready_drops += len(frames)
             return
         self._send(self.pipeline.process_batch(frames, self.now()))
+
+    def _transmit(self, frames: list[tuple[int, bytes]]) -> None:
+        """A sibling chose one of our uplinks: straight onto the wire, as one batch."""
+        if self.pipeline is None:
+            self.not_ready_drops += len(frames)
+            return
+        wire = self.pipeline.transmit_batch(frames)
+        if wire:
+            self.node.send(FABRIC, FrameBatch(self.spec.name, wire))
 
     def _send(self, emits: list[Emit]) -> None:
         """Group emitted frames per destination, one bus message each."""

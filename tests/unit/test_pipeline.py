@@ -1247,3 +1247,34 @@ def test_handover_counters_count_fast_path_frames_too() -> None:
         nic2.process(Ingress.PEER_DELIVER, 3, d.emits[0].frame, 0.0)
     assert nic1.stats.handover_sent["peer_deliver"] == 7
     assert nic2.stats.handover_received["peer_deliver"] == 7
+
+
+# -- transmit-only handover batches (the worker's path) -------------------------------------
+
+
+def test_transmit_batch_puts_good_frames_on_live_uplinks_and_counts_the_rest() -> None:
+    """No firewall, no conntrack: good frames go out; short, unknown-port, down-link ones drop."""
+    p = make_pipeline("nic2")
+    good = tcp(VM1, VM3, 40000, 80, TCP_ACK)
+    tagged_stub = good[:12] + b"\x81\x00\x00"
+    p.set_uplink_live("nic2/p1", False)
+    out = p.transmit_batch([(1, good), (1, good[:13]), (1, tagged_stub), (9, good), (2, good)])
+    assert out == [(1, good)]
+    assert len(p.ct) == 0
+    assert p.stats.handover_received["peer_transmit"] == 5
+    assert p.stats.drops == {
+        "malformed.eth.short": 1,
+        "malformed.vlan.short": 1,
+        "port.unknown_uplink": 1,
+        "uplink.down": 1,
+    }
+    assert p.stats.frames_in == 5 and p.stats.forwarded == 1
+
+
+def test_transmit_batch_agrees_with_process() -> None:
+    """The batch path and the per-frame path decide transmit handovers alike."""
+    frames = [(1, tcp(VM1, VM3, 40000, 80, TCP_ACK)), (1, b"\x00" * 10), (7, b"\x00" * 60)]
+    batch = make_pipeline("nic2").transmit_batch(frames)
+    single = make_pipeline("nic2")
+    decisions = [single.process(Ingress.PEER_TRANSMIT, port, f, 0.0) for port, f in frames]
+    assert batch == [(e.target, e.frame) for d in decisions for e in d.emits]
