@@ -23,6 +23,7 @@ from bus.messages import (
     InvalidField,
     Message,
     Wire,
+    check_flat_frames,
 )
 
 MAX_MESSAGE_BYTES: Final = 8 * 1024 * 1024
@@ -57,8 +58,8 @@ def _pairs_to_wire(pairs: list[tuple[int, bytes]]) -> list[int | bytes]:
 def _pairs_from_wire(name: str, flat: object) -> list[tuple[Any, Any]]:
     if type(flat) is not list or len(flat) % 2:
         raise InvalidField(name, "must be a flat list of port, frame pairs")
-    # The message constructor checks the element types, so this stays C-level.
-    return list(zip(flat[::2], flat[1::2], strict=True))
+    # Checked here once, on the wire form; the constructor then skips its own pass.
+    return check_flat_frames(name, flat[::2], flat[1::2])
 
 
 def _tuples_from_wire(name: str, rows: object) -> list[tuple[Any, ...]]:

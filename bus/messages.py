@@ -15,11 +15,12 @@ batch of thousands of frames is validated without a Python-level loop per frame.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Final
+from typing import Any, Final, TypeVar
 
 VERSION: Final = 1
 MAX_FRAME: Final = 9216  # jumbo Ethernet frame, bytes
@@ -32,6 +33,9 @@ MAX_PLAIN_DEPTH: Final = 32  # nesting of policy / control payloads
 
 _first = itemgetter(0)
 _second = itemgetter(1)
+
+
+_M = TypeVar("_M")
 
 
 class InvalidField(ValueError):
@@ -106,8 +110,28 @@ def _check_seconds(name: str, value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+class CheckedFrames(list[tuple[int, bytes]]):
+    """(port, frame) pairs the codec has already validated: constructors need not look again."""
+
+    __slots__ = ()
+
+
+def check_flat_frames(name: str, ports: list[Any], datas: list[Any]) -> CheckedFrames:
+    """Validate wire-form ports and frames (C-level passes) and pair them up."""
+    if len(ports) > MAX_FRAMES_PER_BATCH:
+        raise InvalidField(name, "too many frames")
+    if ports:
+        if set(map(type, ports)) != {int} or min(ports) < 0 or max(ports) > MAX_PORT:
+            raise InvalidField(name, "ports must be u32 ints")
+        if set(map(type, datas)) != {bytes} or max(map(len, datas)) > MAX_FRAME:
+            raise InvalidField(name, f"frames must be bytes of <= {MAX_FRAME}")
+    return CheckedFrames(zip(ports, datas, strict=True))
+
+
 def check_frames(name: str, frames: object) -> None:
     """Validate ``list[tuple[port, frame]]`` with C-level passes, not a Python loop per frame."""
+    if type(frames) is CheckedFrames:
+        return
     if type(frames) is not list:
         raise InvalidField(name, "must be a list")
     if not frames:
@@ -329,3 +353,12 @@ MESSAGE_TYPES: Final[dict[int, type[Message]]] = {
     9: Fault,
 }
 TYPE_CODES: Final[dict[type[Message], int]] = {cls: code for code, cls in MESSAGE_TYPES.items()}
+
+
+def trusted(cls: type[_M], *values: Any) -> _M:
+    """Build a message without validating it: only from data this process made or has already
+    validated (frames it decoded and forwards). Peers still validate everything they decode."""
+    msg = object.__new__(cls)
+    for f, value in zip(dataclasses.fields(cls), values, strict=True):
+        object.__setattr__(msg, f.name, value)  # frozen dataclass: the documented way in
+    return msg

@@ -31,6 +31,7 @@ from bus.messages import (
     Hello,
     MapUpdate,
     PolicyUpdate,
+    trusted,
 )
 from bus.node import BaseNode, BusClosed
 from bus.runtime import daemon_args, every, run_loop, run_until_signalled
@@ -166,7 +167,7 @@ class NicWorker:
             return
         wire = self.pipeline.transmit_batch(frames)
         if wire:
-            self.node.send(FABRIC, FrameBatch(self.spec.name, wire))
+            self.node.send(FABRIC, trusted(FrameBatch, self.spec.name, wire))
 
     def _send(self, emits: list[Emit]) -> None:
         """Group emitted frames per destination, one bus message each."""
@@ -185,12 +186,13 @@ class NicWorker:
             else:
                 handovers[(e.nic, HandoverKind.TRANSMIT)].append((e.target, e.frame))
         name = self.spec.name
+        # Our own frames, already checked: built without re-validation (the receiver validates).
         if to_host:
-            self.node.send(self.host, FrameBatch(name, to_host))
+            self.node.send(self.host, trusted(FrameBatch, name, to_host))
         if to_fabric:
-            self.node.send(FABRIC, FrameBatch(name, to_fabric))
+            self.node.send(FABRIC, trusted(FrameBatch, name, to_fabric))
         for (nic, kind), frames in handovers.items():
-            self.node.send(nic, Handover(name, kind, frames))
+            self.node.send(nic, trusted(Handover, name, kind, frames))
 
     # ------------------------------------------------------------- control plane messages
 

@@ -293,3 +293,13 @@ packable = st.recursive(
 def test_fuzz_valid_msgpack_bad_fields(version: object, code: object, fields: list) -> None:
     # Valid msgpack, plausible header: this reaches the per-field validators, not just msgpack.
     check_only_malformed_escapes(msgpack.packb([version, code, *fields], use_bin_type=True))
+
+
+def test_trusted_messages_encode_like_validated_ones() -> None:
+    """`trusted` skips validation only: the bytes on the wire are the same."""
+    from bus.messages import FrameBatch, Handover, HandoverKind, trusted
+
+    frames = [(1, b"\x00" * 60), (2, b"\x01" * 64)]
+    assert encode(trusted(FrameBatch, "nic1", frames)) == encode(FrameBatch("nic1", frames))
+    h = trusted(Handover, "nic1", HandoverKind.TRANSMIT, frames)
+    assert decode_untrusted(encode(h)) == Handover("nic1", HandoverKind.TRANSMIT, frames)
