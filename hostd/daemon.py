@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable
-from ipaddress import IPv4Interface, IPv6Interface
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 import structlog
@@ -53,6 +53,7 @@ class HostDaemon:
         self.policy_version = 1
         self.nic_state: dict[str, str] = {}
         self._announced: set[str] = set()
+        self._vms = {vm.name for vm in spec.vms}
         self._stopping = asyncio.Event()
         for vm in spec.vms:
             for i, iface in enumerate(vm.interfaces):
@@ -118,42 +119,22 @@ class HostDaemon:
 
     def _start_flows(self, now: float) -> None:
         for flow in self.config.flows:
-            src = self._endpoint_for(flow.src, flow.dst)
-            if src is None:
+            if flow.src not in self._vms:
                 continue  # a flow of another host or of an external peer
-            dst_ip = self._address_of(flow.dst, src)
+            dst_ip = self.config.flow_target(flow)  # the loader picks the shared segment
+            src = self._endpoint_facing(flow.src, dst_ip)
             spec = FlowSpec(
                 flow.name, flow.proto, src.name, dst_ip, flow.dport, flow.rate, flow.size
             )
             src.add_flow(spec, now)
 
-    def _endpoint_for(self, vm_name: str, dst: str) -> Endpoint | None:
+    def _endpoint_facing(self, vm_name: str, dst_ip: IPv4Address | IPv6Address) -> Endpoint:
         """The sending VM's interface on the destination's subnet (else its first)."""
-        mine = [
-            (vpid, ep)
-            for vpid, ep in self.endpoints.items()
-            if self.fpag.binding(vpid).vm == vm_name
-        ]
-        if not mine:
-            return None
-        for _vpid, ep in mine:
-            if self._address_of(dst, ep, strict=True) is not None:
+        mine = [ep for vpid, ep in self.endpoints.items() if self.fpag.binding(vpid).vm == vm_name]
+        for ep in mine:
+            if any(dst_ip in iface.network for iface in ep.interfaces):
                 return ep
-        return mine[0][1]
-
-    def _address_of(self, name: str, src: Endpoint, strict: bool = False) -> Any:
-        """An address of VM or peer `name`, preferably on one of `src`'s subnets."""
-        ips: list[IPv4Interface | IPv6Interface] = []
-        try:
-            for iface in self.config.vm(name).interfaces:
-                ips.extend(iface.ips)
-        except KeyError:
-            ips.extend(self.config.peer(name).ips)
-        nets = [ip.network for ip in src.interfaces]
-        for ip in ips:
-            if any(ip.ip in net for net in nets):
-                return ip.ip
-        return None if strict else next(i.ip for i in ips if i.version == 4)
+        return mine[0]
 
     def _add_v6_neighbors(self) -> None:
         # IPv6 neighbour discovery is not emulated: every endpoint knows every v6 neighbour.

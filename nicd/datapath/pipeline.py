@@ -225,7 +225,8 @@ class Pipeline:
         """Decide one frame; never raises on bad input (drops are counted by reason)."""
         if ingress >= Ingress.PEER_DELIVER:
             self.stats.handover_received[_HANDOVER_NAMES[ingress]] += 1
-        key = fast_key(ingress, port, frame)
+        # A transmit handover never has a fast entry: looking would only count false misses.
+        key = fast_key(ingress, port, frame) if ingress != Ingress.PEER_TRANSMIT else None
         if key is not None:
             found = self._fast_lookup(key, len(frame), now)
             if found is not None:
@@ -249,7 +250,7 @@ class Pipeline:
         for ingress, port, frame in batch:
             if ingress >= Ingress.PEER_DELIVER:
                 received[_HANDOVER_NAMES[ingress]] += 1
-            key = fast_key(ingress, port, frame)
+            key = fast_key(ingress, port, frame) if ingress != Ingress.PEER_TRANSMIT else None
             found = fast(key, len(frame), now) if key is not None else None
             if found is not None:
                 hits += 1

@@ -1278,3 +1278,4 @@ def test_transmit_batch_agrees_with_process() -> None:
     single = make_pipeline("nic2")
     decisions = [single.process(Ingress.PEER_TRANSMIT, port, f, 0.0) for port, f in frames]
     assert batch == [(e.target, e.frame) for d in decisions for e in d.emits]
+    assert single.eswitch.stats.misses == single.cache.stats.misses == 0  # no false misses
