@@ -99,6 +99,13 @@ def _check_uint(name: str, value: object, high: int = MAX_UINT) -> None:
         raise InvalidField(name, f"must be an int in 0..{high}")
 
 
+def _check_uint_list(name: str, value: object, high: int = MAX_UINT, limit: int = 1024) -> None:
+    if type(value) is not list or len(value) > limit:
+        raise InvalidField(name, f"must be a list of at most {limit} ints")
+    for item in value:
+        _check_uint(name, item, high)
+
+
 def _check_bool(name: str, value: object) -> None:
     if type(value) is not bool:
         raise InvalidField(name, "must be a bool")
@@ -240,12 +247,35 @@ class Heartbeat:
     seq: int
     epoch: int
     state: str
+    links_down: list[int] = field(default_factory=list)  # own uplink PPIDs without carrier
+    uplink_bps: list[int] = field(default_factory=list)  # own uplinks' tx bytes/s, by PPID - 1
+    # Load-based teaming: flat (team uplink index, VPID, bytes/s) triples of the last interval.
+    vpid_load: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_name("src", self.src)
         _check_uint("seq", self.seq)
         _check_uint("epoch", self.epoch)
         check_name("state", self.state)
+        _check_uint_list("links_down", self.links_down, MAX_PORT)
+        _check_uint_list("uplink_bps", self.uplink_bps)
+        _check_uint_list("vpid_load", self.vpid_load, limit=3 * 4096)
+        if len(self.vpid_load) % 3:
+            raise InvalidField("vpid_load", "must hold (uplink, vpid, rate) triples")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    """The fabric tells a NIC whether uplink ``ppid`` has carrier (a cable pulled or put back)."""
+
+    src: str
+    ppid: int
+    up: bool
+
+    def __post_init__(self) -> None:
+        check_name("src", self.src)
+        _check_uint("ppid", self.ppid, MAX_PORT)
+        _check_bool("up", self.up)
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +368,7 @@ Message = (
     | ControlRequest
     | ControlReply
     | Fault
+    | LinkState
 )
 
 # The one table of type codes. Codes are wire format: never renumber, only append.
@@ -351,6 +382,7 @@ MESSAGE_TYPES: Final[dict[int, type[Message]]] = {
     7: ControlRequest,
     8: ControlReply,
     9: Fault,
+    10: LinkState,
 }
 TYPE_CODES: Final[dict[type[Message], int]] = {cls: code for code, cls in MESSAGE_TYPES.items()}
 

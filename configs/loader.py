@@ -184,6 +184,8 @@ class HostSpec:
     vms: tuple[VmSpec, ...]
     team_policy: str = "port-id"
     failback: bool = True
+    uplink_mbps: float = 10_000.0  # each uplink's capacity, for load-based teaming
+    load_threshold: float = 0.75  # load-based moves a VPID off an uplink busier than this
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +317,9 @@ class Config:
             "firewall_default": self.firewall_default,
             "team_policy": h.team_policy,
             "failback": h.failback,
+            # The policy travels without floats: bits/s and a percentage.
+            "uplink_bps": round(h.uplink_mbps * 1e6),
+            "load_threshold_pct": round(h.load_threshold * 100),
             "timeouts_ms": timeouts_to_ms(self.ct_timeouts()),
             "nics": [{"name": n.name, "uplinks": list(n.uplinks)} for n in h.nics],
         }
@@ -428,6 +433,8 @@ def config_from_dict(
             vms=tuple(vm for vm in vms if vm.host == h.name),
             team_policy=h.team_policy,
             failback=h.failback,
+            uplink_mbps=h.uplink_mbps,
+            load_threshold=h.load_threshold,
         )
         for h in hosts
     )
@@ -658,9 +665,11 @@ class _HostDraft:
     nics: tuple[NicSpec, ...]
     team_policy: str
     failback: bool
+    uplink_mbps: float
+    load_threshold: float
 
 
-_HOST_KEYS = ("name", "nics", "team_policy", "failback")
+_HOST_KEYS = ("name", "nics", "team_policy", "failback", "uplink_mbps", "load_threshold")
 _NIC_KEYS = ("name", "uplinks", "eswitch_capacity", "ct_limit")
 
 
@@ -681,6 +690,17 @@ def _hosts(v: object) -> list[_HostDraft]:
         except ValueError as e:
             raise ConfigError.wrap(e) from None
         failback = _bool(d.get("failback", True), f"{where}.failback")
+        mbps = _number(d.get("uplink_mbps", 10_000))
+        if mbps is None or not 0.001 <= mbps <= 1e6:
+            raise ConfigError(
+                f"{where}.uplink_mbps", f"must be a number in 0.001..1e6, got {d['uplink_mbps']!r}"
+            )
+        threshold = _number(d.get("load_threshold", 0.75))
+        if threshold is None or not 0.01 <= threshold <= 1:
+            raise ConfigError(
+                f"{where}.load_threshold",
+                f"must be a number in 0.01..1, got {d['load_threshold']!r}",
+            )
         nic_items = _array(d["nics"], f"{where}.nics")
         if not 1 <= len(nic_items) <= MAX_NICS_PER_HOST:
             raise ConfigError(
@@ -711,7 +731,7 @@ def _hosts(v: object) -> list[_HostDraft]:
                     ct_limit=_int(nd.get("ct_limit", 262144), f"{nwhere}.ct_limit", 1),
                 )
             )
-        hosts.append(_HostDraft(name, tuple(nics), policy.value, failback))
+        hosts.append(_HostDraft(name, tuple(nics), policy.value, failback, mbps, threshold))
     return hosts
 
 

@@ -66,14 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     except ControlError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(table, indent=2))
-        return 0
-    cols = ["flow", "proto", "expect", "sent", "delivered", "gaps", "retransmits", "resets"]
-    print("  ".join(f"{c:>16}" if i else f"{c:<18}" for i, c in enumerate(cols)))
-    for r in table:
-        print("  ".join(f"{r[c]!s:>16}" if i else f"{r[c]!s:<18}" for i, c in enumerate(cols)))
+    print(json.dumps(table, indent=2) if args.json else format_table(table))
     return 0
+
+
+def format_table(table: list[dict[str, Any]]) -> str:
+    """The rows as an aligned text table."""
+    cols = ["flow", "proto", "expect", "sent", "delivered", "gaps", "retransmits", "resets"]
+    lines = ["  ".join(f"{c:>11}" if i else f"{c:<18}" for i, c in enumerate(cols))]
+    for r in table:
+        lines.append(
+            "  ".join(f"{r[c]!s:>11}" if i else f"{r[c]!s:<18}" for i, c in enumerate(cols))
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Control replies go back to the requester by name; a requester we have no link to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections import deque
 from collections.abc import Hashable
@@ -34,6 +35,7 @@ from bus.messages import (
     Fault,
     FrameBatch,
     Hello,
+    LinkState,
     Message,
 )
 from bus.node import BaseNode, BusClosed
@@ -80,6 +82,8 @@ class Fabric:
         self._peer_ports: dict[Port, Endpoint] = {}
         self._out: dict[str, list[tuple[int, bytes]]] = {}
         self._linked: set[str] = set()  # NICs whose uplinks have carrier
+        self._cut: set[Port] = set()  # uplinks whose cable is pulled (`link-down`)
+        self._carrier: list[tuple[str, int, bool]] = []  # to tell NICs: (nic, ppid, up)
         for host in config.hosts:
             for nic in host.nics:
                 if nic.name in self.nics:
@@ -163,7 +167,32 @@ class Fabric:
         else:
             self._linked.discard(nic)
         for ppid in self.nics[nic]:
-            self.switch.set_link((nic, ppid), up)
+            self.switch.set_link((nic, ppid), up and (nic, ppid) not in self._cut)
+        if up:  # a (re)started NIC learns which of its cables are pulled
+            self._carrier.extend(
+                (nic, ppid, (nic, ppid) not in self._cut) for ppid in self.nics[nic]
+            )
+
+    def set_cable(self, label: object, up: bool) -> dict[str, object]:
+        """`link-down` / `link-up`: pull or reconnect an uplink's cable; both ends lose carrier."""
+        port = self.ports_by_label.get(label) if isinstance(label, str) else None
+        if port is None or port[0] == PEER:
+            uplinks = sorted(lb for lb, p in self.ports_by_label.items() if p[0] != PEER)
+            raise ValueError(f"unknown uplink {label!r}; uplinks: {uplinks}")
+        nic, ppid = cast("tuple[str, int]", port)
+        if up:
+            self._cut.discard(port)
+        else:
+            self._cut.add(port)
+        self.switch.set_link(port, up and nic in self._linked)
+        self._carrier.append((nic, ppid, up))
+        log.info("fabric.link.up" if up else "fabric.link.down", port=label)
+        return {"port": label, "carrier": up, "up": self.switch.is_up(port)}
+
+    def take_carrier(self) -> list[tuple[str, int, bool]]:
+        """Carrier changes to tell the NICs since the last call: (nic, uplink ppid, up)."""
+        out, self._carrier = self._carrier, []
+        return out
 
     def control(self, cmd: str, args: dict[str, object], now: float) -> dict[str, object]:
         """Answer a control command; raises ValueError for a bad command or argument."""
@@ -174,12 +203,17 @@ class Fabric:
                 "ports": {self.labels[p]: s for p, s in self.switch.ports().items()},
                 "peers": {name: peer.snapshot() for name, peer in self.peers.items()},
             }
+        if cmd == "sources":
+            sources = self.switch.sources()
+            return {self.labels[p]: sources[p] for p in sorted(sources, key=self.labels.get)}
         if cmd == "mac-table":
             rows = [
                 {"vlan": r.vlan, "mac": r.mac, "port": self.labels[r.port], "age": round(r.age, 6)}
                 for r in self.switch.mac_table(now)
             ]
             return {"rows": rows}
+        if cmd in ("link-down", "link-up"):
+            return self.set_cable(args.get("port"), cmd == "link-up")
         if cmd in ("port-down", "port-up"):
             label = args.get("port")
             port = self.ports_by_label.get(label) if isinstance(label, str) else None
@@ -327,6 +361,9 @@ class FabricDaemon:
         fabric = self.fabric
         assert fabric is not None
         fabric.log_moves()
+        for nic, ppid, up in fabric.take_carrier():
+            with contextlib.suppress(BusClosed):
+                self.node.send(nic, LinkState(self.node.name, ppid, up))
         for nic, frames in fabric.take_output().items():
             for chunk in _chunks(frames) if frames else ():
                 fabric.stats.batches_out += 1

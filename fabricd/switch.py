@@ -53,6 +53,8 @@ class _PortState:
     vlan: Vlan  # the access VLAN; None on trunks
     admin_up: bool = True
     link_up: bool = True
+    rx: int = 0  # frames received and switched
+    tx: int = 0  # frames sent
 
     @property
     def up(self) -> bool:
@@ -121,6 +123,7 @@ class Switch:
         self._members: dict[Vlan, list[Port]] = {}  # up ports of a VLAN, rebuilt on changes
         self._trunks: list[Port] = []  # up trunks, members of every VLAN
         self._moves: list[MacMove] = []
+        self._sources: dict[tuple[Port, bytes], int] = {}  # frames per (ingress port, source)
 
     # --- ports ------------------------------------------------------------------------------
 
@@ -162,9 +165,23 @@ class Switch:
     def ports(self) -> dict[Port, dict[str, Any]]:
         """Every port with its mode, VLAN and states."""
         return {
-            p: {"mode": str(s.mode), "vlan": s.vlan, "admin_up": s.admin_up, "link_up": s.link_up}
+            p: {
+                "mode": str(s.mode),
+                "vlan": s.vlan,
+                "admin_up": s.admin_up,
+                "link_up": s.link_up,
+                "rx": s.rx,
+                "tx": s.tx,
+            }
             for p, s in self._ports.items()
         }
+
+    def sources(self) -> dict[Port, dict[str, int]]:
+        """Frames received per port and source MAC: which uplink each station sends on."""
+        out: dict[Port, dict[str, int]] = {}
+        for (port, mac), n in self._sources.items():
+            out.setdefault(port, {})[mac_str(mac)] = n
+        return out
 
     # --- forwarding -------------------------------------------------------------------------
 
@@ -191,6 +208,9 @@ class Switch:
         else:
             vlan = tag
         self._learn(vlan, src, port, now)
+        state.rx += 1
+        key = (port, src)
+        self._sources[key] = self._sources.get(key, 0) + 1
         if not dst[0] & 1:
             entry = self._lookup(vlan, dst, now)
             if entry is not None:
@@ -220,6 +240,7 @@ class Switch:
                 self._drop("egress.oversize")
                 continue
             out.append((p, f))
+            self._ports[p].tx += 1
         self.stats.frames_out += len(out)
         return out
 

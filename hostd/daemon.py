@@ -36,6 +36,7 @@ from hostd.endpoint import Endpoint
 from hostd.fpag import Fpag
 from hostd.traffic import FlowSpec
 from nicd.datapath.frames import mac_str
+from nicd.datapath.teaming import team_policy_from_str
 
 POLL_S = 0.005
 
@@ -51,7 +52,9 @@ class HostDaemon:
         self.fpag = Fpag([n.name for n in spec.nics])
         self.endpoints: dict[int, Endpoint] = {}
         self.policy_version = 1
+        self.team_policy = spec.team_policy  # changed at run time by the `team-policy` command
         self.nic_state: dict[str, str] = {}
+        self.links_down: dict[str, list[str]] = {}  # per NIC, from its heartbeats
         self._announced: set[str] = set()
         self._vms = {vm.name for vm in spec.vms}
         self._stopping = asyncio.Event()
@@ -89,6 +92,7 @@ class HostDaemon:
                 }
             )
         policy["interfaces"] = interfaces
+        policy["team_policy"] = self.team_policy
         return policy
 
     async def run(self) -> None:
@@ -183,6 +187,13 @@ class HostDaemon:
     def _on_heartbeat(self, peer: str, msg: Heartbeat) -> None:
         old = self.nic_state.get(peer)
         self.nic_state[peer] = msg.state
+        if peer in self.fpag.nics:
+            spec = self.config.nic(peer)
+            self.links_down[peer] = [
+                spec.uplink_name(spec.uplinks[p - 1])
+                for p in msg.links_down
+                if 1 <= p <= len(spec.uplinks)
+            ]
         if msg.state == "up" and peer not in self._announced:
             # The VMs behind a NIC that just came up tell the network where they are.
             self._announced.add(peer)
@@ -193,14 +204,50 @@ class HostDaemon:
 
     def _on_control(self, peer: str, msg: ControlRequest) -> None:
         if msg.cmd == "stats":
-            result = {"flows": self.flow_stats(), "nics": dict(self.nic_state)}
+            result = {
+                "flows": self.flow_stats(),
+                "nics": dict(self.nic_state),
+                "team_policy": self.team_policy,
+                "links_down": dict(self.links_down),
+            }
             reply = ControlReply(msg.req_id, True, result, "")
+        elif msg.cmd == "team-policy":
+            try:
+                reply = ControlReply(msg.req_id, True, self.set_team_policy(msg.args), "")
+            except ValueError as e:
+                reply = ControlReply(msg.req_id, False, {}, str(e))
         elif msg.cmd == "map":
-            result = {"epoch": self.fpag.epoch, "entries": self.fpag.entries()}
+            result = {
+                "epoch": self.fpag.epoch,
+                "entries": self.fpag.entries(),
+                "ports": self.ports(),
+            }
             reply = ControlReply(msg.req_id, True, result, "")
         else:
             reply = ControlReply(msg.req_id, False, {}, f"unknown command {msg.cmd!r}")
         self.node.reply(peer, reply)
+
+    def ports(self) -> list[dict[str, object]]:
+        """Every VM interface: its VPID, VM, MAC and where it is plugged now."""
+        out: list[dict[str, object]] = []
+        for vpid, ep in sorted(self.endpoints.items()):
+            b = self.fpag.binding(vpid)
+            out.append(
+                {"vpid": vpid, "vm": ep.name, "mac": mac_str(ep.mac), "nic": b.nic, "ppid": b.ppid}
+            )
+        return out
+
+    def set_team_policy(self, args: dict[str, object]) -> dict[str, object]:
+        """The `team-policy` command: every NIC of the host gets the new policy now."""
+        new = team_policy_from_str(args.get("policy"), "policy").value
+        old, self.team_policy = self.team_policy, new
+        if new != old:
+            self.policy_version += 1
+            update = PolicyUpdate(self.policy_version, self.policy())
+            for nic in self.fpag.nics:
+                self.node.send(nic, update)
+        self.log.info("host.team.policy", old=old, new=new, version=self.policy_version)
+        return {"old": old, "policy": new, "version": self.policy_version}
 
     def _send(self, out: dict[int, list[bytes]]) -> None:
         per_nic: dict[str, list[tuple[int, bytes]]] = defaultdict(list)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 import structlog
@@ -29,6 +30,7 @@ from bus.messages import (
     HandoverKind,
     Heartbeat,
     Hello,
+    LinkState,
     MapUpdate,
     PolicyUpdate,
     trusted,
@@ -62,6 +64,9 @@ def build_pipeline(spec: NicSpec, policy: dict[str, Any]) -> Pipeline:
         eswitch_capacity=spec.eswitch_capacity,
         ct_limit=spec.ct_limit,
         timeouts=timeouts_from_ms(policy["timeouts_ms"]),
+        failback=policy["failback"],
+        uplink_bps=policy["uplink_bps"],
+        load_threshold=policy["load_threshold_pct"] / 100,
     )
     rules = ruleset_from_config(policy["rules"], policy["firewall_default"], policy["version"])
     policy_kind = team_policy_from_str(policy["team_policy"], "team_policy")
@@ -79,6 +84,13 @@ class NicWorker:
         self.siblings = [n.name for n in config.host(spec.host).nics if n.name != spec.name]
         self.pipeline: Pipeline | None = None
         self.policy_version = -1
+        self.policy: dict[str, Any] = {}
+        # Our uplinks without carrier (PPIDs), as the fabric told us; kept across policy loads.
+        self.links_down: set[int] = set()
+        self._sibling_links: dict[str, tuple[frozenset[int], tuple[int, ...]]] = {}  # last seen
+        self._tx_bytes: dict[int, int] = defaultdict(int)  # per own uplink PPID, this interval
+        self._tx_since = 0.0
+        self.uplink_bps: list[int] = [0] * len(spec.uplinks)
         self.log = structlog.get_logger().bind(nic=spec.name, host=spec.host)
         timers = config.timers
         self.liveness = LivenessTracker(timers.heartbeat_s, timers.heartbeat_misses)
@@ -89,6 +101,7 @@ class NicWorker:
             MapUpdate: self._on_map,
             PolicyUpdate: self._on_policy,
             Heartbeat: self._on_heartbeat,
+            LinkState: self._on_link_state,
             ControlRequest: self._on_control,
             Hello: lambda peer, msg: None,
         }
@@ -167,7 +180,17 @@ class NicWorker:
             return
         wire = self.pipeline.transmit_batch(frames)
         if wire:
+            self._count_tx(wire)
             self.node.send(FABRIC, trusted(FrameBatch, self.spec.name, wire))
+
+    def _count_tx(self, wire: list[tuple[int, bytes]]) -> None:
+        """Bytes per own uplink, for the load every NIC's load-based teaming reads."""
+        ports = set(map(_first, wire))
+        if len(ports) == 1:
+            self._tx_bytes[ports.pop()] += sum(map(len, map(_second, wire)))
+        else:
+            for ppid, frame in wire:
+                self._tx_bytes[ppid] += len(frame)
 
     def _send(self, emits: list[Emit]) -> None:
         """Group emitted frames per destination, one bus message each."""
@@ -190,6 +213,7 @@ class NicWorker:
         if to_host:
             self.node.send(self.host, trusted(FrameBatch, name, to_host))
         if to_fabric:
+            self._count_tx(to_fabric)
             self.node.send(FABRIC, trusted(FrameBatch, name, to_fabric))
         for (nic, kind), frames in handovers.items():
             self.node.send(nic, trusted(Handover, name, kind, frames))
@@ -203,16 +227,33 @@ class NicWorker:
             policy = dict(msg.policy, version=msg.version)
             if self.pipeline is None:
                 self.pipeline = build_pipeline(self.spec, policy)
+                for ppid in self.links_down:
+                    self.pipeline.set_uplink_live(self._uplink_name(ppid), False)
             else:
-                self.pipeline.set_rules(
-                    ruleset_from_config(policy["rules"], policy["firewall_default"], msg.version),
-                    self.now(),
-                )
+                self._update_policy(self.pipeline, self.policy, policy)
         except (KeyError, TypeError, ValueError) as e:
             self.log.error("nic.policy.rejected", version=msg.version, error=str(e))
             return
         self.policy_version = msg.version
-        self.log.info("nic.policy", version=msg.version)
+        self.policy = policy
+        self.log.info("nic.policy", version=msg.version, team_policy=policy["team_policy"])
+
+    def _update_policy(self, p: Pipeline, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """Apply what changed: rules are revalidated only when they changed (O(connections))."""
+        team_policy = team_policy_from_str(new["team_policy"], "team_policy")
+        rules_changed = (old.get("rules"), old.get("firewall_default")) != (
+            new["rules"],
+            new["firewall_default"],
+        )
+        ruleset = None
+        if rules_changed:
+            ruleset = ruleset_from_config(new["rules"], new["firewall_default"], new["version"])
+        if ruleset is not None:
+            p.set_rules(ruleset, self.now())
+        if team_policy is not p.team.policy:
+            old_policy = p.team.policy.value
+            self._send(p.set_policy(team_policy))
+            self.log.info("team.policy", old=old_policy, new=team_policy.value)
 
     def _on_map(self, peer: str, msg: MapUpdate) -> None:
         if peer != self.host or self.pipeline is None:
@@ -228,6 +269,48 @@ class NicWorker:
 
     def _on_heartbeat(self, peer: str, msg: Heartbeat) -> None:
         self.liveness.heard(peer, self.now())
+        if peer in self.siblings and self.pipeline is not None:
+            self._sibling_team_state(self.pipeline, peer, msg)
+
+    def _sibling_team_state(self, p: Pipeline, peer: str, msg: Heartbeat) -> None:
+        """A sibling's uplink carrier and its VPIDs' load, from its heartbeat (on change)."""
+        state = (frozenset(msg.links_down), tuple(msg.vpid_load))
+        if self._sibling_links.get(peer) == state:
+            return
+        self._sibling_links[peer] = state
+        down = p.team.links_down()
+        for u in p.team.uplinks:
+            up = u.ppid not in state[0]
+            if u.nic == peer and up != (u.name not in down):
+                self.log.info("team.uplink.up" if up else "team.uplink.down", uplink=u.name)
+                self._send(p.set_uplink_live(u.name, up))
+        uplinks = p.team.uplinks
+        load = msg.vpid_load
+        rows = [
+            (uplinks[load[i]].name, load[i + 1], float(load[i + 2]))
+            for i in range(0, len(load), 3)
+            if load[i] < len(uplinks)
+        ]
+        p.team.report_load(peer, rows)
+
+    def _on_link_state(self, peer: str, msg: LinkState) -> None:
+        """The fabric says one of our uplinks lost or regained carrier."""
+        if peer != FABRIC or not 1 <= msg.ppid <= len(self.spec.uplinks):
+            return
+        if (msg.ppid not in self.links_down) == msg.up:
+            return
+        if msg.up:
+            self.links_down.discard(msg.ppid)
+        else:
+            self.links_down.add(msg.ppid)
+        name = self._uplink_name(msg.ppid)
+        self.log.info("team.uplink.up" if msg.up else "team.uplink.down", uplink=name, own=True)
+        if self.pipeline is not None:
+            self._send(self.pipeline.set_uplink_live(name, msg.up))
+        self._heartbeat()  # siblings and hostd hear it now, not at the next beat
+
+    def _uplink_name(self, ppid: int) -> str:
+        return self.spec.uplink_name(self.spec.uplinks[ppid - 1])
 
     def _on_disconnect(self, peer: str) -> None:
         if peer in self.siblings:
@@ -248,12 +331,24 @@ class NicWorker:
     def _tick(self) -> None:
         if self.pipeline is not None:
             self._send(self.pipeline.tick(self.now()))
+            for vpid, src, dst in self.pipeline.take_team_moves():
+                self.log.info("team.rebalance", vpid=vpid, **{"from": src, "to": dst})
 
     def _heartbeat(self) -> None:
         self.hb_seq += 1
         epoch = self.pipeline.map.epoch if self.pipeline else 0
         state = "up" if self.pipeline is not None and epoch else "starting"
-        data = encode(Heartbeat(self.spec.name, self.hb_seq, epoch, state))
+        data = encode(
+            Heartbeat(
+                self.spec.name,
+                self.hb_seq,
+                epoch,
+                state,
+                sorted(self.links_down),
+                list(self.uplink_bps),
+                self._vpid_load(),
+            )
+        )
         for peer in (self.host, *self.siblings):
             self.node.send_raw(peer, data)
         self._check_liveness()
@@ -272,7 +367,29 @@ class NicWorker:
             self.node.send(self.host, Hello(self.spec.name, "nic"))
             await asyncio.sleep(HELLO_EVERY_S)
 
+    def _vpid_load(self) -> list[int]:
+        if self.pipeline is None:
+            return []
+        index = {u.name: i for i, u in enumerate(self.pipeline.team.uplinks)}
+        return [
+            x
+            for name, vpid, rate in self.pipeline.team.published_load()
+            for x in (index[name], vpid, round(rate))
+        ]
+
+    def _measure_uplinks(self) -> None:
+        now = self.now()
+        elapsed = now - self._tx_since
+        self._tx_since = now
+        if elapsed <= 0:
+            return
+        self.uplink_bps = [
+            round(self._tx_bytes.get(i + 1, 0) / elapsed) for i in range(len(self.spec.uplinks))
+        ]
+        self._tx_bytes.clear()
+
     def _log_stats(self) -> None:
+        self._measure_uplinks()
         if self.pipeline is not None:
             s = self.stats()
             self.log.info("nic.stats", **{k: s[k] for k in ("frames_in", "slow_path", "tiers")})
@@ -314,8 +431,17 @@ class NicWorker:
             "handover_sent": dict(p.stats.handover_sent),
             "handover_received": dict(p.stats.handover_received),
             "team": [u.name for u in p.team.live()],
+            "team_policy": p.team.policy.value,
+            "links_down": p.team.links_down(),
+            "uplink_bps": {self._uplink_name(i + 1): bps for i, bps in enumerate(self.uplink_bps)},
+            "team_moves": p.stats.team_moves,
+            "announcements": p.stats.announcements,
         }
         return out
+
+
+_first = itemgetter(0)
+_second = itemgetter(1)
 
 
 def _frame_ingress(peer: str, host: str) -> Ingress | None:

@@ -102,6 +102,9 @@ class DatapathConfig:
     ct_limit: int = 262_144
     timeouts: Timeouts = field(default_factory=Timeouts)
     rebalance_swaps: int = 64
+    failback: bool = True  # active-backup: the first uplink takes back over when it returns
+    uplink_bps: float = 1e10  # load-based: each uplink's capacity ...
+    load_threshold: float = 0.75  # ... and the share of it that counts as overloaded
 
 
 @dataclass(slots=True)
@@ -118,6 +121,7 @@ class PipelineStats:
     revalidated: int = 0
     revalidate_removed: int = 0
     announcements: int = 0
+    team_moves: int = 0  # VPIDs load-based teaming moved to another uplink
 
 
 @dataclass(slots=True)
@@ -151,7 +155,13 @@ class Pipeline:
         self.eswitch = ESwitch(capacity=config.eswitch_capacity)
         self.map = VpidMap(nic)
         self.vswitch = VSwitch(segments, interfaces)
-        self.team = Team(list(uplinks), policy)
+        self.team = Team(
+            list(uplinks),
+            policy,
+            failback=config.failback,
+            capacity_bps=config.uplink_bps,
+            load_threshold=config.load_threshold,
+        )
         self.stats = PipelineStats()
         self._vf_vpid: dict[int, int] = {}
         self._uplinks: dict[int, Uplink] = {u.ppid: u for u in self.team.uplinks if u.nic == nic}
@@ -163,6 +173,7 @@ class Pipeline:
         self._recs: list[CtRecord] = []
         self._learn: tuple[str, bytes] | None = None
         self._account: tuple[str, int] | None = None
+        self._team_moves: list[tuple[int, str, str]] = []
 
     # ----------------------------------------------------------------- configuration
 
@@ -698,9 +709,19 @@ class Pipeline:
                     r.tier = Tier.ESWITCH
         if self.team.policy is TeamPolicy.LOAD_BASED:
             before = self.team.assignments(self.map.local_vpids())
-            if self.team.rebalance(now):
+            local = set(self.map.local_vpids())
+            # Every NIC plans from the same loads; each acts for its own VPIDs only.
+            moves = [m for m in self.team.rebalance(now) if m[0] in local]
+            if moves:
+                self._team_moves.extend(moves)
+                self.stats.team_moves += len(moves)
                 return self._announce_moves(before)
         return []
+
+    def take_team_moves(self) -> list[tuple[int, str, str]]:
+        """Load-based moves of local VPIDs since the last call: (VPID, from, to) uplink names."""
+        moves, self._team_moves = self._team_moves, []
+        return moves
 
     def _readback(
         self, interval: float

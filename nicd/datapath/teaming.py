@@ -126,6 +126,11 @@ class Team:
         self.load_threshold = load_threshold
         self.capacity_bps = capacity_bps
         self._live: set[str] = set(self._by_name)  # all start live; hostd reports failures
+        self._link_down: set[str] = set()  # no carrier (a cable pulled)
+        self._nic_down: set[str] = set()  # whole NICs lost
+        # Load-based: bytes/s per (uplink, VPID) of the last interval, ours and the siblings'.
+        self._published: dict[tuple[str, int], float] = {}
+        self._peer_load: dict[str, dict[tuple[str, int], float]] = {}
         self._live_list: list[Uplink] = []
         self._active: str | None = None
         self._hrw_cache: dict[int, Uplink] = {}
@@ -143,23 +148,39 @@ class Team:
             self._interval_start = None
 
     def set_live(self, uplink_name: str, up: bool) -> bool:
-        """Mark an uplink up or down (joins/leaves the team); True if that changed anything."""
+        """An uplink's carrier went down or came back; True if team membership changed."""
         if uplink_name not in self._by_name:
             raise ValueError(f"unknown uplink {uplink_name!r}")
-        if (uplink_name in self._live) == up:
-            return False
         if up:
-            self._live.add(uplink_name)
+            self._link_down.discard(uplink_name)
         else:
-            self._live.discard(uplink_name)
-            for vpid in [v for v, n in self._overrides.items() if n == uplink_name]:
-                del self._overrides[vpid]
-        self._refresh()
-        return True
+            self._link_down.add(uplink_name)
+        return self._refresh()
 
     def set_nic_live(self, nic: str, up: bool) -> list[str]:
-        """All uplinks of a NIC leave or rejoin the team; returns the names that changed."""
-        return [u.name for u in self._uplinks if u.nic == nic and self.set_live(u.name, up)]
+        """A NIC left or rejoined: its uplinks with carrier follow; returns the names that moved."""
+        before = set(self._live)
+        if up:
+            self._nic_down.discard(nic)
+        else:
+            self._nic_down.add(nic)
+            self._peer_load.pop(nic, None)
+        self._refresh()
+        return [u.name for u in self._uplinks if (u.name in before) != (u.name in self._live)]
+
+    def links_down(self) -> list[str]:
+        """Uplinks without carrier, whatever their NIC's state, in configured order."""
+        return [u.name for u in self._uplinks if u.name in self._link_down]
+
+    def published_load(self) -> list[tuple[str, int, float]]:
+        """This NIC's (uplink, VPID, bytes/s) of the last load interval, for its siblings."""
+        return [(name, vpid, rate) for (name, vpid), rate in sorted(self._published.items())]
+
+    def report_load(self, nic: str, rows: Iterable[tuple[str, int, float]]) -> None:
+        """A sibling's published load: with it every NIC plans from the same team-wide loads."""
+        self._peer_load[nic] = {
+            (name, vpid): rate for name, vpid, rate in rows if name in self._by_name and rate > 0
+        }
 
     def live(self) -> list[Uplink]:
         """The live uplinks in configured order."""
@@ -205,8 +226,10 @@ class Team:
     def rebalance(self, now: float) -> list[tuple[int, str, str]]:
         """Once per `load_interval`: move the busiest VPID off each overloaded uplink.
 
-        A move happens only if it lowers the peak (the target ends below the source's old
-        load); returns (vpid, from, to) and starts a new interval.
+        The plan reads the team-wide loads (ours and the siblings' published ones), so every
+        NIC plans the same moves and each carries out those of its own VPIDs. A move happens
+        only if it lowers the peak (the target ends below the source's old load); returns
+        (vpid, from, to) and starts a new interval.
         """
         if self._interval_start is None:
             self._interval_start = now
@@ -214,23 +237,25 @@ class Team:
         elapsed = now - self._interval_start
         if elapsed < self.load_interval:
             return []
+        self._published = {key: n / elapsed for key, n in self._bytes.items() if n}
         moves: list[tuple[int, str, str]] = []
         if self.policy is TeamPolicy.LOAD_BASED and self._live_list:
-            moves = self._plan_moves(elapsed)
+            moves = self._plan_moves()
             for vpid, _src, dst in moves:
                 self.set_override(vpid, dst)
         self._bytes.clear()
         self._interval_start = now
         return moves
 
-    def _plan_moves(self, elapsed: float) -> list[tuple[int, str, str]]:
+    def _plan_moves(self) -> list[tuple[int, str, str]]:
         order = {u.name: i for i, u in enumerate(self._live_list)}
-        per: dict[str, dict[int, int]] = {name: {} for name in order}
-        for (name, vpid), n in self._bytes.items():
-            if name in per and n:
-                per[name][vpid] = n
+        per: dict[str, dict[int, float]] = {name: {} for name in order}
+        for table in (*self._peer_load.values(), self._published):
+            for (name, vpid), rate in table.items():
+                if name in per:
+                    per[name][vpid] = per[name].get(vpid, 0.0) + rate
         loads = {name: sum(v.values()) for name, v in per.items()}
-        limit = self.load_threshold * self.capacity_bps * elapsed / 8  # bytes in this interval
+        limit = self.load_threshold * self.capacity_bps / 8  # bytes/s
         moves: list[tuple[int, str, str]] = []
         for src in sorted(order, key=lambda n: (-loads[n], order[n])):
             if loads[src] <= limit or not per[src]:
@@ -245,7 +270,7 @@ class Team:
                 continue  # the move would only shift the peak, not lower it
             moves.append((vpid, src, dst))
             del per[src][vpid]
-            per[dst][vpid] = per[dst].get(vpid, 0) + vbytes
+            per[dst][vpid] = per[dst].get(vpid, 0.0) + vbytes
             loads[src] -= vbytes
             loads[dst] += vbytes
         return moves
@@ -294,8 +319,19 @@ class Team:
             return self._active
         return self._live_list[0].name if self._live_list else None
 
-    def _refresh(self) -> None:
-        self._live_list = [u for u in self._uplinks if u.name in self._live]
+    def _refresh(self) -> bool:
+        """Recompute the live set; True if it changed."""
+        live = {
+            u.name
+            for u in self._uplinks
+            if u.nic not in self._nic_down and u.name not in self._link_down
+        }
+        changed = live != self._live
+        for vpid in [v for v, n in self._overrides.items() if n not in live]:
+            del self._overrides[vpid]
+        self._live = live
+        self._live_list = [u for u in self._uplinks if u.name in live]
         self._hrw_cache.clear()
         if self.failback or self._active not in self._live:
             self._active = self._live_list[0].name if self._live_list else None
+        return changed

@@ -24,6 +24,7 @@ from bus.messages import (
     Heartbeat,
     Hello,
     InvalidField,
+    LinkState,
     MapUpdate,
     Message,
     PolicyUpdate,
@@ -58,7 +59,17 @@ MESSAGES: dict[type, st.SearchStrategy[Message]] = {
     Hello: st.builds(Hello, names, names),
     FrameBatch: st.builds(FrameBatch, names, frames),
     Handover: st.builds(Handover, names, st.sampled_from(HandoverKind), frames),
-    Heartbeat: st.builds(Heartbeat, names, u64, u64, names),
+    Heartbeat: st.builds(
+        Heartbeat,
+        names,
+        u64,
+        u64,
+        names,
+        st.lists(u32, max_size=4),
+        st.lists(u64, max_size=4),
+        st.lists(st.tuples(u32, u32, u64), max_size=4).map(lambda t: [x for r in t for x in r]),
+    ),
+    LinkState: st.builds(LinkState, names, u32, st.booleans()),
     MapUpdate: st.builds(MapUpdate, u64, st.lists(st.tuples(u32, names, u32), max_size=10)),
     PolicyUpdate: st.builds(PolicyUpdate, u64, plain_dict(floats=False)),
     ControlRequest: st.builds(ControlRequest, u64, names, plain_dict(floats=True)),
@@ -79,6 +90,8 @@ EXAMPLES: list[Message] = [
     Handover("nic1", HandoverKind.TRANSMIT, [(1, b"frame")]),
     Handover("nic2", HandoverKind.DELIVER, []),
     Heartbeat("nic2", 41, 3, "up"),
+    Heartbeat("nic1", 42, 3, "up", [2], [125_000, 0], [0, 7, 125_000]),
+    LinkState("fabricd", 2, False),
     MapUpdate(4, [(1, "nic1", 0), (2, "nic2", 1)]),
     PolicyUpdate(2, {"rules": [{"prio": 10, "action": "allow", "ports": [80, 443]}], "x": None}),
     ControlRequest(9, "status", {"verbose": True, "rate": 0.5}),
@@ -138,6 +151,10 @@ def test_frame_batch_flat_wire_form() -> None:
         (lambda: Handover("n", True, []), "kind"),  # type: ignore[arg-type]
         (lambda: Heartbeat("n", -1, 0, "up"), "seq"),
         (lambda: Heartbeat("n", 1, 1.0, "up"), "epoch"),  # type: ignore[arg-type]
+        (lambda: Heartbeat("n", 1, 1, "up", [-1]), "links_down"),
+        (lambda: Heartbeat("n", 1, 1, "up", [], (1,)), "uplink_bps"),  # type: ignore[arg-type]
+        (lambda: Heartbeat("n", 1, 1, "up", [], [], [0, 7]), "vpid_load"),
+        (lambda: LinkState("f", 1, 1), "up"),  # type: ignore[arg-type]
         (lambda: MapUpdate(1, [(1, "nic1")]), "entries"),  # type: ignore[list-item]
         (lambda: MapUpdate(1, [(1, "", 2)]), "entries"),
         (lambda: PolicyUpdate(1, {"a": 1.5}), "policy"),

@@ -328,6 +328,8 @@ def test_policy_dict_round_trips_through_the_bus(tmp_path: Path) -> None:
         "firewall_default",
         "team_policy",
         "failback",
+        "uplink_bps",
+        "load_threshold_pct",
         "timeouts_ms",
         "nics",
     }
@@ -342,6 +344,7 @@ def test_policy_dict_round_trips_through_the_bus(tmp_path: Path) -> None:
     assert timeouts_from_ms(got["timeouts_ms"]) == cfg.ct_timeouts()
     assert team_policy_from_str(got["team_policy"], "t").value == "port-id"
     assert got["failback"] is True
+    assert (got["uplink_bps"], got["load_threshold_pct"]) == (10_000_000_000, 75)
     assert got["nics"] == [
         {"name": "nic1", "uplinks": ["p0", "p1"]},
         {"name": "nic2", "uplinks": ["p0", "p1"]},
@@ -472,6 +475,18 @@ ERROR_CASES: list[tuple[str, str, str, str]] = [
         _edit(replace={'name = "h1"': 'name = "h1"\nteam_policy = "round-robin"'}),
         "hosts[0].team_policy",
         "must be one of",
+    ),
+    (
+        "uplink-mbps-zero",
+        _edit(replace={'name = "h1"': 'name = "h1"\nuplink_mbps = 0'}),
+        "hosts[0].uplink_mbps",
+        "0.001..1e6",
+    ),
+    (
+        "load-threshold-above-one",
+        _edit(replace={'name = "h1"': 'name = "h1"\nload_threshold = 1.5'}),
+        "hosts[0].load_threshold",
+        "0.01..1",
     ),
     (
         "failback-str",

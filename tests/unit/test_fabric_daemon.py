@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from bus.messages import ControlReply, ControlRequest, FrameBatch
+from bus.messages import ControlReply, ControlRequest, FrameBatch, LinkState
 from bus.node import BaseNode
 from bus.testing import MemoryNetwork
 from bus.transport import BusNode
@@ -102,6 +102,7 @@ class FakeNic:
 
     node: BaseNode[Any]
     got: list[tuple[int, bytes]] = field(default_factory=list)
+    carrier: list[tuple[int, bool]] = field(default_factory=list)  # LinkState (ppid, up)
 
     def send(self, *frames: tuple[int, bytes]) -> None:
         assert self.node.send("fabricd", FrameBatch(self.node.name, list(frames)))
@@ -117,10 +118,23 @@ class FakeNic:
                     del self.got[i]
                     return ppid, pkt
             self.got.clear()
-            batch = await asyncio.wait_for(self.node.recv_batch(), max(0.0, end - loop.time()))
-            for _, msg in batch:
-                assert isinstance(msg, FrameBatch) and msg.src == "fabricd"
-                self.got.extend(msg.frames)
+            await self._receive(end)
+
+    async def expect_carrier(self, *want: tuple[int, bool]) -> None:
+        """Wait until the last LinkStates received are `want` (ppid, up), in order."""
+        end = asyncio.get_running_loop().time() + DEADLINE
+        while self.carrier[-len(want) :] != list(want):
+            await self._receive(end)
+
+    async def _receive(self, end: float) -> None:
+        loop = asyncio.get_running_loop()
+        batch = await asyncio.wait_for(self.node.recv_batch(), max(0.0, end - loop.time()))
+        for _, msg in batch:
+            if isinstance(msg, LinkState):
+                self.carrier.append((msg.ppid, msg.up))
+                continue
+            assert isinstance(msg, FrameBatch) and msg.src == "fabricd"
+            self.got.extend(msg.frames)
 
 
 @dataclass
@@ -239,6 +253,27 @@ async def test_station_move_is_logged_and_port_down_flushes(fab: Rig) -> None:
     bad = await fab.control("port-down", port="nic9/p0")
     assert not bad.ok and "unknown port" in bad.error
     assert not (await fab.control("reboot")).ok
+
+
+async def test_link_down_pulls_the_cable_at_both_ends(fab: Rig) -> None:
+    fab.nic1.send((1, gratuitous_arp(VM_A, IP_A, vlan=10)))
+    await fab.nic2.expect(lambda p, k: k.arp_sha == VM_A)
+    reply = await fab.control("link-down", port="nic1/p0")
+    assert reply.ok and reply.result == {"port": "nic1/p0", "carrier": False, "up": False}
+    assert (10, "02:00:00:00:00:0a") not in await fab.mac_table()  # carrier loss flushes
+    await fab.nic1.expect_carrier((1, False))  # the NIC end hears it
+    fab.nic2.send((1, gratuitous_arp(VM_B, IP_B, vlan=10)))
+    await fab.nic1.expect(lambda p, k: k.arp_sha == VM_B and p == 2)  # flooded to p1 only
+    assert all(p == 2 for p, _ in fab.nic1.got)
+    fab.nic1.send((1, gratuitous_arp(VM_A, IP_A, vlan=10)))  # on the dead port: dropped
+    await until(lambda: fab.switch.stats.drops.get("port.down", 0) >= 1)
+    # A NIC whose link to the fabric comes back relearns every cable, the pulled one included.
+    fab.daemon._on_connect("nic1")
+    await fab.nic1.expect_carrier((1, False), (2, True))
+    assert (await fab.control("link-up", port="nic1/p0")).result["up"] is True
+    await fab.nic1.expect_carrier((1, True))
+    bad = await fab.control("link-down", port="peer/ext1")
+    assert not bad.ok and "unknown uplink" in bad.error and "nic1/p0" in bad.error
 
 
 async def test_nic_crash_takes_its_uplinks_down(fab: Rig) -> None:

@@ -191,7 +191,8 @@ def test_link_and_admin_state_are_independent() -> None:
     assert not sw.is_up(N2P1)
     sw.set_admin(N2P1, True)
     assert sw.is_up(N2P1)
-    assert sw.ports()[N2P1] == {"mode": "trunk", "vlan": None, "admin_up": True, "link_up": True}
+    want = {"mode": "trunk", "vlan": None, "admin_up": True, "link_up": True, "rx": 0, "tx": 0}
+    assert sw.ports()[N2P1] == want
 
 
 def test_removed_port_forgets_its_macs() -> None:
@@ -289,3 +290,16 @@ def test_random_frames_never_raise_and_stay_in_their_vlan(
             assert sent[:12] == f[:12]
     rows = sw.mac_table(1000.0)
     assert all(isinstance(r.port, tuple) and r.age >= 0 for r in rows)
+
+
+def test_port_counters_and_sources_say_which_uplink_each_station_uses() -> None:
+    sw = tor()
+    sw.process(N1P1, frame(A, B, 10), 0.0)
+    sw.process(N1P1, frame(A, B, 10), 0.1)
+    sw.process(N2P2, frame(B, A, 10), 0.2)
+    sw.process(N1P1, b"short", 0.3)  # dropped before it counts as switched
+    assert sw.sources() == {N1P1: {"02:00:00:00:00:01": 2}, N2P2: {"02:00:00:00:00:02": 1}}
+    state = sw.ports()
+    assert (state[N1P1]["rx"], state[N2P2]["rx"]) == (2, 1)
+    # Both A->B flood (B is unknown until it speaks); B->A then goes to N1P1 only.
+    assert (state[N2P2]["tx"], state[EXT10]["tx"], state[N1P1]["tx"]) == (2, 2, 1)

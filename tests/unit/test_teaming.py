@@ -84,8 +84,10 @@ def test_active_backup_order_takeover_and_failback() -> None:
     assert {team.select(v, h) for v in (1, 2) for h in _flows(10)} == {UPLINKS[1]}
     team.set_nic_live("nic1", False)
     assert team.select(1, 0) == UPLINKS[2]
-    team.set_live("nic1/p1", True)
+    assert not team.set_live("nic1/p1", True)  # carrier, but its NIC is still lost
+    assert team.set_nic_live("nic1", True) == ["nic1/p1"]  # p0 still has no carrier
     assert team.select(1, 0) == UPLINKS[1]  # failback to the earlier uplink
+    assert team.links_down() == ["nic1/p0"]
     team.set_live("nic1/p0", True)
     assert team.select(1, 0) == UPLINKS[0]
 
@@ -261,3 +263,31 @@ def test_select_returns_a_live_uplink_or_none_iff_none_live(
             assert chosen is None
     broadcast_takers = [n for n in NAMES if team.accepts(n, None, broadcast=True)]
     assert len(broadcast_takers) == (1 if live else 0)
+
+
+def test_load_based_plans_from_the_siblings_loads_too() -> None:
+    # Two VPIDs on one uplink, homed on different NICs: each NIC alone sees no overload; with
+    # each other's published load both plan the same single move.
+    by_uplink: dict[str, list[int]] = {}
+    probe = Team(UPLINKS, TeamPolicy.LOAD_BASED)
+    for v in range(1, 40):
+        by_uplink.setdefault(probe.assignments([v])[v], []).append(v)
+    src = max(by_uplink, key=lambda n: len(by_uplink[n]))
+    a, b = by_uplink[src][:2]
+    teams = [Team(UPLINKS, TeamPolicy.LOAD_BASED, capacity_bps=8_000, load_threshold=0.5)]
+    teams.append(Team(UPLINKS, TeamPolicy.LOAD_BASED, capacity_bps=8_000, load_threshold=0.5))
+    for team, vpid in zip(teams, (a, b), strict=True):
+        team.rebalance(0.0)
+        team.account(src, vpid, 400, 0.5)
+        assert team.rebalance(1.0) == []  # 400 B/s is not over 0.5 * 1000 B/s
+        team.account(src, vpid, 400, 1.5)
+    plans = []
+    for team, other in ((teams[0], teams[1]), (teams[1], teams[0])):
+        team.report_load("other", other.published_load())
+        plans.append(team.rebalance(2.0))
+    assert plans[0] == plans[1] and len(plans[0]) == 1
+    ((moved, frm, to),) = plans[0]
+    assert moved == a and frm == src and to != src  # equal load: the lower VPID moves
+    assert all(t.assignments([a])[a] == to for t in teams)
+    teams[0].set_nic_live("other", False)  # a lost NIC's load is forgotten
+    assert teams[0]._peer_load == {}

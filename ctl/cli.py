@@ -1,0 +1,118 @@
+"""`nicteam`: the operator's command line (also `python -m ctl`).
+
+Commands talk to a running cluster over the daemons' control sockets, found through the same
+config and run directory the cluster was launched with (``--config``, ``NICTEAM_RUN_DIR``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from configs import DEFAULT_CONFIG
+from configs.loader import FABRICD, Config, ConfigError, load_config
+from ctl import summary
+from ctl.client import ControlError, control
+from nicd.datapath.teaming import TeamPolicy
+
+
+class Context:
+    """What every command needs: the cluster's config, loaded once."""
+
+    def __init__(self, config_path: str, run_dir: str | None) -> None:
+        self.config_path = config_path
+        self.run_dir = run_dir
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            try:
+                self._config = load_config(self.config_path, self.run_dir)
+            except (ConfigError, OSError) as e:
+                raise click.ClickException(f"config {self.config_path}: {e}") from None
+        return self._config
+
+    def control(self, proc: str, cmd: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One control request; a daemon that is down or says no is a clean CLI error."""
+        try:
+            return control(self.config.endpoint(proc), cmd, args, timeout=3.0)
+        except ControlError as e:
+            raise click.ClickException(f"{proc}: {e}") from None
+
+
+def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
+    click.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else text)
+
+
+@click.group()
+@click.option(
+    "--config",
+    "config_path",
+    envvar="NICTEAM_CONFIG",
+    default=str(DEFAULT_CONFIG),
+    show_default=True,
+    help="The cluster's config file.",
+)
+@click.option("--run-dir", envvar="NICTEAM_RUN_DIR", help="The cluster's run directory.")
+@click.pass_context
+def main(ctx: click.Context, config_path: str, run_dir: str | None) -> None:
+    """Operate a nicteam cluster."""
+    ctx.obj = Context(config_path, run_dir)
+
+
+def _uplink_command(up: bool) -> click.Command:
+    verb = "link-up" if up else "link-down"
+
+    @click.command(verb)
+    @click.argument("port")
+    @click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON.")
+    @click.pass_obj
+    def command(obj: Context, port: str, as_json: bool) -> None:
+        result = obj.control(FABRICD, verb, {"port": port})
+        state = "carrier up" if result["carrier"] else "carrier down"
+        _emit(result, as_json, f"{port}: {state}")
+
+    command.help = (
+        f"{'Reconnect' if up else 'Pull'} the cable of uplink PORT (NIC/PORT, e.g. nic1/p0): "
+        "the fabric and the NIC both see the carrier change."
+    )
+    return command
+
+
+main.add_command(_uplink_command(False))
+main.add_command(_uplink_command(True))
+
+
+@main.command("team-policy")
+@click.argument("policy", type=click.Choice([p.value for p in TeamPolicy]))
+@click.option("--host", help="The host whose team changes (default: the first).")
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON.")
+@click.pass_obj
+def team_policy(obj: Context, policy: str, host: str | None, as_json: bool) -> None:
+    """Change a host's team policy at run time (every NIC of the host applies it)."""
+    name = host or obj.config.hosts[0].name
+    result = obj.control(name, "team-policy", {"policy": policy})
+    _emit(result, as_json, f"{name}: team policy {result['old']} -> {result['policy']}")
+
+
+@main.command("summary")
+@click.option("--json", "as_json", is_flag=True, help="Rows as JSON.")
+@click.pass_obj
+def summary_command(obj: Context, as_json: bool) -> None:
+    """Per-flow delivery, from the endpoints' own books."""
+    try:
+        table = summary.rows(obj.config)
+    except ControlError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(table, indent=2))
+    else:
+        click.echo(summary.format_table(table))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
