@@ -327,6 +327,9 @@ class FabricDaemon:
                 reply = ControlReply(msg.req_id, True, result, "")
             except ValueError as exc:
                 reply = ControlReply(msg.req_id, False, {}, str(exc))
+            except Exception as exc:  # a bug in one command must not take the fabric down
+                log.exception("fabric.control.error", cmd=msg.cmd)
+                reply = ControlReply(msg.req_id, False, {}, f"{msg.cmd}: internal error: {exc}")
             self._reply(peer, reply)
         elif isinstance(msg, Fault):
             self.node.apply_fault(msg)

@@ -168,6 +168,9 @@ class HostDaemon:
                 self._send(out)
         except BusClosed:
             self.stop()
+        except Exception:
+            self.log.exception("host.crash")
+            raise
 
     def _on_frames(self, peer: str, msg: FrameBatch, out: dict[int, list[bytes]]) -> None:
         now = self.now()
@@ -203,29 +206,35 @@ class HostDaemon:
             self.log.info("host.nic.state", nic=peer, state=msg.state, epoch=msg.epoch)
 
     def _on_control(self, peer: str, msg: ControlRequest) -> None:
+        try:
+            reply = self._control(msg)
+        except Exception as e:  # a bug in one command must not take the host's loop down
+            self.log.exception("host.control.error", cmd=msg.cmd)
+            reply = ControlReply(msg.req_id, False, {}, f"{msg.cmd}: internal error: {e}")
+        self.node.reply(peer, reply)
+
+    def _control(self, msg: ControlRequest) -> ControlReply:
         if msg.cmd == "stats":
-            result = {
+            result: dict[str, object] = {
                 "flows": self.flow_stats(),
                 "nics": dict(self.nic_state),
                 "team_policy": self.team_policy,
                 "links_down": dict(self.links_down),
             }
-            reply = ControlReply(msg.req_id, True, result, "")
         elif msg.cmd == "team-policy":
             try:
-                reply = ControlReply(msg.req_id, True, self.set_team_policy(msg.args), "")
+                result = self.set_team_policy(msg.args)
             except ValueError as e:
-                reply = ControlReply(msg.req_id, False, {}, str(e))
+                return ControlReply(msg.req_id, False, {}, str(e))
         elif msg.cmd == "map":
             result = {
                 "epoch": self.fpag.epoch,
-                "entries": self.fpag.entries(),
+                "entries": [list(row) for row in self.fpag.entries()],
                 "ports": self.ports(),
             }
-            reply = ControlReply(msg.req_id, True, result, "")
         else:
-            reply = ControlReply(msg.req_id, False, {}, f"unknown command {msg.cmd!r}")
-        self.node.reply(peer, reply)
+            return ControlReply(msg.req_id, False, {}, f"unknown command {msg.cmd!r}")
+        return ControlReply(msg.req_id, True, result, "")
 
     def ports(self) -> list[dict[str, object]]:
         """Every VM interface: its VPID, VM, MAC and where it is plugged now."""

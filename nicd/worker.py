@@ -318,12 +318,16 @@ class NicWorker:
             self._check_liveness()
 
     def _on_control(self, peer: str, msg: ControlRequest) -> None:
-        if msg.cmd == "stats":
-            reply = ControlReply(msg.req_id, True, self.stats(), "")
-        elif msg.cmd == "ping":
-            reply = ControlReply(msg.req_id, True, {"nic": self.spec.name}, "")
-        else:
-            reply = ControlReply(msg.req_id, False, {}, f"unknown command {msg.cmd!r}")
+        try:
+            if msg.cmd == "stats":
+                reply = ControlReply(msg.req_id, True, self.stats(), "")
+            elif msg.cmd == "ping":
+                reply = ControlReply(msg.req_id, True, {"nic": self.spec.name}, "")
+            else:
+                reply = ControlReply(msg.req_id, False, {}, f"unknown command {msg.cmd!r}")
+        except Exception as e:  # a bug in one command must not take the NIC's loop down
+            self.log.exception("nic.control.error", cmd=msg.cmd)
+            reply = ControlReply(msg.req_id, False, {}, f"{msg.cmd}: internal error: {e}")
         self.node.reply(peer, reply)
 
     # ------------------------------------------------------------- timers
@@ -432,6 +436,10 @@ class NicWorker:
             "handover_received": dict(p.stats.handover_received),
             "team": [u.name for u in p.team.live()],
             "team_policy": p.team.policy.value,
+            # The uplink each local VPID leaves by (under l4-hash: the one its MAC announces).
+            "assignments": {
+                str(v): name for v, name in p.team.assignments(p.map.local_vpids()).items()
+            },
             "links_down": p.team.links_down(),
             "uplink_bps": {self._uplink_name(i + 1): bps for i, bps in enumerate(self.uplink_bps)},
             "team_moves": p.stats.team_moves,

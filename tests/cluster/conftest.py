@@ -33,6 +33,8 @@ class Cluster:
     run_dir: Path
     config: Config
     output: Path
+    config_path: Path
+    tag: str
 
     def control(self, proc: str, cmd: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
         """One control request to a daemon of this cluster."""
@@ -41,8 +43,6 @@ class Cluster:
     def worker_pid(self, nic: str) -> int:
         """The pid of a NIC's OS worker, from the card's pid file."""
         return int((self.run_dir / f"{nic}.pid").read_text())
-
-    tag: str
 
     def pids(self) -> list[int]:
         """Every live process of the cluster: honcho and everything it started."""
@@ -105,20 +105,26 @@ def stop(
     return None
 
 
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    """The default cluster, launched from the Procfile exactly as `make up` does."""
+@contextlib.contextmanager
+def running_cluster(config_text: str | None = None) -> Iterator[Cluster]:
+    """A Procfile cluster of the default config (or of `config_text`), always cleaned up."""
     # Not pytest's tmp_path: unix socket paths must stay under ~107 bytes.
     top = Path(tempfile.mkdtemp(prefix="nt-"))
     tag = top.name
     run_dir = top / "run"
     output = top / "honcho.out"
+    config_path = REPO / "configs/default.toml"
     env = os.environ | {
         "NICTEAM_RUN_DIR": str(run_dir),
         "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1",
         "NICTEAM_TEST_TAG": tag,
     }
+    if config_text is not None:
+        config_path = top / "cluster.toml"
+        config_path.write_text(config_text)
+        env["NICTEAM_CONFIG"] = str(config_path)
+    config = load_config(config_path, run_dir)
     with output.open("wb") as out:
         proc = subprocess.Popen(
             [str(BIN / "honcho"), "start", "-f", "Procfile"],
@@ -128,8 +134,7 @@ def cluster() -> Iterator[Cluster]:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own session: cleanup finds every descendant
         )
-    config = load_config(REPO / "configs/default.toml", run_dir)
-    c = Cluster(proc, run_dir, config, output, tag)
+    c = Cluster(proc, run_dir, config, output, config_path, tag)
     try:
         for nic in (n.name for h in config.hosts for n in h.nics):
             wait_for(f"{nic} up", lambda nic=nic: c.control(nic, "stats")["state"] == "up")
@@ -140,3 +145,10 @@ def cluster() -> Iterator[Cluster]:
         if not left:
             shutil.rmtree(top, ignore_errors=True)
         assert not left, f"processes left behind: {left} (output in {output})"
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """The default cluster, launched from the Procfile exactly as `make up` does."""
+    with running_cluster() as c:
+        yield c

@@ -1,0 +1,126 @@
+"""hostd's bus conversation on the memory bus: hello, heartbeats and the control commands."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bus.messages import ControlReply, ControlRequest, Heartbeat, Hello, MapUpdate, PolicyUpdate
+from bus.node import BaseNode
+from bus.testing import MemoryNetwork
+from configs import load_default
+from hostd.daemon import HostDaemon
+
+DEADLINE = 5.0
+
+
+@dataclass
+class Rig:
+    daemon: HostDaemon
+    nics: dict[str, BaseNode[Any]]
+    ctl: BaseNode[Any]
+    req_id: int = 0
+    inbox: dict[str, list[Any]] = field(default_factory=dict)
+
+    async def control(self, cmd: str, **args: object) -> ControlReply:
+        self.req_id += 1
+        assert self.ctl.send("h1", ControlRequest(self.req_id, cmd, dict(args)))
+        while True:
+            for _, reply in await asyncio.wait_for(self.ctl.recv_batch(), DEADLINE):
+                if isinstance(reply, ControlReply) and reply.req_id == self.req_id:
+                    return reply
+
+    async def received(self, nic: str, kind: type) -> Any:
+        """The next message of `kind` that `nic` got (earlier ones of other kinds are kept)."""
+        inbox = self.inbox.setdefault(nic, [])
+        while True:
+            for i, msg in enumerate(inbox):
+                if isinstance(msg, kind):
+                    return inbox.pop(i)
+            batch = await asyncio.wait_for(self.nics[nic].recv_batch(), DEADLINE)
+            inbox.extend(msg for _, msg in batch)
+
+
+@asynccontextmanager
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    config = load_default(tmp_path)
+    net = MemoryNetwork()
+    # Bound where the config says, so hostd's own connects find them.
+    nics = {name: net.node(name, config.endpoint(name)) for name in ("nic1", "nic2")}
+    ctl = net.node("ctl")
+    for node in (*nics.values(), ctl):
+        await node.start()
+    daemon = HostDaemon(config, config.host("h1"), net.node("h1", config.endpoint("h1")))
+    task = asyncio.create_task(daemon.run())
+    try:
+        for node in (*nics.values(), ctl):
+            node.connect("h1", config.endpoint("h1"))
+            await asyncio.wait_for(node.wait_connected("h1"), DEADLINE)
+        yield Rig(daemon, nics, ctl)
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, DEADLINE)
+        for node in (*nics.values(), ctl):
+            await node.close()
+
+
+async def test_hello_gets_policy_and_map(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        r.nics["nic1"].send("h1", Hello("nic1", "nic"))
+        policy = await r.received("nic1", PolicyUpdate)
+        assert policy.policy["team_policy"] == "port-id"
+        mapping = await r.received("nic1", MapUpdate)
+        assert mapping.epoch == 1 and len(mapping.entries) == 5
+
+
+async def test_map_command_names_every_interface(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        reply = await r.control("map")
+        assert reply.ok, reply.error
+        ports = reply.result["ports"]
+        assert [p["vm"] for p in ports] == ["web1", "web2", "app1/0", "app1/1", "db1"]
+        assert ports[0] == {
+            "vpid": 1,
+            "vm": "web1",
+            "mac": "02:00:00:00:01:11",
+            "nic": "nic1",
+            "ppid": 100,
+        }
+        assert reply.result["entries"][0] == [1, "nic1", 100]
+
+
+async def test_team_policy_command_pushes_a_new_policy_to_every_nic(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        bad = await r.control("team-policy", policy="round-robin")
+        assert not bad.ok and "must be one of" in bad.error
+        reply = await r.control("team-policy", policy="l4-hash")
+        assert reply.ok and reply.result == {"old": "port-id", "policy": "l4-hash", "version": 2}
+        for nic in ("nic1", "nic2"):
+            update = await r.received(nic, PolicyUpdate)
+            assert (update.version, update.policy["team_policy"]) == (2, "l4-hash")
+        # A NIC that says hello later gets the policy as it is now.
+        r.nics["nic2"].send("h1", Hello("nic2", "nic"))
+        assert (await r.received("nic2", PolicyUpdate)).policy["team_policy"] == "l4-hash"
+        assert (await r.control("stats")).result["team_policy"] == "l4-hash"
+
+
+async def test_heartbeats_report_pulled_cables(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        r.nics["nic2"].send("h1", Heartbeat("nic2", 1, 1, "up", [2, 9]))  # 9: no such port
+        loop = asyncio.get_running_loop()
+        end = loop.time() + DEADLINE
+        while (await r.control("stats")).result["links_down"].get("nic2") != ["nic2/p1"]:
+            assert loop.time() < end
+            await asyncio.sleep(0.01)
+
+
+async def test_a_failing_command_is_an_error_reply_not_a_dead_host(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        r.daemon.flow_stats = lambda: {"bad": (1, 2)}  # type: ignore[method-assign]
+        reply = await r.control("stats")
+        assert not reply.ok and "internal error" in reply.error
+        assert (await r.control("map")).ok
