@@ -387,6 +387,27 @@ MESSAGE_TYPES: Final[dict[int, type[Message]]] = {
 TYPE_CODES: Final[dict[type[Message], int]] = {cls: code for code, cls in MESSAGE_TYPES.items()}
 
 
+BATCH_FRAMES: Final = 4096  # frames per batch a process sends (the codec allows 32768)
+BATCH_BYTES: Final = 4 * 1024 * 1024  # frame bytes per batch: half the codec's message limit
+
+
+def frame_chunks(frames: list[tuple[int, bytes]]) -> list[list[tuple[int, bytes]]]:
+    """Split (port, frame) pairs into batches under `BATCH_FRAMES` and `BATCH_BYTES`."""
+    if not frames:
+        return []
+    if len(frames) <= BATCH_FRAMES and sum(map(len, map(_second, frames))) <= BATCH_BYTES:
+        return [frames]  # the usual case, decided at C speed
+    out: list[list[tuple[int, bytes]]] = [[]]
+    size = 0
+    for item in frames:
+        if out[-1] and (len(out[-1]) >= BATCH_FRAMES or size + len(item[1]) > BATCH_BYTES):
+            out.append([])
+            size = 0
+        out[-1].append(item)
+        size += len(item[1])
+    return out
+
+
 def trusted(cls: type[_M], *values: Any) -> _M:
     """Build a message without validating it: only from data this process made or has already
     validated (frames it decoded and forwards). Peers still validate everything they decode."""

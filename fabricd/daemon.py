@@ -37,6 +37,7 @@ from bus.messages import (
     Hello,
     LinkState,
     Message,
+    frame_chunks,
 )
 from bus.node import BaseNode, BusClosed
 from bus.transport import BusNode
@@ -50,8 +51,6 @@ log = structlog.get_logger()
 Port = Hashable
 NAME = "fabricd"  # process name, bus identity and endpoint key (configs.loader.FABRICD)
 PEER = "peer"  # first element of an external peer's port id
-BATCH_FRAMES = 4096  # frames per FrameBatch (the codec allows 32768)
-BATCH_BYTES = 4 * 1024 * 1024  # half the codec's message limit
 
 
 @dataclass(slots=True)
@@ -368,7 +367,7 @@ class FabricDaemon:
             with contextlib.suppress(BusClosed):
                 self.node.send(nic, LinkState(self.node.name, ppid, up))
         for nic, frames in fabric.take_output().items():
-            for chunk in _chunks(frames) if frames else ():
+            for chunk in frame_chunks(frames):
                 fabric.stats.batches_out += 1
                 try:
                     sent = self.node.send(nic, FrameBatch(self.node.name, chunk))
@@ -376,19 +375,6 @@ class FabricDaemon:
                     return
                 if not sent:
                     fabric.stats.frames_tx_dropped += len(chunk)
-
-
-def _chunks(frames: list[tuple[int, bytes]]) -> list[list[tuple[int, bytes]]]:
-    """Split frames into batches under the codec's count and size limits."""
-    out: list[list[tuple[int, bytes]]] = [[]]
-    size = 0
-    for item in frames:
-        if out[-1] and (len(out[-1]) >= BATCH_FRAMES or size + len(item[1]) > BATCH_BYTES):
-            out.append([])
-            size = 0
-        out[-1].append(item)
-        size += len(item[1])
-    return out
 
 
 async def serve(config: Any, node: BaseNode[Any] | None = None, name: str = NAME) -> None:

@@ -33,6 +33,7 @@ from bus.messages import (
     LinkState,
     MapUpdate,
     PolicyUpdate,
+    frame_chunks,
     trusted,
 )
 from bus.node import BaseNode, BusClosed
@@ -146,6 +147,8 @@ class NicWorker:
 
     def _handle(self, batch: list[tuple[str, Any]]) -> None:
         frames: list[tuple[Ingress, int, bytes]] = []
+        # Transmit handovers of the whole batch go out together: fewer, fuller wire messages.
+        transmit: list[tuple[int, bytes]] = []
         for peer, msg in batch:
             if isinstance(msg, FrameBatch):
                 ingress = _frame_ingress(peer, self.host)
@@ -156,14 +159,16 @@ class NicWorker:
             elif isinstance(msg, Handover) and msg.kind is HandoverKind.DELIVER:
                 frames.extend((Ingress.PEER_DELIVER, port, f) for port, f in msg.frames)
             elif isinstance(msg, Handover):
-                self._transmit(msg.frames)
+                transmit += msg.frames
             else:
                 self._flush(frames)  # frames before a map or policy change see the old one
-                frames = []
+                self._transmit(transmit)
+                frames, transmit = [], []
                 handler = self._handlers.get(type(msg))
                 if handler is not None:
                     handler(peer, msg)
         self._flush(frames)
+        self._transmit(transmit)
 
     def _flush(self, frames: list[tuple[Ingress, int, bytes]]) -> None:
         if not frames:
@@ -174,14 +179,17 @@ class NicWorker:
         self._send(self.pipeline.process_batch(frames, self.now()))
 
     def _transmit(self, frames: list[tuple[int, bytes]]) -> None:
-        """A sibling chose one of our uplinks: straight onto the wire, as one batch."""
+        """A sibling chose one of our uplinks: straight onto the wire, as few batches as fit."""
+        if not frames:
+            return
         if self.pipeline is None:
             self.not_ready_drops += len(frames)
             return
         wire = self.pipeline.transmit_batch(frames)
         if wire:
             self._count_tx(wire)
-            self.node.send(FABRIC, trusted(FrameBatch, self.spec.name, wire))
+            for chunk in frame_chunks(wire):
+                self.node.send(FABRIC, trusted(FrameBatch, self.spec.name, chunk))
 
     def _count_tx(self, wire: list[tuple[int, bytes]]) -> None:
         """Bytes per own uplink, for the load every NIC's load-based teaming reads."""

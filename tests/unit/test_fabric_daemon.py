@@ -16,11 +16,18 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from bus.messages import ControlReply, ControlRequest, FrameBatch, LinkState
+from bus.messages import (
+    BATCH_FRAMES,
+    ControlReply,
+    ControlRequest,
+    FrameBatch,
+    LinkState,
+    frame_chunks,
+)
 from bus.node import BaseNode
 from bus.testing import MemoryNetwork
 from bus.transport import BusNode
-from fabricd.daemon import BATCH_FRAMES, Fabric, FabricDaemon, _chunks, serve
+from fabricd.daemon import Fabric, FabricDaemon, serve
 from fabricd.switch import Switch
 from hostd.traffic import FlowSpec
 from nicd.datapath.build import arp_frame, gratuitous_arp, tcp_frame, udp_frame
@@ -91,9 +98,9 @@ def test_fabric_core_is_driven_by_an_explicit_clock() -> None:
 
 def test_batches_split_under_the_codec_limits() -> None:
     frames = [(1, b"x" * 64)] * (BATCH_FRAMES + 1)
-    assert [len(c) for c in _chunks(frames)] == [BATCH_FRAMES, 1]
+    assert [len(c) for c in frame_chunks(frames)] == [BATCH_FRAMES, 1]
     jumbo = [(1, b"j" * 9000)] * 1000  # 9 MB: over the 8 MiB message limit in one batch
-    assert [len(c) for c in _chunks(jumbo)] == [466, 466, 68]
+    assert [len(c) for c in frame_chunks(jumbo)] == [466, 466, 68]
 
 
 @dataclass
