@@ -8,6 +8,8 @@ and cables pulled with `nicteam link-down`, both through the CLI in a subprocess
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import subprocess
 from typing import Any
 
@@ -276,3 +278,21 @@ def test_load_based_moves_a_vpid_off_an_overloaded_uplink() -> None:
         assert moves() == 1  # both NICs planned the same single move: no flapping
         table = {r["mac"]: r["port"] for r in c.control("fabricd", "mac-table")["rows"]}
         assert {table[web["web1"]["mac"]], table[web["web2"]["mac"]]} == set(keep)
+
+
+def test_a_lost_nic_takes_its_uplinks_out_of_the_team_until_it_reboots(cluster: Cluster) -> None:
+    c = cluster
+    old = c.worker_pid("nic1")
+    os.kill(old, signal.SIGKILL)
+    wait_for("nic2 drops nic1's uplinks", lambda: c.control("nic2", "stats")["team"] == [
+        "nic2/p0", "nic2/p1"])  # fmt: skip
+    # nic2's VMs now leave by nic2's own uplinks, and the fabric has relearned them there.
+    own = {p["mac"] for p in c.control("h1", "map")["ports"] if p["nic"] == "nic2"}
+    table = lambda: {r["mac"]: r["port"] for r in c.control("fabricd", "mac-table")["rows"]}  # noqa: E731
+    wait_for(
+        "nic2's MACs on nic2's uplinks",
+        lambda: all(table().get(m, "").startswith("nic2/") for m in own),
+    )
+    wait_for("nic1 rebooted", lambda: c.worker_pid("nic1") != old)
+    wait_for("nic1 back in nic2's team", lambda: len(c.control("nic2", "stats")["team"]) == 4)
+    wait_for("nic1 up with the whole team", lambda: len(c.control("nic1", "stats")["team"]) == 4)
