@@ -368,6 +368,8 @@ class ConntrackTable:
         self._count = 0
         self._buckets: dict[int, _Bucket] = {}
         self._due: list[int] = []  # heap of bucket times, one entry per bucket
+        # Replication: (created-or-changed?, record) for every change, when someone drains it.
+        self.journal: list[tuple[bool, CtRecord]] | None = None
 
     def __len__(self) -> int:
         return self._count
@@ -440,6 +442,8 @@ class ConntrackTable:
         self._count += 1
         self.stats.created += 1
         self._schedule(rec, rec.last_seen + self.timeouts.timeout_for(rec), rec.last_seen)
+        if self.journal is not None:
+            self.journal.append((True, rec))
 
     def update(self, rec: CtRecord, is_reply: bool, pkt: Packet, now: float) -> bool:
         """Account `pkt` to `rec` and advance its state; False (counted) if `pkt` is invalid."""
@@ -462,6 +466,8 @@ class ConntrackTable:
         rec.bytes += _frame_bytes(pkt)
         if new is not state:
             rec.state = new
+            if self.journal is not None:
+                self.journal.append((True, rec))
             deadline = rec.last_seen + self.timeouts.timeout_for(rec)
             if rec._bucket is not None and math.floor(deadline / TICK) < rec._bucket.due:
                 self._schedule(rec, deadline, rec.last_seen)
@@ -499,6 +505,13 @@ class ConntrackTable:
         self.stats.expired += len(expired)
         return expired
 
+    def take_journal(self) -> list[tuple[bool, CtRecord]]:
+        """Changes since the last call: (True, record) created or changed, (False, r) removed."""
+        if not self.journal:
+            return []
+        out, self.journal = self.journal, []
+        return out
+
     def set_timeouts(self, timeouts: Timeouts) -> None:
         """Use new timeouts; every record is rescheduled, since a timeout may have shrunk."""
         self.timeouts = timeouts
@@ -533,4 +546,6 @@ class ConntrackTable:
         self._table.pop(rec.reply_key, None)  # absent when both keys are one (a self-connection)
         self._count -= 1
         rec._bucket = None
+        if self.journal is not None:
+            self.journal.append((False, rec))
         return True

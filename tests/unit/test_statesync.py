@@ -1,0 +1,163 @@
+"""The replication stream: numbering, gaps and resends, snapshots, acks, and the commit."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nicd.datapath import build
+from nicd.datapath.conntrack import ConntrackTable, Timeouts
+from nicd.datapath.frames import TCP_ACK, TCP_SYN, mac_bytes, parse_frame_untrusted
+from nicd.statesync import (
+    DELETE,
+    UPSERT,
+    Batch,
+    Origin,
+    PeerCache,
+    check_changes,
+    delete,
+    upsert,
+)
+
+A, B = mac_bytes("02:00:00:00:00:01"), mac_bytes("02:00:00:00:00:02")
+IP_A, IP_B = IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2")
+
+
+def table_with(n: int, zone: int = 1) -> ConntrackTable:
+    ct = ConntrackTable(Timeouts(), 1000)
+    ct.journal = []
+    for i in range(n):
+        frame = build.tcp_frame(A, B, IP_A, IP_B, 1000 + i, 80, TCP_SYN)
+        ct.create(zone, 0, parse_frame_untrusted(frame), 1.0, "r", True, True)
+    return ct
+
+
+def changes_of(ct: ConntrackTable) -> list[list[object]]:
+    return [upsert(r) if alive else delete(r) for alive, r in ct.take_journal()]
+
+
+def test_journal_records_creates_state_changes_and_removals() -> None:
+    ct = table_with(2)
+    first, second = list(ct)
+    reply = build.tcp_frame(B, A, IP_B, IP_A, 80, 1000, TCP_SYN | TCP_ACK)
+    assert ct.update(first, True, parse_frame_untrusted(reply), 2.0)
+    ack = build.tcp_frame(A, B, IP_A, IP_B, 1000, 80, TCP_ACK)
+    ct.update(first, False, parse_frame_untrusted(ack), 2.0)  # established: a change
+    ct.update(first, False, parse_frame_untrusted(ack), 2.1)  # same state: not a change
+    ct.remove(second)
+    ops = [(c[0], c[11] if c[0] == UPSERT else c[8]) for c in changes_of(ct)]
+    # Four changes to `first` and `second`, each sent as the record is when drained.
+    est, sent = (UPSERT, "ESTABLISHED"), (UPSERT, "SYN_SENT")
+    assert ops == [est, sent, est, est, (DELETE, 1001)]
+    assert ct.take_journal() == []
+
+
+def test_in_order_batches_build_the_same_state() -> None:
+    ct = table_with(3)
+    origin, cache = Origin(), PeerCache("nic1")
+    batch = origin.add(changes_of(ct))
+    assert batch is not None and (batch.first_seq, batch.last_seq) == (1, 3)
+    assert cache.apply(batch) is None and cache.synced and cache.held == 3
+    ct.remove(next(iter(ct)))
+    assert cache.apply(origin.add(changes_of(ct))) is None  # type: ignore[arg-type]
+    assert len(cache.records) == 2 == len(ct)
+
+
+def test_a_gap_asks_for_a_resend_which_the_log_answers() -> None:
+    ct = table_with(0)
+    origin, cache = Origin(), PeerCache("nic1")
+    batches = []
+    for i in range(3):
+        frame = build.tcp_frame(A, B, IP_A, IP_B, 2000 + i, 80, TCP_SYN)
+        ct.create(1, 0, parse_frame_untrusted(frame), 1.0, "r", True, True)
+        batches.append(origin.add(changes_of(ct)))
+    assert cache.apply(batches[0]) is None  # type: ignore[arg-type]
+    assert cache.apply(batches[2]) == 2 and cache.gaps == 1  # type: ignore[arg-type]
+    resend = origin.resend(2)
+    assert resend is not None and (resend.first_seq, resend.last_seq) == (2, 3)
+    assert cache.apply(resend) is None and len(cache.records) == 3
+    assert cache.apply(batches[1]) is None and cache.held == 3  # a late duplicate: skipped
+
+
+def test_acks_trim_the_log_and_a_lost_start_needs_a_snapshot() -> None:
+    ct = table_with(4)
+    origin = Origin()
+    origin.add(changes_of(ct))
+    origin.ack("nic2", 2)
+    origin.ack("nic3", 3)
+    assert origin.resend(3) is not None and origin.resend(2) is None  # 1..2 acked by everyone
+    origin.ack("nic2", 99)  # from before a restart of ours: ignored
+    assert origin.acked["nic2"] == 2
+    cache = PeerCache("nic1", next_seq=7)  # held state from an older life of the origin
+    cache.records[(9,) * 9] = ["stale"]
+    for batch in origin.snapshot(ct, chunk=3):
+        assert cache.apply(batch) is None
+    assert cache.held == origin.seq == 4 and len(cache.records) == 4
+
+
+def test_take_hands_over_one_zones_records() -> None:
+    cache = PeerCache("nic1")
+    for zone in (1, 2):
+        ct = table_with(2, zone)
+        cache.apply(Batch(cache.next_seq, changes_of(ct)))
+    taken = cache.take({2})
+    assert sorted(r.zone for r in taken) == [2, 2] and len(cache.records) == 2
+    mine = ConntrackTable(Timeouts(), 10)
+    for rec in taken:
+        mine.insert(rec)
+    assert len(mine) == 2
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {},
+        [[]],
+        [[UPSERT, 1]],
+        [[DELETE, *range(8)]],
+        [[DELETE, *range(8), -1]],
+        [[7, 1]],
+        [[UPSERT, *([0] * 18)]],
+    ],
+)
+def test_bad_changes_are_refused(bad: object) -> None:
+    with pytest.raises(ValueError):
+        check_changes(bad)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 5)), max_size=40), st.randoms())
+def test_any_delivery_order_converges_with_resends(script, rnd) -> None:  # type: ignore[no-untyped-def]
+    """Batches lost, reordered or duplicated: with resends the cache ends equal to the origin."""
+    ct = ConntrackTable(Timeouts(), 100)
+    ct.journal = []
+    origin, cache = Origin(), PeerCache("nic1")
+    sent: list[Batch] = []
+    for create, port in script:
+        frame = build.tcp_frame(A, B, IP_A, IP_B, 3000 + port, 80, TCP_SYN)
+        pkt = parse_frame_untrusted(frame)
+        rec, _ = ct.lookup(1, pkt)
+        if create and rec is None:
+            ct.create(1, 0, pkt, 1.0, "r", True, True)
+        elif not create and rec is not None:
+            ct.remove(rec)
+        batch = origin.add(changes_of(ct))
+        if batch is not None:
+            sent.append(batch)
+    delivered = [b for b in sent if rnd.random() < 0.7]
+    rnd.shuffle(delivered)
+    delivered += [b for b in sent if rnd.random() < 0.2]
+    for batch in delivered:
+        want = cache.apply(batch)
+        if want is not None:
+            resend = origin.resend(want)
+            assert resend is not None
+            cache.apply(resend)
+    final = origin.resend(cache.next_seq)
+    assert final is not None
+    cache.apply(final)
+    want_keys = {tuple(upsert(r)[1:10]) for r in ct}
+    assert set(cache.records) == want_keys
