@@ -358,6 +358,51 @@ class Fault:
         object.__setattr__(self, "delay", _check_seconds("delay", self.delay))
 
 
+@dataclass(frozen=True, slots=True)
+class SyncBatch:
+    """Replication: changes ``first_seq``.. of the sender's state stream (``reset``: snapshot)."""
+
+    src: str
+    first_seq: int
+    changes: list[list[object]]
+    reset: bool = False
+
+    def __post_init__(self) -> None:
+        check_name("src", self.src)
+        _check_uint("first_seq", self.first_seq)
+        if type(self.changes) is not list or len(self.changes) > MAX_FRAMES_PER_BATCH:
+            raise InvalidField("changes", "must be a list of at most 32768 changes")
+        for change in self.changes:
+            if type(change) is not list:
+                raise InvalidField("changes", "items must be lists")
+        check_plain("changes", self.changes, floats=True)
+        _check_bool("reset", self.reset)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncAck:
+    """Replication: the sender holds the receiver's stream up to ``seq``."""
+
+    src: str
+    seq: int
+
+    def __post_init__(self) -> None:
+        check_name("src", self.src)
+        _check_uint("seq", self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    """Replication: resend your stream from ``from_seq`` (0: a whole snapshot)."""
+
+    src: str
+    from_seq: int
+
+    def __post_init__(self) -> None:
+        check_name("src", self.src)
+        _check_uint("from_seq", self.from_seq)
+
+
 Message = (
     Hello
     | FrameBatch
@@ -369,6 +414,9 @@ Message = (
     | ControlReply
     | Fault
     | LinkState
+    | SyncBatch
+    | SyncAck
+    | SyncRequest
 )
 
 # The one table of type codes. Codes are wire format: never renumber, only append.
@@ -383,6 +431,9 @@ MESSAGE_TYPES: Final[dict[int, type[Message]]] = {
     8: ControlReply,
     9: Fault,
     10: LinkState,
+    11: SyncBatch,
+    12: SyncAck,
+    13: SyncRequest,
 }
 TYPE_CODES: Final[dict[type[Message], int]] = {cls: code for code, cls in MESSAGE_TYPES.items()}
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from bus.heartbeat import Liveness, LivenessTracker
 from bus.log import configure_logging
 from bus.messages import (
     ControlReply,
@@ -34,6 +35,7 @@ from bus.transport import BusNode
 from configs.loader import Config, HostSpec
 from hostd.endpoint import Endpoint
 from hostd.fpag import Fpag
+from hostd.supervisor import Supervisor
 from hostd.traffic import FlowSpec
 from nicd.datapath.frames import mac_str
 from nicd.datapath.teaming import team_policy_from_str
@@ -70,6 +72,16 @@ class HostDaemon:
                 self.endpoints[vpid] = ep
         self.fpag.commit()
         self._add_v6_neighbors()
+        homes = {vpid: self.fpag.binding(vpid).nic for vpid in self.endpoints}
+        self.supervisor = Supervisor(
+            list(self.fpag.nics),
+            homes,
+            lambda vpid: self.fpag.binding(vpid).nic,
+            failback=spec.failback,
+        )
+        timers = config.timers
+        self.liveness = LivenessTracker(timers.heartbeat_s, timers.heartbeat_misses)
+        self._map_sent: dict[str, float] = {}
 
     def now(self) -> float:
         """The loop's monotonic clock."""
@@ -100,12 +112,14 @@ class HostDaemon:
         await self.node.start()
         for nic in self.spec.nics:
             self.node.connect(nic.name, self.config.endpoint(nic.name))
+        self.node.on_peer_disconnect(self._on_disconnect)
         self._start_flows(self.now())
         self.log.info("host.start", vpids=self.fpag.entries(), epoch=self.fpag.epoch)
         tasks = [
             asyncio.create_task(self._receive()),
             asyncio.create_task(every(POLL_S, self._poll)),
             asyncio.create_task(every(self.config.timers.stats_s, self._log_flows)),
+            asyncio.create_task(every(self.config.timers.heartbeat_s, self._check_liveness)),
         ]
         await self._stopping.wait()
         for task in tasks:
@@ -188,8 +202,18 @@ class HostDaemon:
         self.log.info("host.nic.hello", nic=peer, epoch=self.fpag.epoch)
 
     def _on_heartbeat(self, peer: str, msg: Heartbeat) -> None:
+        if peer not in self.fpag.nics:
+            return
+        now = self.now()
+        self.liveness.heard(peer, now)
         old = self.nic_state.get(peer)
         self.nic_state[peer] = msg.state
+        if msg.state == "up" and peer in self.supervisor.down:
+            self._remap("failback", peer, self.supervisor.nic_up(peer))
+        if 0 < msg.epoch < self.fpag.epoch and now - self._map_sent.get(peer, -1.0) > 0.25:
+            # A NIC that missed a map (paused, or its queue overflowed) gets the current one.
+            self._map_sent[peer] = now
+            self.node.send(peer, MapUpdate(self.fpag.epoch, self.fpag.entries()))
         if peer in self.fpag.nics:
             spec = self.config.nic(peer)
             self.links_down[peer] = [
@@ -204,6 +228,31 @@ class HostDaemon:
             self._send(out)
         if old != msg.state:
             self.log.info("host.nic.state", nic=peer, state=msg.state, epoch=msg.epoch)
+
+    def _on_disconnect(self, peer: str) -> None:
+        if peer in self.fpag.nics:
+            self.liveness.disconnected(peer, self.now())
+            self._check_liveness()
+
+    def _check_liveness(self) -> None:
+        for nic, old, new in self.liveness.poll(self.now()):
+            if new is Liveness.DOWN and nic in self.fpag.nics:
+                self.nic_state[nic] = "down"
+                self.log.info("host.nic.down", nic=nic, was=old.value)
+                self._remap("failover", nic, self.supervisor.nic_down(nic))
+
+    def _remap(self, why: str, nic: str, moves: list[tuple[int, str]]) -> None:
+        """Commit moves as one new map epoch and tell every NIC (hostd alone remaps)."""
+        for vpid, to in moves:
+            self.fpag.move(vpid, to)
+        epoch = self.fpag.commit()
+        self.log.info(f"host.{why}", nic=nic, epoch=epoch, moves=[[v, to] for v, to in moves])
+        if not moves:
+            return
+        self.log.info("map.epoch", epoch=epoch, why=why)
+        update = MapUpdate(epoch, self.fpag.entries())
+        for n in self.fpag.nics:
+            self.node.send(n, update)
 
     def _on_control(self, peer: str, msg: ControlRequest) -> None:
         try:

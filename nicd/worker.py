@@ -33,6 +33,9 @@ from bus.messages import (
     LinkState,
     MapUpdate,
     PolicyUpdate,
+    SyncAck,
+    SyncBatch,
+    SyncRequest,
     frame_chunks,
     trusted,
 )
@@ -45,8 +48,11 @@ from nicd.datapath.pipeline import DatapathConfig, Emit, Ingress, Out, Pipeline
 from nicd.datapath.rules import ruleset_from_config
 from nicd.datapath.teaming import Uplink, team_policy_from_str
 from nicd.datapath.vswitch import interface_from_dict, segment_from_dict
+from nicd.statesync import UPSERT, Batch, Origin, PeerCache, check_changes, delete, upsert
 
 HELLO_EVERY_S = 0.25
+RESYNC_RETRY_S = 0.25  # a resync request unanswered (the sibling's link to us not up yet)
+RESYNC_WAIT_S = 10.0  # a sibling silent for this long is taken as having nothing for us
 
 
 def build_pipeline(spec: NicSpec, policy: dict[str, Any]) -> Pipeline:
@@ -92,6 +98,14 @@ class NicWorker:
         self._tx_bytes: dict[int, int] = defaultdict(int)  # per own uplink PPID, this interval
         self._tx_since = 0.0
         self.uplink_bps: list[int] = [0] * len(spec.uplinks)
+        # Replication: our change stream, and one peer cache per sibling (its stream).
+        self.origin = Origin()
+        self.caches = {sib: PeerCache(sib) for sib in self.siblings}
+        self._asked: dict[str, int] = {}  # resend already requested from each sibling
+        self.resynced = not self.siblings
+        self._resync_started: float | None = None
+        self._resync_asked = 0.0
+        self.sync_malformed = 0
         self.log = structlog.get_logger().bind(nic=spec.name, host=spec.host)
         timers = config.timers
         self.liveness = LivenessTracker(timers.heartbeat_s, timers.heartbeat_misses)
@@ -103,6 +117,9 @@ class NicWorker:
             PolicyUpdate: self._on_policy,
             Heartbeat: self._on_heartbeat,
             LinkState: self._on_link_state,
+            SyncBatch: self._on_sync_batch,
+            SyncAck: self._on_sync_ack,
+            SyncRequest: self._on_sync_request,
             ControlRequest: self._on_control,
             Hello: lambda peer, msg: None,
         }
@@ -169,6 +186,7 @@ class NicWorker:
                     handler(peer, msg)
         self._flush(frames)
         self._transmit(transmit)
+        self._replicate()
 
     def _flush(self, frames: list[tuple[Ingress, int, bytes]]) -> None:
         if not frames:
@@ -235,6 +253,7 @@ class NicWorker:
             policy = dict(msg.policy, version=msg.version)
             if self.pipeline is None:
                 self.pipeline = build_pipeline(self.spec, policy)
+                self.pipeline.ct.journal = []  # every change is replicated to the siblings
                 for ppid in self.links_down:
                     self.pipeline.set_uplink_live(self._uplink_name(ppid), False)
             else:
@@ -264,16 +283,149 @@ class NicWorker:
             self.log.info("team.policy", old=old_policy, new=team_policy.value)
 
     def _on_map(self, peer: str, msg: MapUpdate) -> None:
-        if peer != self.host or self.pipeline is None:
+        p = self.pipeline
+        if peer != self.host or p is None or msg.epoch <= p.map.epoch:
             return
+        before = set(p.map.local_vpids())
+        gained = {vpid for vpid, nic, _ in msg.entries if nic == self.spec.name} - before
+        if gained:
+            self._commit(p, gained, msg.epoch)
         try:
-            change = self.pipeline.apply_map(msg.epoch, msg.entries)
+            change = p.apply_map(msg.epoch, msg.entries)
         except ValueError as e:
             self.log.error("map.rejected", epoch=msg.epoch, error=str(e))
             return
-        if change is not None:
-            self.log.info("map.epoch", epoch=msg.epoch, moved=sorted(change.moved))
-            self.log.info("nic.ready", epoch=msg.epoch, vpids=self.pipeline.map.local_vpids())
+        if change is None:
+            return
+        local = set(p.map.local_vpids())
+        self.log.info("map.epoch", epoch=msg.epoch, moved=sorted(change.moved), vpids=sorted(local))
+        lost = before - local
+        if lost:
+            dropped = p.drop_zones(lost)
+            self.log.info("ct.release", epoch=msg.epoch, vpids=sorted(lost), records=dropped)
+        if gained:
+            self._send(p.announce(sorted(gained)))  # the network learns the VMs' new path
+        if not before or not self.resynced:
+            self.log.info("nic.ready", epoch=msg.epoch, vpids=sorted(local))
+        self._replicate()
+
+    def _commit(self, p: Pipeline, vpids: set[int], epoch: int) -> None:
+        """Take over VPIDs: their records from the peer caches become our active conntrack."""
+        committed = 0
+        for origin, cache in self.caches.items():
+            records = cache.take(vpids)
+            for rec in records:
+                try:
+                    p.ct.insert(rec)
+                    committed += 1
+                except ValueError:
+                    pass  # the same connection from two origins: the first one stands
+            if records:
+                self.log.info(
+                    "ct.commit",
+                    origin=origin,
+                    epoch=epoch,
+                    vpids=sorted(vpids),
+                    records=len(records),
+                )
+        self.log.info("team.takeover", epoch=epoch, vpids=sorted(vpids), records=committed)
+
+    # ------------------------------------------------------------- replication
+
+    def _replicate(self) -> None:
+        """Send every conntrack change since the last call to every sibling, as one batch."""
+        p = self.pipeline
+        if p is None or not self.siblings:
+            return
+        journal = p.ct.take_journal()
+        if not journal:
+            return
+        batch = self.origin.add([upsert(r) if alive else delete(r) for alive, r in journal])
+        if batch is not None:
+            data = encode(trusted(SyncBatch, self.spec.name, batch.first_seq, batch.changes, False))
+            for sib in self.siblings:
+                self.node.send_raw(sib, data)
+
+    def _on_sync_batch(self, peer: str, msg: SyncBatch) -> None:
+        cache = self.caches.get(peer)
+        if cache is None:
+            return
+        try:
+            check_changes(msg.changes)
+        except ValueError as e:
+            self.sync_malformed += 1
+            self.log.warning("sync.malformed", peer=peer, error=str(e))
+            return
+        want = cache.apply(Batch(msg.first_seq, msg.changes, msg.reset))
+        if self.pipeline is not None:
+            local = set(self.pipeline.map.local_vpids())
+            zones = {c[1] for c in msg.changes if c[0] == UPSERT} & local
+            if zones or (msg.reset and local):
+                self._adopt(self.pipeline, cache, zones if not msg.reset else local)
+        if want is not None and self._asked.get(peer) != want:
+            self._asked[peer] = want
+            self.log.info("sync.gap", origin=peer, want=want, got=msg.first_seq)
+            self.node.send(peer, SyncRequest(self.spec.name, want))
+        if not self.resynced and all(c.synced for c in self.caches.values()):
+            self._resync_done("all siblings")
+
+    def _adopt(self, p: Pipeline, cache: PeerCache, zones: set[int]) -> None:
+        """Connections a sibling opened for VPIDs that are ours now (it had not yet applied the
+        map that moved them): they join our conntrack, so nothing opened in the handover is lost."""
+        adopted = 0
+        for rec in cache.take(zones):
+            if p.ct.get(rec.key) is None and p.ct.get(rec.reply_key) is None:
+                p.ct.insert(rec)
+                adopted += 1
+        if adopted:
+            self.log.info("ct.adopt", origin=cache.origin, records=adopted)
+
+    def _on_sync_ack(self, peer: str, msg: SyncAck) -> None:
+        if peer in self.caches:
+            self.origin.ack(peer, msg.seq)
+
+    def _on_sync_request(self, peer: str, msg: SyncRequest) -> None:
+        p = self.pipeline
+        if peer not in self.caches or p is None:
+            return
+        self._replicate()  # what the sibling gets must include every change made so far
+        resend = self.origin.resend(msg.from_seq) if msg.from_seq else None
+        batches = [resend] if resend is not None else self.origin.snapshot(p.ct)
+        if resend is None:
+            self.log.info("sync.snapshot", to=peer, records=len(p.ct), seq=self.origin.seq)
+        for b in batches:
+            self.node.send(peer, SyncBatch(self.spec.name, b.first_seq, b.changes, b.reset))
+
+    def _resync_start(self) -> None:
+        self._resync_started = self._resync_asked = self.now()
+        self.log.info("sync.resync.start", siblings=self.siblings)
+        for sib in self.siblings:
+            self.node.send(sib, SyncRequest(self.spec.name, 0))
+
+    def _resync_poll(self) -> None:
+        """Ask again until every live sibling has answered; a dead one is not waited for."""
+        now = self.now()
+        waiting = [
+            sib
+            for sib, cache in self.caches.items()
+            if not cache.synced and self.liveness.state(sib) is not Liveness.DOWN
+        ]
+        started = self._resync_started or now
+        if not waiting and now - started >= RESYNC_RETRY_S:
+            self._resync_done("siblings down" if self.caches else "no siblings")
+        elif now - started >= RESYNC_WAIT_S:
+            self._resync_done("timeout")
+        elif now - self._resync_asked >= RESYNC_RETRY_S:
+            self._resync_asked = now
+            for sib in waiting:
+                self.node.send(sib, SyncRequest(self.spec.name, 0))
+
+    def _resync_done(self, why: str) -> None:
+        self.resynced = True
+        started = self._resync_started or self.now()
+        records = sum(len(c.records) for c in self.caches.values())
+        ms = round((self.now() - started) * 1000, 3)
+        self.log.info("sync.resync.done", why=why, records=records, ms=ms)
 
     def _on_heartbeat(self, peer: str, msg: Heartbeat) -> None:
         self.liveness.heard(peer, self.now())
@@ -343,13 +495,22 @@ class NicWorker:
     def _tick(self) -> None:
         if self.pipeline is not None:
             self._send(self.pipeline.tick(self.now()))
+            self._replicate()  # expiries
             for vpid, src, dst in self.pipeline.take_team_moves():
                 self.log.info("team.rebalance", vpid=vpid, **{"from": src, "to": dst})
 
     def _heartbeat(self) -> None:
         self.hb_seq += 1
         epoch = self.pipeline.map.epoch if self.pipeline else 0
-        state = "up" if self.pipeline is not None and epoch else "starting"
+        if not self.resynced and self._resync_started is not None:
+            self._resync_poll()
+        if self.pipeline is None or not epoch:
+            state = "starting"
+        else:
+            state = "up" if self.resynced else "resyncing"
+        for sib, cache in self.caches.items():
+            if cache.held:
+                self.node.send(sib, SyncAck(self.spec.name, cache.held))
         data = encode(
             Heartbeat(
                 self.spec.name,
@@ -372,9 +533,13 @@ class NicWorker:
             if new is Liveness.DOWN or (new is Liveness.UP and old is Liveness.DOWN):
                 up = new is Liveness.UP
                 self.log.info("nic.peer.up" if up else "nic.peer.down", peer=peer)
+                if not up:
+                    self.origin.forget(peer)
                 self._send(self.pipeline.set_nic_live(peer, up))
 
     async def _hello_until_ready(self) -> None:
+        if self.siblings:
+            self._resync_start()  # a (re)started NIC learns its siblings' state first
         while self.pipeline is None or not self.pipeline.map.epoch:
             self.node.send(self.host, Hello(self.spec.name, "nic"))
             await asyncio.sleep(HELLO_EVERY_S)
@@ -451,6 +616,17 @@ class NicWorker:
             "links_down": p.team.links_down(),
             "uplink_bps": {self._uplink_name(i + 1): bps for i, bps in enumerate(self.uplink_bps)},
             "team_moves": p.stats.team_moves,
+            "sync": {
+                "seq": self.origin.seq,
+                "acked": dict(self.origin.acked),
+                "resynced": self.resynced,
+                "malformed": self.sync_malformed,
+                "peers": {
+                    o: {"held": c.held, "records": len(c.records), "gaps": c.gaps}
+                    for o, c in self.caches.items()
+                },
+            },
+            "digest": p.ct.digest(),
             "announcements": p.stats.announcements,
         }
         return out

@@ -210,6 +210,26 @@ class Pipeline:
         self.stats.remap_flows_kept += kept
         return change
 
+    def drop_zones(self, vpids: set[int]) -> int:
+        """Forget the connections of VPIDs that moved away (their new home holds them now)."""
+        doomed = [rec for rec in self.ct if rec.zone in vpids]
+        for rec in doomed:
+            self._forget(rec)
+        return len(doomed)
+
+    def announce(self, vpids: Iterable[int]) -> list[Emit]:
+        """RARP for each VPID's MAC on the uplink it leaves by (after a takeover)."""
+        emits = []
+        for vpid in vpids:
+            iface = self.vswitch.interface(vpid)
+            seg = self.vswitch.segment_of_vpid(vpid)
+            uplink = self.team.select(vpid, 0)
+            if iface is None or seg is None or uplink is None:
+                continue
+            emits.append(self._uplink_emit(uplink, vpid, build.rarp_frame(iface.mac, seg.vlan)))
+        self.stats.announcements += len(emits)
+        return emits
+
     def set_uplink_live(self, name: str, up: bool) -> list[Emit]:
         """Take an uplink out of or back into the team; returns the moved MACs' announcements."""
         before = self.team.assignments(self.map.local_vpids())
@@ -759,18 +779,7 @@ class Pipeline:
         """RARP for every local MAC whose uplink changed, sent on its new uplink."""
         self._evict_where(lambda e: e.to_network)
         after = self.team.assignments(self.map.local_vpids())
-        emits: list[Emit] = []
-        for vpid, name in after.items():
-            if before.get(vpid) == name:
-                continue
-            iface = self.vswitch.interface(vpid)
-            seg = self.vswitch.segment_of_vpid(vpid)
-            uplink = self.team.select(vpid, 0)
-            if iface is None or seg is None or uplink is None:
-                continue
-            emits.append(self._uplink_emit(uplink, vpid, build.rarp_frame(iface.mac, seg.vlan)))
-        self.stats.announcements += len(emits)
-        return emits
+        return self.announce(v for v, name in after.items() if before.get(v) != name)
 
     def tier_stats(self) -> dict[str, TierStats]:
         """Counters of each fast tier."""

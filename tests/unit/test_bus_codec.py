@@ -28,6 +28,9 @@ from bus.messages import (
     MapUpdate,
     Message,
     PolicyUpdate,
+    SyncAck,
+    SyncBatch,
+    SyncRequest,
 )
 
 # -- strategies ---------------------------------------------------------------------------------
@@ -70,6 +73,15 @@ MESSAGES: dict[type, st.SearchStrategy[Message]] = {
         st.lists(st.tuples(u32, u32, u64), max_size=4).map(lambda t: [x for r in t for x in r]),
     ),
     LinkState: st.builds(LinkState, names, u32, st.booleans()),
+    SyncBatch: st.builds(
+        SyncBatch,
+        names,
+        u64,
+        st.lists(st.lists(st.integers(0, 2**32), max_size=4), max_size=4),
+        st.booleans(),
+    ),
+    SyncAck: st.builds(SyncAck, names, u64),
+    SyncRequest: st.builds(SyncRequest, names, u64),
     MapUpdate: st.builds(MapUpdate, u64, st.lists(st.tuples(u32, names, u32), max_size=10)),
     PolicyUpdate: st.builds(PolicyUpdate, u64, plain_dict(floats=False)),
     ControlRequest: st.builds(ControlRequest, u64, names, plain_dict(floats=True)),
@@ -92,6 +104,9 @@ EXAMPLES: list[Message] = [
     Heartbeat("nic2", 41, 3, "up"),
     Heartbeat("nic1", 42, 3, "up", [2], [125_000, 0], [0, 7, 125_000]),
     LinkState("fabricd", 2, False),
+    SyncBatch("nic1", 7, [[1, 0, "ESTABLISHED", True, 1.5], [2, 3]], reset=True),
+    SyncAck("nic2", 8),
+    SyncRequest("nic2", 0),
     MapUpdate(4, [(1, "nic1", 0), (2, "nic2", 1)]),
     PolicyUpdate(2, {"rules": [{"prio": 10, "action": "allow", "ports": [80, 443]}], "x": None}),
     ControlRequest(9, "status", {"verbose": True, "rate": 0.5}),
@@ -155,6 +170,8 @@ def test_frame_batch_flat_wire_form() -> None:
         (lambda: Heartbeat("n", 1, 1, "up", [], (1,)), "uplink_bps"),  # type: ignore[arg-type]
         (lambda: Heartbeat("n", 1, 1, "up", [], [], [0, 7]), "vpid_load"),
         (lambda: LinkState("f", 1, 1), "up"),  # type: ignore[arg-type]
+        (lambda: SyncBatch("n", 1, [1]), "changes"),  # type: ignore[list-item]
+        (lambda: SyncBatch("n", 1, [[b"x"]]), "changes"),
         (lambda: MapUpdate(1, [(1, "nic1")]), "entries"),  # type: ignore[list-item]
         (lambda: MapUpdate(1, [(1, "", 2)]), "entries"),
         (lambda: PolicyUpdate(1, {"a": 1.5}), "policy"),
