@@ -248,7 +248,6 @@ class Heartbeat:
     epoch: int
     state: str
     links_down: list[int] = field(default_factory=list)  # own uplink PPIDs without carrier
-    uplink_bps: list[int] = field(default_factory=list)  # own uplinks' tx bytes/s, by PPID - 1
     # Load-based teaming: flat (team uplink index, VPID, bytes/s) triples of the last interval.
     vpid_load: list[int] = field(default_factory=list)
 
@@ -258,7 +257,6 @@ class Heartbeat:
         _check_uint("epoch", self.epoch)
         check_name("state", self.state)
         _check_uint_list("links_down", self.links_down, MAX_PORT)
-        _check_uint_list("uplink_bps", self.uplink_bps)
         _check_uint_list("vpid_load", self.vpid_load, limit=3 * 4096)
         if len(self.vpid_load) % 3:
             raise InvalidField("vpid_load", "must hold (uplink, vpid, rate) triples")

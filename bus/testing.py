@@ -16,11 +16,12 @@ before a link is up are dropped as with ``IMMEDIATE``, and each inbox holds ``hw
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import deque
 
 from bus.node import DEFAULT_HWM, BaseNode, BusClosed, BusStats, RawMessage
 
-__all__ = ["BusClosed", "BusStats", "MemoryNetwork", "MemoryNode"]
+__all__ = ["BusClosed", "BusStats", "MemoryNetwork", "MemoryNode", "Scripted"]
 
 
 class MemoryNode(BaseNode[tuple[str, str]]):
@@ -150,3 +151,14 @@ class MemoryNetwork:
 
     def _unlink(self, node: MemoryNode, peer: str, endpoint: str) -> None:
         self._links.get(endpoint, set()).discard((node, peer))
+
+
+class Scripted(random.Random):
+    """A random source that returns the given values in order (scripted fault decisions)."""
+
+    def __init__(self, *values: float) -> None:
+        super().__init__(0)
+        self.values = list(values)
+
+    def random(self) -> float:
+        return self.values.pop(0)

@@ -214,13 +214,12 @@ class HostDaemon:
             # A NIC that missed a map (paused, or its queue overflowed) gets the current one.
             self._map_sent[peer] = now
             self.node.send(peer, MapUpdate(self.fpag.epoch, self.fpag.entries()))
-        if peer in self.fpag.nics:
-            spec = self.config.nic(peer)
-            self.links_down[peer] = [
-                spec.uplink_name(spec.uplinks[p - 1])
-                for p in msg.links_down
-                if 1 <= p <= len(spec.uplinks)
-            ]
+        spec = self.config.nic(peer)
+        self.links_down[peer] = [
+            spec.uplink_name(spec.uplinks[p - 1])
+            for p in msg.links_down
+            if 1 <= p <= len(spec.uplinks)
+        ]
         if msg.state == "up" and peer not in self._announced:
             # The VMs behind a NIC that just came up tell the network where they are.
             self._announced.add(peer)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable
-from operator import itemgetter
 from typing import Any
 
 import structlog
@@ -44,6 +43,7 @@ from bus.runtime import daemon_args, every, run_loop, run_until_signalled
 from bus.transport import BusNode
 from configs.loader import FABRICD as FABRIC
 from configs.loader import Config, NicSpec, timeouts_from_ms
+from nicd.datapath.conntrack import CtRecord
 from nicd.datapath.pipeline import DatapathConfig, Emit, Ingress, Out, Pipeline
 from nicd.datapath.rules import ruleset_from_config
 from nicd.datapath.teaming import Uplink, team_policy_from_str
@@ -95,9 +95,6 @@ class NicWorker:
         # Our uplinks without carrier (PPIDs), as the fabric told us; kept across policy loads.
         self.links_down: set[int] = set()
         self._sibling_links: dict[str, tuple[frozenset[int], tuple[int, ...]]] = {}  # last seen
-        self._tx_bytes: dict[int, int] = defaultdict(int)  # per own uplink PPID, this interval
-        self._tx_since = 0.0
-        self.uplink_bps: list[int] = [0] * len(spec.uplinks)
         # Replication: our change stream, and one peer cache per sibling (its stream).
         self.origin = Origin()
         self.caches = {sib: PeerCache(sib) for sib in self.siblings}
@@ -205,18 +202,8 @@ class NicWorker:
             return
         wire = self.pipeline.transmit_batch(frames)
         if wire:
-            self._count_tx(wire)
             for chunk in frame_chunks(wire):
                 self.node.send(FABRIC, trusted(FrameBatch, self.spec.name, chunk))
-
-    def _count_tx(self, wire: list[tuple[int, bytes]]) -> None:
-        """Bytes per own uplink, for the load every NIC's load-based teaming reads."""
-        ports = set(map(_first, wire))
-        if len(ports) == 1:
-            self._tx_bytes[ports.pop()] += sum(map(len, map(_second, wire)))
-        else:
-            for ppid, frame in wire:
-                self._tx_bytes[ppid] += len(frame)
 
     def _send(self, emits: list[Emit]) -> None:
         """Group emitted frames per destination, one bus message each."""
@@ -239,7 +226,6 @@ class NicWorker:
         if to_host:
             self.node.send(self.host, trusted(FrameBatch, name, to_host))
         if to_fabric:
-            self._count_tx(to_fabric)
             self.node.send(FABRIC, trusted(FrameBatch, name, to_fabric))
         for (nic, kind), frames in handovers.items():
             self.node.send(nic, trusted(Handover, name, kind, frames))
@@ -268,15 +254,9 @@ class NicWorker:
     def _update_policy(self, p: Pipeline, old: dict[str, Any], new: dict[str, Any]) -> None:
         """Apply what changed: rules are revalidated only when they changed (O(connections))."""
         team_policy = team_policy_from_str(new["team_policy"], "team_policy")
-        rules_changed = (old.get("rules"), old.get("firewall_default")) != (
-            new["rules"],
-            new["firewall_default"],
-        )
-        ruleset = None
-        if rules_changed:
-            ruleset = ruleset_from_config(new["rules"], new["firewall_default"], new["version"])
-        if ruleset is not None:
-            p.set_rules(ruleset, self.now())
+        rules = (new["rules"], new["firewall_default"])
+        if (old.get("rules"), old.get("firewall_default")) != rules:
+            p.set_rules(ruleset_from_config(*rules, new["version"]), self.now())
         if team_policy is not p.team.policy:
             old_policy = p.team.policy.value
             self._send(p.set_policy(team_policy))
@@ -314,12 +294,7 @@ class NicWorker:
         committed = 0
         for origin, cache in self.caches.items():
             records = cache.take(vpids)
-            for rec in records:
-                try:
-                    p.ct.insert(rec)
-                    committed += 1
-                except ValueError:
-                    pass  # the same connection from two origins: the first one stands
+            committed += _insert_new(p, records)
             if records:
                 self.log.info(
                     "ct.commit",
@@ -372,11 +347,7 @@ class NicWorker:
     def _adopt(self, p: Pipeline, cache: PeerCache, zones: set[int]) -> None:
         """Connections a sibling opened for VPIDs that are ours now (it had not yet applied the
         map that moved them): they join our conntrack, so nothing opened in the handover is lost."""
-        adopted = 0
-        for rec in cache.take(zones):
-            if p.ct.get(rec.key) is None and p.ct.get(rec.reply_key) is None:
-                p.ct.insert(rec)
-                adopted += 1
+        adopted = _insert_new(p, cache.take(zones))
         if adopted:
             self.log.info("ct.adopt", origin=cache.origin, records=adopted)
 
@@ -518,7 +489,6 @@ class NicWorker:
                 epoch,
                 state,
                 sorted(self.links_down),
-                list(self.uplink_bps),
                 self._vpid_load(),
             )
         )
@@ -554,19 +524,7 @@ class NicWorker:
             for x in (index[name], vpid, round(rate))
         ]
 
-    def _measure_uplinks(self) -> None:
-        now = self.now()
-        elapsed = now - self._tx_since
-        self._tx_since = now
-        if elapsed <= 0:
-            return
-        self.uplink_bps = [
-            round(self._tx_bytes.get(i + 1, 0) / elapsed) for i in range(len(self.spec.uplinks))
-        ]
-        self._tx_bytes.clear()
-
     def _log_stats(self) -> None:
-        self._measure_uplinks()
         if self.pipeline is not None:
             s = self.stats()
             self.log.info("nic.stats", **{k: s[k] for k in ("frames_in", "slow_path", "tiers")})
@@ -614,7 +572,6 @@ class NicWorker:
                 str(v): name for v, name in p.team.assignments(p.map.local_vpids()).items()
             },
             "links_down": p.team.links_down(),
-            "uplink_bps": {self._uplink_name(i + 1): bps for i, bps in enumerate(self.uplink_bps)},
             "team_moves": p.stats.team_moves,
             "sync": {
                 "seq": self.origin.seq,
@@ -632,8 +589,14 @@ class NicWorker:
         return out
 
 
-_first = itemgetter(0)
-_second = itemgetter(1)
+def _insert_new(p: Pipeline, records: list[CtRecord]) -> int:
+    """Track replicated records this NIC does not track yet (the first copy of one stands)."""
+    added = 0
+    for rec in records:
+        if p.ct.get(rec.key) is None and p.ct.get(rec.reply_key) is None:
+            p.ct.insert(rec)
+            added += 1
+    return added
 
 
 def _frame_ingress(peer: str, host: str) -> Ingress | None:

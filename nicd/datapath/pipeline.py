@@ -729,9 +729,11 @@ class Pipeline:
                     r.tier = Tier.ESWITCH
         if self.team.policy is TeamPolicy.LOAD_BASED:
             before = self.team.assignments(self.map.local_vpids())
-            local = set(self.map.local_vpids())
-            # Every NIC plans from the same loads; each acts for its own VPIDs only.
-            moves = [m for m in self.team.rebalance(now) if m[0] in local]
+            moves = self.team.rebalance(now)
+            if moves:
+                # Every NIC plans from the same loads; each acts for its own VPIDs only.
+                local = set(self.map.local_vpids())
+                moves = [m for m in moves if m[0] in local]
             if moves:
                 self._team_moves.extend(moves)
                 self.stats.team_moves += len(moves)

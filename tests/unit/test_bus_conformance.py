@@ -6,7 +6,6 @@ Waiting is always an awaited condition under ``asyncio.wait_for``; nothing sleep
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +16,7 @@ import structlog
 from bus.faults import ANY, FaultTable
 from bus.messages import FrameBatch, Heartbeat, Hello, Message
 from bus.node import BaseNode, BusClosed
-from bus.testing import MemoryNetwork
+from bus.testing import MemoryNetwork, Scripted
 from bus.transport import BusNode
 
 DEADLINE = 5.0  # seconds; only ever reached when a test is failing
@@ -228,14 +227,3 @@ async def test_callback_bug_surfaces_from_recv_batch(bus: Harness) -> None:
     await bus.link(a, b)
     with pytest.raises(RuntimeError, match="bug handling b"):
         await within(a.recv_batch())
-
-
-class Scripted(random.Random):
-    """A random source that returns the given values in order."""
-
-    def __init__(self, *values: float) -> None:
-        super().__init__(0)
-        self.values = list(values)
-
-    def random(self) -> float:
-        return self.values.pop(0)

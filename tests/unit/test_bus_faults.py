@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 
 from bus.faults import ANY, FaultTable
 from bus.messages import Fault
-
-
-class Scripted(random.Random):
-    """A random source that returns the given values in order."""
-
-    def __init__(self, *values: float) -> None:
-        super().__init__(0)
-        self.values = list(values)
-
-    def random(self) -> float:
-        return self.values.pop(0)
+from bus.testing import Scripted
 
 
 def test_no_fault_delivers_at_once() -> None:
