@@ -100,6 +100,13 @@ class LivenessTracker:
         out, self._pending = self._pending, []
         return out
 
+    def excuse(self, now: float) -> None:
+        """We stood still (paused, a stalled loop): the silence says nothing of our peers, so
+        every peer not already DOWN counts as heard at `now` (without a transition)."""
+        for state in self._peers.values():
+            if state.state is not _DOWN:
+                state.last_heard = max(state.last_heard, now)
+
     def state(self, peer: str) -> Liveness:
         """Current belief about ``peer`` (DOWN if never heard)."""
         state = self._peers.get(peer)

@@ -358,12 +358,19 @@ class Fault:
 
 @dataclass(frozen=True, slots=True)
 class SyncBatch:
-    """Replication: changes ``first_seq``.. of the sender's state stream (``reset``: snapshot)."""
+    """Replication: changes ``first_seq``.. of the sender's state stream (``reset``: snapshot).
+
+    ``boot``: the sender's boot id (its numbering restarts with each boot). ``made_at``: the
+    sender's CLOCK_MONOTONIC when it made the changes (0: unknown), which every process of one
+    machine shares, so the receiver measures the sync lag.
+    """
 
     src: str
     first_seq: int
     changes: list[list[object]]
     reset: bool = False
+    boot: int = 0
+    made_at: float = 0.0
 
     def __post_init__(self) -> None:
         check_name("src", self.src)
@@ -375,6 +382,8 @@ class SyncBatch:
                 raise InvalidField("changes", "items must be lists")
         check_plain("changes", self.changes, floats=True)
         _check_bool("reset", self.reset)
+        _check_uint("boot", self.boot)
+        object.__setattr__(self, "made_at", _check_seconds("made_at", self.made_at))
 
 
 @dataclass(frozen=True, slots=True)

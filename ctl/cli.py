@@ -15,7 +15,9 @@ import click
 from configs import DEFAULT_CONFIG
 from configs.loader import FABRICD, Config, ConfigError, load_config
 from ctl import summary
+from ctl.chaos import Chaos, ChaosError, note
 from ctl.client import ControlError, control
+from ctl.verify import format_pairs, verify
 from nicd.datapath.teaming import TeamPolicy
 
 
@@ -73,6 +75,7 @@ def _uplink_command(up: bool) -> click.Command:
     @click.pass_obj
     def command(obj: Context, port: str, as_json: bool) -> None:
         result = obj.control(FABRICD, verb, {"port": port})
+        note(obj.config, f"chaos.{verb.replace('-', '_')}", port=port)
         state = "carrier up" if result["carrier"] else "carrier down"
         _emit(result, as_json, f"{port}: {state}")
 
@@ -112,6 +115,68 @@ def summary_command(obj: Context, as_json: bool) -> None:
         click.echo(json.dumps(table, indent=2))
     else:
         click.echo(summary.format_table(table))
+
+
+def _chaos(obj: Context) -> Chaos:
+    return Chaos(obj.config)
+
+
+@main.command("kill")
+@click.argument("nic")
+@click.pass_obj
+def kill(obj: Context, nic: str) -> None:
+    """SIGKILL NIC's OS worker (a crash); its card reboots it after `reboot_delay_s`."""
+    try:
+        pid = _chaos(obj).kill(nic)
+    except ChaosError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{nic}: worker pid {pid} killed (SIGKILL)")
+
+
+@main.command("pause")
+@click.argument("nic")
+@click.option("--for", "seconds", type=click.FloatRange(0.0, 3600.0), default=1.0,
+              show_default=True, help="Seconds to keep it stopped.")  # fmt: skip
+@click.pass_obj
+def pause(obj: Context, nic: str, seconds: float) -> None:
+    """SIGSTOP NIC's OS worker (a hang), then SIGCONT it after --for seconds."""
+    try:
+        pid = _chaos(obj).pause(nic, seconds)
+    except ChaosError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{nic}: worker pid {pid} paused for {seconds:g} s, resumed")
+
+
+@main.command("partition")
+@click.argument("nic_a")
+@click.argument("nic_b")
+@click.option("--for", "seconds", type=click.FloatRange(0.0, 3600.0), default=1.0,
+              show_default=True, help="Seconds the channel drops everything.")  # fmt: skip
+@click.pass_obj
+def partition(obj: Context, nic_a: str, nic_b: str, seconds: float) -> None:
+    """Cut the private channel between two NICs of a host for --for seconds (both ways)."""
+    try:
+        _chaos(obj).partition(nic_a, nic_b, seconds)
+    except (ChaosError, ControlError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{nic_a} <-/-> {nic_b}: private channel cut for {seconds:g} s")
+
+
+@main.command("verify")
+@click.option("--wait", "wait_s", type=click.FloatRange(0.0, 600.0), default=5.0,
+              show_default=True, help="Seconds to wait for every copy to catch up.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="The pairs as JSON.")
+@click.pass_obj
+def verify_command(obj: Context, wait_s: float, as_json: bool) -> None:
+    """Compare each NIC's conntrack digest with its siblings' copies; exit 1 if they differ."""
+    ok, pairs = verify(obj.config, wait_s)
+    if as_json:
+        click.echo(json.dumps({"ok": ok, "pairs": [p.as_dict() for p in pairs]}, indent=2))
+    else:
+        click.echo(format_pairs(pairs))
+        click.echo("state digests agree" if ok else "state digests DIFFER or never caught up")
+    if not ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,8 @@ class HostDaemon:
         self.team_policy = spec.team_policy  # changed at run time by the `team-policy` command
         self.nic_state: dict[str, str] = {}
         self.links_down: dict[str, list[str]] = {}  # per NIC, from its heartbeats
+        # Frames a NIC delivered for a port it does not hold (split brain, were it not 0).
+        self.stale_frames: dict[str, int] = defaultdict(int)
         self._announced: set[str] = set()
         self._vms = {vm.name for vm in spec.vms}
         self._stopping = asyncio.Event()
@@ -119,7 +121,8 @@ class HostDaemon:
             asyncio.create_task(self._receive()),
             asyncio.create_task(every(POLL_S, self._poll)),
             asyncio.create_task(every(self.config.timers.stats_s, self._log_flows)),
-            asyncio.create_task(every(self.config.timers.heartbeat_s, self._check_liveness)),
+            # Polled 5x per heartbeat: a hang is seen soon after the last miss, not a beat later.
+            asyncio.create_task(every(self.config.timers.heartbeat_s / 5, self._check_liveness)),
         ]
         await self._stopping.wait()
         for task in tasks:
@@ -191,7 +194,8 @@ class HostDaemon:
         for ppid, frame in msg.frames:
             vpid = self.fpag.vpid_at(peer, ppid)
             if vpid is None:
-                continue  # a stale NIC still delivering for a port it lost
+                self.stale_frames[peer] += 1  # a stale NIC delivering for a port it lost
+                continue
             out[vpid].extend(self.endpoints[vpid].receive(frame, now))
 
     def _on_hello(self, peer: str, msg: Hello) -> None:
@@ -268,6 +272,8 @@ class HostDaemon:
                 "nics": dict(self.nic_state),
                 "team_policy": self.team_policy,
                 "links_down": dict(self.links_down),
+                "stale_frames": dict(self.stale_frames),
+                "epoch": self.fpag.epoch,
             }
         elif msg.cmd == "team-policy":
             try:

@@ -1,10 +1,12 @@
 """State replication between sibling NICs: an ordered change stream per origin, sans-I/O.
 
-Theory of operation. Every NIC is the *origin* of the conntrack records of the VPIDs it owns.
-Each change it makes (a record created, its state changed, a record deleted) is a *change*: a
-plain list, ``[UPSERT, *record.to_wire()]`` or ``[DELETE, *key wire]``. `Origin` numbers its
-changes 1, 2, 3, ... (the per-origin sequence number), keeps them in a bounded log until every
-sibling has acknowledged them, and sends them in batches ``(first_seq, changes)``.
+Theory of operation. Every NIC is the *origin* of the conntrack records of the VPIDs it owns
+and of the remote MACs it learns on its uplinks. Each change it makes (a record created, its
+state changed, a record deleted, a MAC learned) is a *change*: a plain list,
+``[UPSERT, *record.to_wire()]``, ``[DELETE, *key wire]`` or ``[LEARN, segment, mac, ip]``.
+`Origin` numbers its changes 1, 2, 3, ... (the per-origin sequence number), keeps them in a
+bounded log until every sibling has acknowledged them, and sends them in batches
+``(first_seq, changes)``.
 
 A sibling keeps a `PeerCache` per origin: the origin's records as it last heard them, and the
 next sequence number it expects. A batch that starts later than expected is a *gap*: the cache
@@ -13,6 +15,8 @@ when the log no longer reaches that far (or the sibling asks from 0, as a reboot
 with a *snapshot*: every record it holds, as a batch flagged ``reset`` whose numbering ends at
 the origin's current sequence number. A batch that starts earlier than expected overlaps what
 the cache holds; the overlap is skipped. Acks say the highest sequence number a sibling holds.
+Every batch names the origin's *boot* (a random id per start of its OS worker): a restarted
+origin numbers from 1 again, so a batch of a new boot makes the cache forget the old stream.
 
 When hostd moves an origin's VPIDs to this NIC, `PeerCache.take(zones)` hands over those zones'
 records, which the worker commits into its own conntrack before it takes their traffic.
@@ -20,15 +24,18 @@ records, which the worker commits into its own conntrack before it takes their t
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nicd.datapath.conntrack import CtRecord
+from nicd.datapath.conntrack import CtRecord, digest_rows
+from nicd.datapath.vswitch import LearnedMac
 
 UPSERT = 1
 DELETE = 2
+LEARN = 3  # [LEARN, segment, MAC as a 48-bit int, IPv4 as an int (0: none known)]
 KEY_FIELDS = 9  # zone, family, proto, src hi/lo, dst hi/lo, sport, dport: the key in wire form
 RECORD_FIELDS = 18
 
@@ -46,6 +53,11 @@ def delete(rec: CtRecord) -> Change:
     return [DELETE, *rec.to_wire()[:KEY_FIELDS]]
 
 
+def learn(entry: LearnedMac) -> Change:
+    """The change that tells a sibling a remote MAC (and its address) we learned."""
+    return [LEARN, entry.segment, int.from_bytes(entry.mac, "big"), entry.ip or 0]
+
+
 @dataclass(slots=True)
 class Batch:
     """Changes `first_seq` .. `first_seq + len(changes) - 1` of one origin."""
@@ -53,6 +65,7 @@ class Batch:
     first_seq: int
     changes: list[Change]
     reset: bool = False  # a snapshot's first batch: forget everything held of this origin
+    boot: int = 0  # the origin's boot id
 
     @property
     def last_seq(self) -> int:
@@ -65,6 +78,7 @@ class Origin:
 
     log_limit: int = 65_536
     seq: int = 0  # the last number given out
+    boot: int = field(default_factory=lambda: random.getrandbits(62) + 1)
     acked: dict[str, int] = field(default_factory=dict)
     _log: deque[tuple[int, Change]] = field(default_factory=deque)
 
@@ -78,7 +92,7 @@ class Origin:
             self._log.append((self.seq, change))
         while len(self._log) > self.log_limit:
             self._log.popleft()
-        return Batch(first, changes)
+        return Batch(first, changes, boot=self.boot)
 
     def ack(self, sibling: str, seq: int) -> None:
         """`sibling` holds every change up to `seq`; the log keeps only what someone lacks."""
@@ -96,21 +110,23 @@ class Origin:
     def resend(self, from_seq: int) -> Batch | None:
         """Changes from `from_seq` on from the log; None if the log no longer reaches back."""
         if from_seq > self.seq:
-            return Batch(self.seq + 1, [])
+            return Batch(self.seq + 1, [], boot=self.boot)
         if from_seq < 1 or not self._log or self._log[0][0] > from_seq:
             return None
         start = from_seq - self._log[0][0]
-        return Batch(from_seq, [c for _, c in list(self._log)[start:]])
+        return Batch(from_seq, [c for _, c in list(self._log)[start:]], boot=self.boot)
 
-    def snapshot(self, records: Iterable[CtRecord], chunk: int = 2048) -> list[Batch]:
-        """Every record we hold, numbered to end at our current sequence number."""
-        changes = [upsert(r) for r in records]
+    def snapshot(
+        self, records: Iterable[CtRecord], macs: Iterable[LearnedMac] = (), chunk: int = 2048
+    ) -> list[Batch]:
+        """Every record and learned MAC we hold, numbered to end at our current sequence number."""
+        changes = [upsert(r) for r in records] + [learn(m) for m in macs]
         first = self.seq + 1 - len(changes)
         batches = [
-            Batch(first + i, changes[i : i + chunk], reset=i == 0)
+            Batch(first + i, changes[i : i + chunk], reset=i == 0, boot=self.boot)
             for i in range(0, len(changes), chunk)
         ]
-        return batches or [Batch(self.seq + 1, [], reset=True)]
+        return batches or [Batch(self.seq + 1, [], reset=True, boot=self.boot)]
 
 
 @dataclass(slots=True)
@@ -121,13 +137,25 @@ class PeerCache:
     next_seq: int = 1
     synced: bool = False  # holds a snapshot or the stream from its start
     records: dict[WireKey, Change] = field(default_factory=dict)
+    macs: dict[tuple[str, int], int] = field(default_factory=dict)  # (segment, MAC) -> IPv4
     gaps: int = 0
     applied: int = 0
+    boot: int = 0  # the origin's boot this cache follows (0: none yet)
+    restarts: int = 0
 
     def apply(self, batch: Batch) -> int | None:
         """Apply a batch in order; returns the sequence number to ask a resend from on a gap."""
+        if batch.boot != self.boot:
+            # The origin restarted: its old stream (and what it said) is over.
+            self.restarts += self.boot != 0
+            self.boot = batch.boot
+            self.records.clear()
+            self.macs.clear()
+            self.next_seq = 1
+            self.synced = False
         if batch.reset:
             self.records.clear()
+            self.macs.clear()
             self.next_seq = batch.first_seq
             self.synced = True
         elif batch.first_seq == 1 and self.next_seq == 1:
@@ -142,12 +170,19 @@ class PeerCache:
         return None
 
     def _apply(self, change: Change) -> None:
+        self.applied += 1
+        if change[0] == LEARN:
+            self.macs[(change[1], change[2])] = change[3]
+            return
         key = tuple(change[1 : 1 + KEY_FIELDS])
         if change[0] == UPSERT:
             self.records[key] = change
         else:
             self.records.pop(key, None)
-        self.applied += 1
+
+    def digest(self) -> str:
+        """The digest the origin's own table has when this copy is faithful (`ConntrackTable`)."""
+        return digest_rows(change[1:] for change in self.records.values())
 
     @property
     def held(self) -> int:
@@ -176,6 +211,18 @@ def check_changes(changes: object) -> list[Change]:
         elif op == DELETE and len(change) == 1 + KEY_FIELDS:
             if any(type(v) is not int or v < 0 for v in change[1:]):
                 raise ValueError("changes: a delete's key must be ints >= 0")
+        elif op == LEARN and len(change) == 4:
+            _check_learn(change)
         else:
             raise ValueError(f"changes: unknown change {op!r} of {len(change)} items")
     return changes  # type: ignore[return-value]
+
+
+def _check_learn(change: Change) -> None:
+    _, segment, mac, ip = change
+    if type(segment) is not str or not 0 < len(segment) <= 64:
+        raise ValueError("changes: a learn's segment must be a name of 1..64 characters")
+    if type(mac) is not int or not 0 <= mac < 1 << 48 or (mac >> 40) & 1:
+        raise ValueError("changes: a learn's MAC must be a unicast 48-bit int")
+    if type(ip) is not int or not 0 <= ip < 1 << 32:
+        raise ValueError("changes: a learn's address must be an IPv4 int (0: none)")

@@ -12,6 +12,7 @@ policy and the VPID map when the NIC says hello.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -24,11 +25,13 @@ from bus.log import configure_logging
 from bus.messages import (
     ControlReply,
     ControlRequest,
+    Fault,
     FrameBatch,
     Handover,
     HandoverKind,
     Heartbeat,
     Hello,
+    InvalidField,
     LinkState,
     MapUpdate,
     PolicyUpdate,
@@ -43,16 +46,13 @@ from bus.runtime import daemon_args, every, run_loop, run_until_signalled
 from bus.transport import BusNode
 from configs.loader import FABRICD as FABRIC
 from configs.loader import Config, NicSpec, timeouts_from_ms
-from nicd.datapath.conntrack import CtRecord
 from nicd.datapath.pipeline import DatapathConfig, Emit, Ingress, Out, Pipeline
 from nicd.datapath.rules import ruleset_from_config
 from nicd.datapath.teaming import Uplink, team_policy_from_str
 from nicd.datapath.vswitch import interface_from_dict, segment_from_dict
-from nicd.statesync import UPSERT, Batch, Origin, PeerCache, check_changes, delete, upsert
+from nicd.replication import Replicator
 
 HELLO_EVERY_S = 0.25
-RESYNC_RETRY_S = 0.25  # a resync request unanswered (the sibling's link to us not up yet)
-RESYNC_WAIT_S = 10.0  # a sibling silent for this long is taken as having nothing for us
 
 
 def build_pipeline(spec: NicSpec, policy: dict[str, Any]) -> Pipeline:
@@ -95,18 +95,21 @@ class NicWorker:
         # Our uplinks without carrier (PPIDs), as the fabric told us; kept across policy loads.
         self.links_down: set[int] = set()
         self._sibling_links: dict[str, tuple[frozenset[int], tuple[int, ...]]] = {}  # last seen
-        # Replication: our change stream, and one peer cache per sibling (its stream).
-        self.origin = Origin()
-        self.caches = {sib: PeerCache(sib) for sib in self.siblings}
-        self._asked: dict[str, int] = {}  # resend already requested from each sibling
-        self.resynced = not self.siblings
-        self._resync_started: float | None = None
-        self._resync_asked = 0.0
-        self.sync_malformed = 0
         self.log = structlog.get_logger().bind(nic=spec.name, host=spec.host)
+        self.sync = Replicator(spec.name, self.siblings, node, self.log, self.now)
         timers = config.timers
         self.liveness = LivenessTracker(timers.heartbeat_s, timers.heartbeat_misses)
         self.not_ready_drops = 0
+        # Fencing: a loop that stood still as long as the host takes to declare us down (SIGSTOP,
+        # a hung OS) may have lost VPIDs meanwhile; it forwards nothing until the host's map
+        # says what it owns now.
+        self.stall_after = timers.down_after_s
+        self.fenced = False
+        self.fenced_drops = 0
+        self._alive_at: float | None = None
+        # VPIDs taken over and not yet seen on their new path: (epoch, taken at) per VF PPID.
+        self._first_pending: dict[int, tuple[int, int, float]] = {}
+        self._first_macs: dict[bytes, int] = {}
         self.hb_seq = 0
         self._stopping = asyncio.Event()
         self._handlers: dict[type, Callable[[str, Any], None]] = {
@@ -160,6 +163,8 @@ class NicWorker:
             self.stop()
 
     def _handle(self, batch: list[tuple[str, Any]]) -> None:
+        made_at = time.monotonic()
+        self._check_stall(self.now())
         frames: list[tuple[Ingress, int, bytes]] = []
         # Transmit handovers of the whole batch go out together: fewer, fuller wire messages.
         transmit: list[tuple[int, bytes]] = []
@@ -183,24 +188,35 @@ class NicWorker:
                     handler(peer, msg)
         self._flush(frames)
         self._transmit(transmit)
-        self._replicate()
+        self._replicate(made_at)
 
     def _flush(self, frames: list[tuple[Ingress, int, bytes]]) -> None:
-        if not frames:
+        p = self._ready(frames)
+        if p is None:
             return
+        emits = p.process_batch(frames, self.now())
+        if self._first_pending:
+            self._first_frames(emits)
+        self._send(emits)
+
+    def _ready(self, frames: list[Any]) -> Pipeline | None:
+        """The pipeline if frames may be processed now; else they are counted as dropped."""
+        if not frames:
+            return None
         if self.pipeline is None:
             self.not_ready_drops += len(frames)
-            return
-        self._send(self.pipeline.process_batch(frames, self.now()))
+        elif self.fenced:
+            self.fenced_drops += len(frames)
+        else:
+            return self.pipeline
+        return None
 
     def _transmit(self, frames: list[tuple[int, bytes]]) -> None:
         """A sibling chose one of our uplinks: straight onto the wire, as few batches as fit."""
-        if not frames:
+        p = self._ready(frames)
+        if p is None:
             return
-        if self.pipeline is None:
-            self.not_ready_drops += len(frames)
-            return
-        wire = self.pipeline.transmit_batch(frames)
+        wire = p.transmit_batch(frames)
         if wire:
             for chunk in frame_chunks(wire):
                 self.node.send(FABRIC, trusted(FrameBatch, self.spec.name, chunk))
@@ -240,6 +256,7 @@ class NicWorker:
             if self.pipeline is None:
                 self.pipeline = build_pipeline(self.spec, policy)
                 self.pipeline.ct.journal = []  # every change is replicated to the siblings
+                self.pipeline.vswitch.journal = []
                 for ppid in self.links_down:
                     self.pipeline.set_uplink_live(self._uplink_name(ppid), False)
             else:
@@ -264,12 +281,16 @@ class NicWorker:
 
     def _on_map(self, peer: str, msg: MapUpdate) -> None:
         p = self.pipeline
-        if peer != self.host or p is None or msg.epoch <= p.map.epoch:
+        if peer != self.host or p is None:
+            return
+        if msg.epoch <= p.map.epoch:
+            if self.fenced and msg.epoch == p.map.epoch:
+                self._unfence(p)  # the host never remapped: what we own is still ours
             return
         before = set(p.map.local_vpids())
         gained = {vpid for vpid, nic, _ in msg.entries if nic == self.spec.name} - before
-        if gained:
-            self._commit(p, gained, msg.epoch)
+        takeover = bool(gained) and p.map.epoch > 0  # not our first map: homed here from start
+        committed = self.sync.commit(p, gained, msg.epoch) if takeover else 0
         try:
             change = p.apply_map(msg.epoch, msg.entries)
         except ValueError as e:
@@ -283,120 +304,86 @@ class NicWorker:
         if lost:
             dropped = p.drop_zones(lost)
             self.log.info("ct.release", epoch=msg.epoch, vpids=sorted(lost), records=dropped)
+        if takeover:
+            self.log.info("team.takeover", epoch=msg.epoch, vpids=sorted(gained),
+                          records=committed)  # fmt: skip
+            self._await_first_frames(p, gained, msg.epoch)
         if gained:
             self._send(p.announce(sorted(gained)))  # the network learns the VMs' new path
-        if not before or not self.resynced:
+        if self.fenced:
+            self._unfence(p)
+        elif not before or not self.sync.resynced:
             self.log.info("nic.ready", epoch=msg.epoch, vpids=sorted(local))
-        self._replicate()
+        self._replicate(time.monotonic())
 
-    def _commit(self, p: Pipeline, vpids: set[int], epoch: int) -> None:
-        """Take over VPIDs: their records from the peer caches become our active conntrack."""
-        committed = 0
-        for origin, cache in self.caches.items():
-            records = cache.take(vpids)
-            committed += _insert_new(p, records)
-            if records:
-                self.log.info(
-                    "ct.commit",
-                    origin=origin,
-                    epoch=epoch,
-                    vpids=sorted(vpids),
-                    records=len(records),
-                )
-        self.log.info("team.takeover", epoch=epoch, vpids=sorted(vpids), records=committed)
+    # ------------------------------------------------------------- fencing
+
+    def _check_stall(self, now: float) -> None:
+        """Fence ourselves if the loop stood still as long as the host takes to declare us down."""
+        last, self._alive_at = self._alive_at, now
+        p = self.pipeline
+        if last is None or now - last < self.stall_after or self.fenced:
+            return
+        if p is None or not p.map.epoch:
+            return
+        self.fenced = True
+        self.liveness.excuse(now)  # our silence, not theirs
+        self.log.warning("nic.fenced", stalled_ms=round((now - last) * 1000, 1), epoch=p.map.epoch)
+        self.node.send(self.host, Hello(self.spec.name, "nic"))  # the host answers with its map
+
+    def _unfence(self, p: Pipeline) -> None:
+        """The host's map is known again: forward for what we own, and resync before rejoining."""
+        self.fenced = False
+        self.log.info("nic.unfenced", epoch=p.map.epoch, vpids=p.map.local_vpids(),
+                      dropped=self.fenced_drops)  # fmt: skip
+        self.sync.start_resync()  # siblings' streams went on without us
+
+    # ------------------------------------------------------------- first frame on a new path
+
+    def _await_first_frames(self, p: Pipeline, gained: set[int], epoch: int) -> None:
+        taken = time.monotonic()  # not the loop clock: it ticks in whole milliseconds
+        for vpid in gained:
+            ppid = p.map.ppid(vpid)
+            iface = p.vswitch.interface(vpid)
+            if ppid is not None and iface is not None:
+                self._first_pending[ppid] = (vpid, epoch, taken)
+                self._first_macs[iface.mac] = ppid
+
+    def _first_frames(self, emits: list[Emit]) -> None:
+        """Log the first frame each taken-over VPID gets or sends on its new path (a short
+        window after a takeover, so the scan costs nothing in steady state)."""
+        for e in emits:
+            if e.out is Out.VF:
+                ppid = e.target
+            elif e.out is Out.UPLINK and (mac := e.frame[6:12]) in self._first_macs:
+                ppid = self._first_macs[mac]
+            else:
+                continue
+            pending = self._first_pending.pop(ppid, None)
+            if pending is not None:
+                vpid, epoch, taken = pending
+                way = "to_vm" if e.out is Out.VF else "to_network"
+                self.log.info("team.first_frame", vpid=vpid, epoch=epoch, way=way,
+                              after_ms=round((time.monotonic() - taken) * 1000, 3))  # fmt: skip
+                if not self._first_pending:
+                    self._first_macs.clear()
+                    return
 
     # ------------------------------------------------------------- replication
 
-    def _replicate(self) -> None:
-        """Send every conntrack change since the last call to every sibling, as one batch."""
-        p = self.pipeline
-        if p is None or not self.siblings:
-            return
-        journal = p.ct.take_journal()
-        if not journal:
-            return
-        batch = self.origin.add([upsert(r) if alive else delete(r) for alive, r in journal])
-        if batch is not None:
-            data = encode(trusted(SyncBatch, self.spec.name, batch.first_seq, batch.changes, False))
-            for sib in self.siblings:
-                self.node.send_raw(sib, data)
+    def _replicate(self, made_at: float) -> None:
+        if self.pipeline is not None:
+            self.sync.replicate(self.pipeline, made_at)
 
     def _on_sync_batch(self, peer: str, msg: SyncBatch) -> None:
-        cache = self.caches.get(peer)
-        if cache is None:
-            return
-        try:
-            check_changes(msg.changes)
-        except ValueError as e:
-            self.sync_malformed += 1
-            self.log.warning("sync.malformed", peer=peer, error=str(e))
-            return
-        want = cache.apply(Batch(msg.first_seq, msg.changes, msg.reset))
-        if self.pipeline is not None:
-            local = set(self.pipeline.map.local_vpids())
-            zones = {c[1] for c in msg.changes if c[0] == UPSERT} & local
-            if zones or (msg.reset and local):
-                self._adopt(self.pipeline, cache, zones if not msg.reset else local)
-        if want is not None and self._asked.get(peer) != want:
-            self._asked[peer] = want
-            self.log.info("sync.gap", origin=peer, want=want, got=msg.first_seq)
-            self.node.send(peer, SyncRequest(self.spec.name, want))
-        if not self.resynced and all(c.synced for c in self.caches.values()):
-            self._resync_done("all siblings")
-
-    def _adopt(self, p: Pipeline, cache: PeerCache, zones: set[int]) -> None:
-        """Connections a sibling opened for VPIDs that are ours now (it had not yet applied the
-        map that moved them): they join our conntrack, so nothing opened in the handover is lost."""
-        adopted = _insert_new(p, cache.take(zones))
-        if adopted:
-            self.log.info("ct.adopt", origin=cache.origin, records=adopted)
+        self.sync.on_batch(peer, msg, self.pipeline)
 
     def _on_sync_ack(self, peer: str, msg: SyncAck) -> None:
-        if peer in self.caches:
-            self.origin.ack(peer, msg.seq)
+        self.sync.on_ack(peer, msg)
 
     def _on_sync_request(self, peer: str, msg: SyncRequest) -> None:
-        p = self.pipeline
-        if peer not in self.caches or p is None:
-            return
-        self._replicate()  # what the sibling gets must include every change made so far
-        resend = self.origin.resend(msg.from_seq) if msg.from_seq else None
-        batches = [resend] if resend is not None else self.origin.snapshot(p.ct)
-        if resend is None:
-            self.log.info("sync.snapshot", to=peer, records=len(p.ct), seq=self.origin.seq)
-        for b in batches:
-            self.node.send(peer, SyncBatch(self.spec.name, b.first_seq, b.changes, b.reset))
-
-    def _resync_start(self) -> None:
-        self._resync_started = self._resync_asked = self.now()
-        self.log.info("sync.resync.start", siblings=self.siblings)
-        for sib in self.siblings:
-            self.node.send(sib, SyncRequest(self.spec.name, 0))
-
-    def _resync_poll(self) -> None:
-        """Ask again until every live sibling has answered; a dead one is not waited for."""
-        now = self.now()
-        waiting = [
-            sib
-            for sib, cache in self.caches.items()
-            if not cache.synced and self.liveness.state(sib) is not Liveness.DOWN
-        ]
-        started = self._resync_started or now
-        if not waiting and now - started >= RESYNC_RETRY_S:
-            self._resync_done("siblings down" if self.caches else "no siblings")
-        elif now - started >= RESYNC_WAIT_S:
-            self._resync_done("timeout")
-        elif now - self._resync_asked >= RESYNC_RETRY_S:
-            self._resync_asked = now
-            for sib in waiting:
-                self.node.send(sib, SyncRequest(self.spec.name, 0))
-
-    def _resync_done(self, why: str) -> None:
-        self.resynced = True
-        started = self._resync_started or self.now()
-        records = sum(len(c.records) for c in self.caches.values())
-        ms = round((self.now() - started) * 1000, 3)
-        self.log.info("sync.resync.done", why=why, records=records, ms=ms)
+        if self.pipeline is not None:
+            self.sync.on_request(peer, msg, self.pipeline)
 
     def _on_heartbeat(self, peer: str, msg: Heartbeat) -> None:
         self.liveness.heard(peer, self.now())
@@ -454,6 +441,11 @@ class NicWorker:
                 reply = ControlReply(msg.req_id, True, self.stats(), "")
             elif msg.cmd == "ping":
                 reply = ControlReply(msg.req_id, True, {"nic": self.spec.name}, "")
+            elif msg.cmd == "digest" and self.pipeline is not None:
+                result = self.sync.digests(self.pipeline) | {"nic": self.spec.name}
+                reply = ControlReply(msg.req_id, True, result, "")
+            elif msg.cmd == "fault":
+                reply = ControlReply(msg.req_id, *self._fault(msg.args))
             else:
                 reply = ControlReply(msg.req_id, False, {}, f"unknown command {msg.cmd!r}")
         except Exception as e:  # a bug in one command must not take the NIC's loop down
@@ -461,27 +453,38 @@ class NicWorker:
             reply = ControlReply(msg.req_id, False, {}, f"{msg.cmd}: internal error: {e}")
         self.node.reply(peer, reply)
 
+    def _fault(self, args: dict[str, Any]) -> tuple[bool, dict[str, Any], str]:
+        """Chaos: a fault on our bus channels (a partition of the private channel, say)."""
+        try:
+            fault = Fault(**args)
+        except (TypeError, InvalidField) as e:
+            return False, {}, f"fault: {e}"
+        self.node.apply_fault(fault)
+        self.log.warning(
+            "chaos.fault", kind=fault.kind.value, peer=fault.peer, seconds=fault.seconds
+        )
+        faults = [list(f) for f in self.node.faults.snapshot(self.now())]
+        return True, {"faults": faults}, ""
+
     # ------------------------------------------------------------- timers
 
     def _tick(self) -> None:
         if self.pipeline is not None:
+            made_at = time.monotonic()
             self._send(self.pipeline.tick(self.now()))
-            self._replicate()  # expiries
+            self._replicate(made_at)  # expiries
             for vpid, src, dst in self.pipeline.take_team_moves():
                 self.log.info("team.rebalance", vpid=vpid, **{"from": src, "to": dst})
 
     def _heartbeat(self) -> None:
+        self._check_stall(self.now())
         self.hb_seq += 1
         epoch = self.pipeline.map.epoch if self.pipeline else 0
-        if not self.resynced and self._resync_started is not None:
-            self._resync_poll()
-        if self.pipeline is None or not epoch:
-            state = "starting"
-        else:
-            state = "up" if self.resynced else "resyncing"
-        for sib, cache in self.caches.items():
-            if cache.held:
-                self.node.send(sib, SyncAck(self.spec.name, cache.held))
+        self.sync.poll_resync(lambda sib: self.liveness.state(sib) is Liveness.DOWN)
+        state = self._state(self.pipeline)
+        if self.fenced:
+            self.node.send(self.host, Hello(self.spec.name, "nic"))  # until the map comes
+        self.sync.send_acks()
         data = encode(
             Heartbeat(
                 self.spec.name,
@@ -496,6 +499,14 @@ class NicWorker:
             self.node.send_raw(peer, data)
         self._check_liveness()
 
+    def _state(self, p: Pipeline | None) -> str:
+        """What heartbeats tell: starting, fenced, resyncing (not yet to fail back to), up."""
+        if p is None or not p.map.epoch:
+            return "starting"
+        if self.fenced:
+            return "fenced"
+        return "up" if self.sync.resynced else "resyncing"
+
     def _check_liveness(self) -> None:
         for peer, old, new in self.liveness.poll(self.now()):
             if peer not in self.siblings or self.pipeline is None:
@@ -504,12 +515,12 @@ class NicWorker:
                 up = new is Liveness.UP
                 self.log.info("nic.peer.up" if up else "nic.peer.down", peer=peer)
                 if not up:
-                    self.origin.forget(peer)
+                    self.sync.forget(peer)
                 self._send(self.pipeline.set_nic_live(peer, up))
 
     async def _hello_until_ready(self) -> None:
         if self.siblings:
-            self._resync_start()  # a (re)started NIC learns its siblings' state first
+            self.sync.start_resync()  # a (re)started NIC learns its siblings' state first
         while self.pipeline is None or not self.pipeline.map.epoch:
             self.node.send(self.host, Hello(self.spec.name, "nic"))
             await asyncio.sleep(HELLO_EVERY_S)
@@ -531,7 +542,12 @@ class NicWorker:
 
     def stats(self) -> dict[str, Any]:
         """Counters for the control socket and the periodic `nic.stats` event."""
-        out: dict[str, Any] = {"nic": self.spec.name, "not_ready_drops": self.not_ready_drops}
+        out: dict[str, Any] = {
+            "nic": self.spec.name,
+            "not_ready_drops": self.not_ready_drops,
+            "fenced": self.fenced,
+            "fenced_drops": self.fenced_drops,
+        }
         bus = self.node.stats
         out["bus"] = {
             "sent": bus.sent,
@@ -550,7 +566,7 @@ class NicWorker:
             }
         ct = p.ct.stats
         out |= {
-            "state": "up" if p.map.epoch else "waiting-for-map",
+            "state": self._state(p),
             "epoch": p.map.epoch,
             "vpids": p.map.local_vpids(),
             "frames_in": p.stats.frames_in,
@@ -573,30 +589,11 @@ class NicWorker:
             },
             "links_down": p.team.links_down(),
             "team_moves": p.stats.team_moves,
-            "sync": {
-                "seq": self.origin.seq,
-                "acked": dict(self.origin.acked),
-                "resynced": self.resynced,
-                "malformed": self.sync_malformed,
-                "peers": {
-                    o: {"held": c.held, "records": len(c.records), "gaps": c.gaps}
-                    for o, c in self.caches.items()
-                },
-            },
-            "digest": p.ct.digest(),
+            "sync": self.sync.stats(),
+            "learned_macs": len(p.vswitch.learned()),
             "announcements": p.stats.announcements,
         }
         return out
-
-
-def _insert_new(p: Pipeline, records: list[CtRecord]) -> int:
-    """Track replicated records this NIC does not track yet (the first copy of one stands)."""
-    added = 0
-    for rec in records:
-        if p.ct.get(rec.key) is None and p.ct.get(rec.reply_key) is None:
-            p.ct.insert(rec)
-            added += 1
-    return added
 
 
 def _frame_ingress(peer: str, host: str) -> Ingress | None:

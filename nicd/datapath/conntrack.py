@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
@@ -523,12 +523,7 @@ class ConntrackTable:
 
     def digest(self) -> str:
         """SHA-256 over every record's identity, state and flags (not counters or times)."""
-        rows = sorted(tuple(rec.to_wire()[:14]) for rec in self)
-        h = hashlib.sha256()
-        for row in rows:
-            h.update(repr(row).encode())
-            h.update(b"\n")
-        return h.hexdigest()
+        return digest_rows(rec.to_wire() for rec in self)
 
     def _schedule(self, rec: CtRecord, deadline: float, now: float) -> None:
         due = math.floor(min(deadline, now + HORIZON) / TICK)
@@ -549,3 +544,19 @@ class ConntrackTable:
         if self.journal is not None:
             self.journal.append((False, rec))
         return True
+
+
+DIGEST_FIELDS = 14  # a wire record's key, origin, state, rule and flags: what must agree
+
+
+def digest_rows(wires: Iterable[Sequence[Any]]) -> str:
+    """SHA-256 over wire records' first `DIGEST_FIELDS` fields, in sorted order.
+
+    A NIC's table and a sibling's copy of it digest alike whatever their insertion order.
+    """
+    rows = sorted(tuple(w[:DIGEST_FIELDS]) for w in wires)
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(repr(row).encode())
+        h.update(b"\n")
+    return h.hexdigest()

@@ -174,6 +174,9 @@ class VSwitch:
         self._local_ip: dict[tuple[str, int], bytes] = {}
         self._learned: dict[tuple[str, bytes], LearnedMac] = {}
         self._remote_ip: dict[tuple[str, int], bytes] = {}
+        # MACs learned (new, or their address changed) since the last `take_journal`, for
+        # replication to sibling NICs; None when nobody replicates.
+        self.journal: list[tuple[str, bytes]] | None = None
         self.set_topology(segments, interfaces)
 
     def set_topology(self, segments: Iterable[Segment], interfaces: Iterable[Interface]) -> None:
@@ -239,8 +242,13 @@ class VSwitch:
         """The VPID owning `mac` in `segment`, or None: the network (through the team)."""
         return self._local_mac.get((segment, mac))
 
-    def learn_remote(self, segment: str, mac: bytes, ip: int | None, now: float) -> bool:
-        """Note a source MAC (and its ARP IPv4 address) seen on an uplink; True if new/changed."""
+    def learn_remote(
+        self, segment: str, mac: bytes, ip: int | None, now: float, *, replicated: bool = False
+    ) -> bool:
+        """Note a source MAC (and its ARP IPv4 address) seen on an uplink; True if new/changed.
+
+        `replicated`: a sibling learned it; it is not journaled again (no echo between NICs).
+        """
         if segment not in self._segments or len(mac) != 6 or mac[0] & 1:
             return False  # a group address is never a valid source
         key = (segment, mac)
@@ -268,7 +276,16 @@ class VSwitch:
                 changed = True
             self._remote_ip[(segment, ip)] = mac
         self._learned[key] = LearnedMac(segment, mac, ip, now)
+        if changed and not replicated and self.journal is not None:
+            self.journal.append(key)
         return changed
+
+    def take_journal(self) -> list[LearnedMac]:
+        """MACs learned or changed since the last call, as they are now (aged ones left out)."""
+        if not self.journal:
+            return []
+        keys, self.journal = self.journal, []
+        return [e for key in dict.fromkeys(keys) if (e := self._learned.get(key)) is not None]
 
     def answer_arp(self, segment: str, pkt: Packet) -> bytes | None:
         """An ARP reply frame (op 2) for a request about a known address, else None (flood it).

@@ -106,3 +106,15 @@ def test_peers_tracked_independently_and_forget() -> None:
 def test_bad_parameters(interval: float, misses: int) -> None:
     with pytest.raises(ValueError):
         LivenessTracker(interval=interval, misses=misses)
+
+
+def test_our_own_stall_is_excused_but_a_down_peer_stays_down() -> None:
+    t = LivenessTracker(interval=0.05, misses=3)
+    t.heard("a", 0.0)
+    t.heard("b", 0.0)
+    t.disconnected("b", 0.01)
+    t.poll(0.01)
+    t.excuse(5.0)  # we were SIGSTOPped for 5 s: a's silence is ours
+    assert t.poll(5.0) == []
+    assert t.peers() == {"a": Liveness.UP, "b": Liveness.DOWN}
+    assert t.poll(5.2) == [("a", Liveness.UP, Liveness.DOWN)]

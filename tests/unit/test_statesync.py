@@ -11,14 +11,17 @@ from hypothesis import strategies as st
 from nicd.datapath import build
 from nicd.datapath.conntrack import ConntrackTable, Timeouts
 from nicd.datapath.frames import TCP_ACK, TCP_SYN, mac_bytes, parse_frame_untrusted
+from nicd.datapath.vswitch import LearnedMac
 from nicd.statesync import (
     DELETE,
+    LEARN,
     UPSERT,
     Batch,
     Origin,
     PeerCache,
     check_changes,
     delete,
+    learn,
     upsert,
 )
 
@@ -161,3 +164,66 @@ def test_any_delivery_order_converges_with_resends(script, rnd) -> None:  # type
     cache.apply(final)
     want_keys = {tuple(upsert(r)[1:10]) for r in ct}
     assert set(cache.records) == want_keys
+
+
+def test_a_restarted_origin_replaces_its_old_stream() -> None:
+    old, cache = Origin(), PeerCache("nic1")
+    ct = table_with(3)
+    assert cache.apply(old.add(changes_of(ct))) is None
+    assert cache.held == 3
+    new = Origin()  # the origin's worker rebooted: numbering starts again at 1
+    assert new.boot != old.boot
+    fresh = table_with(1, zone=2)
+    assert cache.apply(new.add(changes_of(fresh))) is None  # not skipped as an overlap
+    assert cache.restarts == 1 and cache.held == 1 and cache.synced
+    assert {k[0] for k in cache.records} == {2}
+    assert cache.digest() == fresh.digest()
+
+
+def test_a_restarted_origin_mid_stream_is_a_gap_from_its_start() -> None:
+    old, new, cache = Origin(), Origin(), PeerCache("nic1")
+    cache.apply(old.add(changes_of(table_with(3))))
+    new.add(changes_of(table_with(2)))
+    second = new.add(changes_of(table_with(1, zone=5)))
+    assert cache.apply(second) == 1  # ask from the new boot's first change
+    assert cache.records == {} and not cache.synced
+
+
+def test_the_copy_digests_like_the_origin_table() -> None:
+    ct = table_with(4)
+    origin, cache = Origin(), PeerCache("nic1")
+    cache.apply(origin.add(changes_of(ct)))
+    assert cache.digest() == ct.digest()
+    ct.remove(next(iter(ct)))
+    assert cache.digest() != ct.digest()
+    cache.apply(origin.add(changes_of(ct)))
+    assert cache.digest() == ct.digest()
+
+
+def test_learned_macs_travel_in_the_stream_and_in_snapshots() -> None:
+    mac = LearnedMac("lan", mac_bytes("02:00:00:00:00:09"), int(IP_B), 1.0)
+    change = learn(mac)
+    assert change == [LEARN, "lan", 0x020000000009, int(IP_B)]
+    assert check_changes([change, learn(LearnedMac("lan", B, None, 1.0))])
+    origin, cache = Origin(), PeerCache("nic1")
+    cache.apply(origin.add([change]))
+    assert cache.macs == {("lan", 0x020000000009): int(IP_B)}
+    late = PeerCache("nic1")
+    for batch in origin.snapshot(table_with(1), [mac]):
+        late.apply(batch)
+    assert late.macs == cache.macs and len(late.records) == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        [LEARN, "", 1, 0],
+        [LEARN, "lan", 1 << 48, 0],
+        [LEARN, "lan", 0x010000000001, 0],  # a group address
+        [LEARN, "lan", 1, -1],
+        [LEARN, "lan", 1],
+    ],
+)
+def test_malformed_learns_are_refused(change: list[object]) -> None:
+    with pytest.raises(ValueError):
+        check_changes([change])

@@ -287,3 +287,15 @@ def test_interface_config_missing_field() -> None:
 def test_segment_config_errors_name_the_field(d: Any, field: str) -> None:
     with pytest.raises(ValueError, match="^" + re.escape(field)):
         segment_from_dict(d, "segments[0]")
+
+
+def test_the_journal_lists_what_siblings_must_learn_but_not_what_they_taught(vs: VSwitch) -> None:
+    vs.journal = []
+    vs.learn_remote("web", PEER_MAC, None, now=0.0)
+    vs.learn_remote("web", PEER_MAC, None, now=1.0)  # a refresh: nothing new to tell
+    vs.learn_remote("web", PEER_MAC, _ipint("10.1.0.5"), now=2.0)
+    vs.learn_remote("web", OTHER_MAC, None, now=2.0, replicated=True)
+    (entry,) = vs.take_journal()  # one entry per MAC, as it is now
+    assert (entry.mac, entry.ip) == (PEER_MAC, _ipint("10.1.0.5"))
+    assert vs.take_journal() == []
+    assert {e.mac for e in vs.learned()} == {PEER_MAC, OTHER_MAC}

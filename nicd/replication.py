@@ -1,0 +1,268 @@
+"""The worker's side of state sharing: our change stream out, each sibling's stream in, resync.
+
+`nicd.statesync` is the protocol (sans-I/O); `Replicator` feeds it from the pipeline's journals
+(conntrack and MAC learning) and speaks it over the bus: `SyncBatch` to every sibling after
+each receive batch and tick, `SyncAck` with every heartbeat, `SyncRequest` on a gap or when a
+(re)started or fenced NIC resyncs before it rejoins. It also measures the sync lag: the time
+from the origin's change to its apply here, on the CLOCK_MONOTONIC every local process shares.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from bus.codec import encode
+from bus.messages import SyncAck, SyncBatch, SyncRequest, trusted
+from bus.node import BaseNode
+from nicd.datapath.conntrack import CtRecord
+from nicd.datapath.pipeline import Pipeline
+from nicd.statesync import (
+    LEARN,
+    UPSERT,
+    Batch,
+    Origin,
+    PeerCache,
+    check_changes,
+    delete,
+    learn,
+    upsert,
+)
+
+RESYNC_RETRY_S = 0.25  # a resync request unanswered (the sibling's link to us not up yet)
+RESYNC_WAIT_S = 10.0  # a sibling silent for this long is taken as having nothing for us
+LAG_SAMPLES = 8192
+
+
+class Replicator:
+    """Replication and resync of one NIC with its siblings; see the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        siblings: list[str],
+        node: BaseNode[Any],
+        log: Any,
+        now: Callable[[], float],
+    ) -> None:
+        self.name = name
+        self.siblings = list(siblings)
+        self.node = node
+        self.log = log
+        self.now = now
+        self.origin = Origin()
+        self.caches = {sib: PeerCache(sib) for sib in siblings}
+        self.resynced = not siblings
+        self.resyncs = 0
+        self.malformed = 0
+        self.lag_ms: deque[float] = deque(maxlen=LAG_SAMPLES)
+        self._asked: dict[str, int] = {}  # resend already requested from each sibling
+        self._resync_started: float | None = None
+        self._resync_t0 = 0.0
+        self._resync_asked = 0.0
+
+    # ------------------------------------------------------------- our stream
+
+    def replicate(self, p: Pipeline, made_at: float) -> None:
+        """Send every change since the last call to every sibling, as one batch."""
+        if not self.siblings:
+            return
+        journal = p.ct.take_journal()
+        macs = p.vswitch.take_journal()
+        if not journal and not macs:
+            return
+        changes = [upsert(r) if alive else delete(r) for alive, r in journal]
+        changes += [learn(m) for m in macs]
+        batch = self.origin.add(changes)
+        if batch is not None:
+            msg = trusted(SyncBatch, self.name, batch.first_seq, batch.changes, False, batch.boot,
+                          made_at)  # fmt: skip
+            data = encode(msg)
+            for sib in self.siblings:
+                self.node.send_raw(sib, data)
+
+    def on_request(self, peer: str, msg: SyncRequest, p: Pipeline) -> None:
+        """Answer a sibling from the resend log, or with a snapshot when the log falls short."""
+        if peer not in self.caches:
+            return
+        self.replicate(p, time.monotonic())  # what it gets must include every change so far
+        resend = self.origin.resend(msg.from_seq) if msg.from_seq else None
+        if resend is not None:
+            batches = [resend]
+        else:
+            batches = self.origin.snapshot(p.ct, p.vswitch.learned())
+            self.log.info("sync.snapshot", to=peer, records=len(p.ct), seq=self.origin.seq)
+        for b in batches:
+            self.node.send(peer, SyncBatch(self.name, b.first_seq, b.changes, b.reset, b.boot))
+
+    def on_ack(self, peer: str, msg: SyncAck) -> None:
+        """A sibling holds our stream up to `msg.seq`."""
+        if peer in self.caches:
+            self.origin.ack(peer, msg.seq)
+
+    def forget(self, peer: str) -> None:
+        """A sibling is down: it no longer holds back our resend log."""
+        self.origin.forget(peer)
+
+    def send_acks(self) -> None:
+        """Tell each sibling how much of its stream we hold (with every heartbeat)."""
+        for sib, cache in self.caches.items():
+            if cache.held:
+                self.node.send(sib, SyncAck(self.name, cache.held))
+
+    # ------------------------------------------------------------- siblings' streams
+
+    def on_batch(self, peer: str, msg: SyncBatch, p: Pipeline | None) -> None:
+        """Apply a sibling's batch; adopt records of zones that are ours; ask again on a gap."""
+        cache = self.caches.get(peer)
+        if cache is None:
+            return
+        try:
+            check_changes(msg.changes)
+        except ValueError as e:
+            self.malformed += 1
+            self.log.warning("sync.malformed", peer=peer, error=str(e))
+            return
+        want = cache.apply(Batch(msg.first_seq, msg.changes, msg.reset, msg.boot))
+        if msg.made_at and not msg.reset and want is None:
+            self.lag_ms.append((time.monotonic() - msg.made_at) * 1000)
+        if p is not None:
+            self._learn(p, msg.changes)
+            local = set(p.map.local_vpids())
+            zones = {c[1] for c in msg.changes if c[0] == UPSERT} & local
+            if zones or (msg.reset and local):
+                self._adopt(p, cache, local if msg.reset else zones)
+        if want is not None and self._asked.get(peer) != want:
+            self._asked[peer] = want
+            self.log.info("sync.gap", origin=peer, want=want, got=msg.first_seq)
+            self.node.send(peer, SyncRequest(self.name, want))
+        if not self.resynced and all(c.synced for c in self.caches.values()):
+            self._resync_done("all siblings")
+
+    def _learn(self, p: Pipeline, changes: list[list[Any]]) -> None:
+        now = self.now()
+        for c in changes:
+            if c[0] == LEARN:
+                p.vswitch.learn_remote(c[1], c[2].to_bytes(6, "big"), c[3] or None, now,
+                                       replicated=True)  # fmt: skip
+
+    def _adopt(self, p: Pipeline, cache: PeerCache, zones: set[int]) -> None:
+        """Connections a sibling opened for VPIDs that are ours now (it had not yet applied the
+        map that moved them): they join our conntrack, so nothing opened in the handover is lost."""
+        adopted = insert_new(p, cache.take(zones))
+        if adopted:
+            self.log.info("ct.adopt", origin=cache.origin, records=adopted)
+
+    def commit(self, p: Pipeline, vpids: set[int], epoch: int) -> int:
+        """Take over VPIDs: their records from the peer caches become our active conntrack."""
+        committed = 0
+        for origin, cache in self.caches.items():
+            records = cache.take(vpids)
+            committed += insert_new(p, records)
+            if records:
+                self.log.info(
+                    "ct.commit", origin=origin, epoch=epoch, vpids=sorted(vpids),
+                    records=len(records),
+                )  # fmt: skip
+        return committed
+
+    # ------------------------------------------------------------- resync
+
+    def start_resync(self) -> None:
+        """Ask every sibling for a snapshot; `resynced` once every live one has answered."""
+        self.resynced = not self.siblings
+        self.resyncs += 1
+        for cache in self.caches.values():
+            cache.synced = False  # only a snapshot answered from now on counts
+        self._resync_started = self._resync_asked = self.now()
+        self._resync_t0 = time.monotonic()  # for the figure: the loop clock is in whole ms
+        self._asked.clear()
+        self.log.info("sync.resync.start", siblings=self.siblings, attempt=self.resyncs)
+        for sib in self.siblings:
+            self.node.send(sib, SyncRequest(self.name, 0))
+
+    def poll_resync(self, is_down: Callable[[str], bool]) -> None:
+        """Ask again until every live sibling has answered; a dead one is not waited for."""
+        if self.resynced or self._resync_started is None:
+            return
+        now = self.now()
+        waiting = [s for s, c in self.caches.items() if not c.synced and not is_down(s)]
+        started = self._resync_started
+        if not waiting and now - started >= RESYNC_RETRY_S:
+            self._resync_done("siblings down")
+        elif now - started >= RESYNC_WAIT_S:
+            self._resync_done("timeout")
+        elif now - self._resync_asked >= RESYNC_RETRY_S:
+            self._resync_asked = now
+            for sib in waiting:
+                self.node.send(sib, SyncRequest(self.name, 0))
+
+    def _resync_done(self, why: str) -> None:
+        self.resynced = True
+        records = sum(len(c.records) for c in self.caches.values())
+        ms = round((time.monotonic() - self._resync_t0) * 1000, 3)
+        self.log.info("sync.resync.done", why=why, records=records, ms=ms)
+
+    # ------------------------------------------------------------- inspection
+
+    def lag(self) -> dict[str, float | int]:
+        """Sync lag of the recent batches applied here, in milliseconds."""
+        samples = sorted(self.lag_ms)
+        if not samples:
+            return {"samples": 0}
+        n = len(samples)
+        return {
+            "samples": n,
+            "p50_ms": round(samples[n // 2], 3),
+            "p99_ms": round(samples[min(n - 1, n * 99 // 100)], 3),
+            "max_ms": round(samples[-1], 3),
+        }
+
+    def digests(self, p: Pipeline) -> dict[str, Any]:
+        """What `nicteam verify` compares: our table and each sibling's copy, with sequences.
+
+        O(records): a control command's work, never the periodic stats'.
+        """
+        self.replicate(p, time.monotonic())  # the sequence number must cover the whole table
+        return {
+            "seq": self.origin.seq,
+            "digest": p.ct.digest(),
+            "records": len(p.ct),
+            "peers": {
+                o: {"held": c.held, "digest": c.digest(), "records": len(c.records)}
+                for o, c in self.caches.items()
+            },
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Our stream, what each sibling acked, and what we hold of each sibling's stream."""
+        return {
+            "seq": self.origin.seq,
+            "acked": dict(self.origin.acked),
+            "resynced": self.resynced,
+            "resyncs": self.resyncs,
+            "malformed": self.malformed,
+            "lag": self.lag(),
+            "peers": {
+                o: {
+                    "held": c.held,
+                    "synced": c.synced,
+                    "records": len(c.records),
+                    "macs": len(c.macs),
+                    "gaps": c.gaps,
+                }
+                for o, c in self.caches.items()
+            },
+        }
+
+
+def insert_new(p: Pipeline, records: list[CtRecord]) -> int:
+    """Track replicated records this NIC does not track yet (the first copy of one stands)."""
+    added = 0
+    for rec in records:
+        if p.ct.get(rec.key) is None and p.ct.get(rec.reply_key) is None:
+            p.ct.insert(rec)
+            added += 1
+    return added
