@@ -360,7 +360,8 @@ class Fault:
 class SyncBatch:
     """Replication: changes ``first_seq``.. of the sender's state stream (``reset``: snapshot).
 
-    ``boot``: the sender's boot id (its numbering restarts with each boot). ``made_at``: the
+    ``boot``: the sender's boot id (its numbering restarts with each boot); ``until``: on a
+    snapshot's first batch, the sequence number its last batch ends at. ``made_at``: the
     sender's CLOCK_MONOTONIC when it made the changes (0: unknown), which every process of one
     machine shares, so the receiver measures the sync lag.
     """
@@ -370,6 +371,7 @@ class SyncBatch:
     changes: list[list[object]]
     reset: bool = False
     boot: int = 0
+    until: int = 0
     made_at: float = 0.0
 
     def __post_init__(self) -> None:
@@ -383,6 +385,7 @@ class SyncBatch:
         check_plain("changes", self.changes, floats=True)
         _check_bool("reset", self.reset)
         _check_uint("boot", self.boot)
+        _check_uint("until", self.until)
         object.__setattr__(self, "made_at", _check_seconds("made_at", self.made_at))
 
 

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from typing import Any
 
 from nicd.datapath.conntrack import CtRecord, digest_rows
@@ -66,6 +67,7 @@ class Batch:
     changes: list[Change]
     reset: bool = False  # a snapshot's first batch: forget everything held of this origin
     boot: int = 0  # the origin's boot id
+    until: int = 0  # on a snapshot's first batch: the number its last batch ends at
 
     @property
     def last_seq(self) -> int:
@@ -117,16 +119,27 @@ class Origin:
         return Batch(from_seq, [c for _, c in list(self._log)[start:]], boot=self.boot)
 
     def snapshot(
-        self, records: Iterable[CtRecord], macs: Iterable[LearnedMac] = (), chunk: int = 2048
-    ) -> list[Batch]:
-        """Every record and learned MAC we hold, numbered to end at our current sequence number."""
-        changes = [upsert(r) for r in records] + [learn(m) for m in macs]
-        first = self.seq + 1 - len(changes)
-        batches = [
-            Batch(first + i, changes[i : i + chunk], reset=i == 0, boot=self.boot)
-            for i in range(0, len(changes), chunk)
-        ]
-        return batches or [Batch(self.seq + 1, [], reset=True, boot=self.boot)]
+        self, records: Collection[CtRecord], macs: Collection[LearnedMac] = (), chunk: int = 2048
+    ) -> Iterator[Batch]:
+        """Every record and learned MAC we hold, numbered to end at our current sequence number.
+
+        Lazily, a chunk at a time: the caller can keep its heartbeats going in between.
+        """
+        total = len(records) + len(macs)
+        if total > self.seq:
+            # More rows than numbers given out (state held before numbering began): skip
+            # ahead, so the snapshot's numbers stay >= 1; live holders see a gap and ask.
+            self.seq = total
+        first = self.seq + 1 - total
+        if not total:
+            yield Batch(first, [], reset=True, boot=self.boot, until=self.seq)
+            return
+        rows = chain((upsert(r) for r in records), (learn(m) for m in macs))
+        for start in range(0, total, chunk):
+            changes = list(islice(rows, chunk))
+            reset = start == 0
+            until = self.seq if reset else 0
+            yield Batch(first + start, changes, reset=reset, boot=self.boot, until=until)
 
 
 @dataclass(slots=True)
@@ -135,7 +148,8 @@ class PeerCache:
 
     origin: str
     next_seq: int = 1
-    synced: bool = False  # holds a snapshot or the stream from its start
+    synced: bool = False  # holds a whole snapshot or the stream from its start
+    _until: int = 0  # a snapshot is arriving: synced once held up to here
     records: dict[WireKey, Change] = field(default_factory=dict)
     macs: dict[tuple[str, int], int] = field(default_factory=dict)  # (segment, MAC) -> IPv4
     gaps: int = 0
@@ -157,7 +171,8 @@ class PeerCache:
             self.records.clear()
             self.macs.clear()
             self.next_seq = batch.first_seq
-            self.synced = True
+            self.synced = False
+            self._until = batch.until
         elif batch.first_seq == 1 and self.next_seq == 1:
             self.synced = True  # the origin's stream from its very start
         if batch.first_seq > self.next_seq:
@@ -167,6 +182,8 @@ class PeerCache:
         for change in batch.changes[skip:]:
             self._apply(change)
         self.next_seq = max(self.next_seq, batch.last_seq + 1)
+        if not self.synced and self._until and self.held >= self._until:
+            self.synced, self._until = True, 0  # the snapshot's last batch is in
         return None
 
     def _apply(self, change: Change) -> None:

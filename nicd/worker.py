@@ -106,7 +106,7 @@ class NicWorker:
         self.stall_after = timers.down_after_s
         self.fenced = False
         self.fenced_drops = 0
-        self._alive_at: float | None = None
+        self._alive_at = time.monotonic()  # when the loop last ran: a heartbeat or a batch
         # VPIDs taken over and not yet seen on their new path: (epoch, taken at) per VF PPID.
         self._first_pending: dict[int, tuple[int, int, float]] = {}
         self._first_macs: dict[bytes, int] = {}
@@ -164,7 +164,7 @@ class NicWorker:
 
     def _handle(self, batch: list[tuple[str, Any]]) -> None:
         made_at = time.monotonic()
-        self._check_stall(self.now())
+        self._check_stall(made_at)
         frames: list[tuple[Ingress, int, bytes]] = []
         # Transmit handovers of the whole batch go out together: fewer, fuller wire messages.
         transmit: list[tuple[int, bytes]] = []
@@ -186,6 +186,7 @@ class NicWorker:
                 handler = self._handlers.get(type(msg))
                 if handler is not None:
                     handler(peer, msg)
+                    self._keepalive()  # a resync's snapshot chunks add up
         self._flush(frames)
         self._transmit(transmit)
         self._replicate(made_at)
@@ -318,11 +319,19 @@ class NicWorker:
 
     # ------------------------------------------------------------- fencing
 
+    def _keepalive(self) -> None:
+        """Long work between two turns of the loop must not look like a hang to the host."""
+        if time.monotonic() - self._alive_at >= self.config.timers.heartbeat_s:
+            self._heartbeat()
+
     def _check_stall(self, now: float) -> None:
-        """Fence ourselves if the loop stood still as long as the host takes to declare us down."""
+        """Fence ourselves if the loop stood still as long as the host takes to declare us down.
+
+        `now` is CLOCK_MONOTONIC: the loop's clock does not move inside one long callback.
+        """
         last, self._alive_at = self._alive_at, now
         p = self.pipeline
-        if last is None or now - last < self.stall_after or self.fenced:
+        if now - last < self.stall_after or self.fenced:
             return
         if p is None or not p.map.epoch:
             return
@@ -383,7 +392,7 @@ class NicWorker:
 
     def _on_sync_request(self, peer: str, msg: SyncRequest) -> None:
         if self.pipeline is not None:
-            self.sync.on_request(peer, msg, self.pipeline)
+            self.sync.on_request(peer, msg, self.pipeline, self._keepalive)
 
     def _on_heartbeat(self, peer: str, msg: Heartbeat) -> None:
         self.liveness.heard(peer, self.now())
@@ -477,10 +486,12 @@ class NicWorker:
                 self.log.info("team.rebalance", vpid=vpid, **{"from": src, "to": dst})
 
     def _heartbeat(self) -> None:
-        self._check_stall(self.now())
+        self._check_stall(time.monotonic())
         self.hb_seq += 1
         epoch = self.pipeline.map.epoch if self.pipeline else 0
-        self.sync.poll_resync(lambda sib: self.liveness.state(sib) is Liveness.DOWN)
+        # A sibling never heard since we booted may be cut off from us, not dead: the resync
+        # waits for it (up to RESYNC_WAIT_S) rather than rejoin without its state.
+        self.sync.poll_resync(lambda sib: self.liveness.peers().get(sib) is Liveness.DOWN)
         state = self._state(self.pipeline)
         if self.fenced:
             self.node.send(self.host, Hello(self.spec.name, "nic"))  # until the map comes

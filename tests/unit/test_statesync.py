@@ -227,3 +227,24 @@ def test_learned_macs_travel_in_the_stream_and_in_snapshots() -> None:
 def test_malformed_learns_are_refused(change: list[object]) -> None:
     with pytest.raises(ValueError):
         check_changes([change])
+
+
+def test_a_snapshot_of_more_rows_than_numbers_still_numbers_from_1() -> None:
+    ct = table_with(5)
+    ct.take_journal()
+    origin = Origin()  # numbering began after the table filled (no journal then)
+    (batch,) = origin.snapshot(ct)
+    assert batch.first_seq == 1 and batch.last_seq == origin.seq == 5
+
+
+def test_a_cache_is_synced_only_once_the_snapshots_last_batch_is_in() -> None:
+    ct = table_with(7)
+    origin, cache = Origin(), PeerCache("nic1")
+    origin.add(changes_of(ct))
+    first, *rest = origin.snapshot(ct, chunk=3)
+    assert first.until == origin.seq == 7 and all(b.until == 0 for b in rest)
+    cache.apply(first)
+    assert not cache.synced and len(cache.records) == 3
+    for batch in rest:
+        cache.apply(batch)
+    assert cache.synced and cache.digest() == ct.digest()

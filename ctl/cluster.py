@@ -1,0 +1,165 @@
+"""A Procfile cluster in its own run directory, launched and always stopped cleanly.
+
+Used by the cluster tests and the benchmarks (and `nicteam up`): `running_cluster()` starts
+honcho on the repository's Procfile with a run directory of its own, waits until every NIC is
+up, and on the way out stops everything it started, found by an environment tag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from configs.loader import Config, load_config
+from ctl.client import ControlError, control
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+
+class NotReady(TimeoutError):
+    """What was waited for did not happen in time."""
+
+
+@dataclass
+class Cluster:
+    """A running Procfile cluster: its honcho process, run directory and config."""
+
+    proc: subprocess.Popen[bytes]
+    run_dir: Path
+    config: Config
+    output: Path
+    config_path: Path
+    tag: str
+
+    def control(self, proc: str, cmd: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One control request to a daemon of this cluster."""
+        return control(self.config.endpoint(proc), cmd, args, timeout=2.0)
+
+    def worker_pid(self, nic: str) -> int:
+        """The pid of a NIC's OS worker, from the card's pid file."""
+        return int((self.run_dir / f"{nic}.pid").read_text())
+
+    def ports_away(self) -> list[dict[str, Any]]:
+        """VM interfaces not plugged into the NIC the config homes them on (none: all home)."""
+        home = {vm.name: vm.nic for vm in self.config.vms}
+        return [
+            p
+            for host in self.config.hosts
+            for p in self.control(host.name, "map")["ports"]
+            if p["nic"] != home[str(p["vm"]).split("/")[0]]
+        ]
+
+    def pids(self) -> list[int]:
+        """Every live process of the cluster: honcho and everything it started."""
+        return tagged_pids(self.tag)
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Live (non-zombie) processes whose environment carries NICTEAM_TEST_TAG=`tag`.
+
+    honcho gives each process its own session, and orphans are reparented, so neither the
+    session nor the parent chain finds every descendant; the inherited environment does.
+    """
+    marker = f"NICTEAM_TEST_TAG={tag}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def wait_for(
+    what: str, probe: Callable[[], T | None], timeout: float = 30.0, every: float = 0.1
+) -> T:
+    """Poll `probe` until it returns something truthy; fail the test with `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            got = probe()
+        except (ControlError, OSError, ValueError, KeyError) as e:
+            got, last_error = None, e
+        if got:
+            return got
+        time.sleep(every)
+    raise NotReady(f"timed out after {timeout:g} s waiting for {what} (last error: {last_error})")
+
+
+def stop(
+    proc: subprocess.Popen[bytes], tag: str, sig: int = signal.SIGTERM, timeout: float = 20.0
+) -> int | None:
+    """Stop honcho with `sig`; SIGKILL every tagged process if it does not finish in time."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    for pid in tagged_pids(tag):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(5)
+    return None
+
+
+@contextlib.contextmanager
+def running_cluster(config_text: str | None = None) -> Iterator[Cluster]:
+    """A Procfile cluster of the default config (or of `config_text`), always cleaned up."""
+    # Not pytest's tmp_path: unix socket paths must stay under ~107 bytes.
+    top = Path(tempfile.mkdtemp(prefix="nt-"))
+    tag = top.name
+    run_dir = top / "run"
+    output = top / "honcho.out"
+    config_path = REPO / "configs/default.toml"
+    env = os.environ | {
+        "NICTEAM_RUN_DIR": str(run_dir),
+        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+        "PYTHONUNBUFFERED": "1",
+        "NICTEAM_TEST_TAG": tag,
+    }
+    if config_text is not None:
+        config_path = top / "cluster.toml"
+        config_path.write_text(config_text)
+        env["NICTEAM_CONFIG"] = str(config_path)
+    config = load_config(config_path, run_dir)
+    with output.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "honcho"), "start", "-f", "Procfile"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own session: cleanup finds every descendant
+        )
+    c = Cluster(proc, run_dir, config, output, config_path, tag)
+    try:
+        for nic in (n.name for h in config.hosts for n in h.nics):
+            wait_for(f"{nic} up", lambda nic=nic: c.control(nic, "stats")["state"] == "up")
+        yield c
+    finally:
+        stop(proc, tag)
+        left = tagged_pids(tag)
+        if not left:
+            shutil.rmtree(top, ignore_errors=True)
+        if left:
+            raise RuntimeError(f"processes left behind: {left} (output in {output})")
