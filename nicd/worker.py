@@ -53,6 +53,9 @@ from nicd.datapath.vswitch import interface_from_dict, segment_from_dict
 from nicd.replication import Replicator
 
 HELLO_EVERY_S = 0.25
+# Sibling states (from heartbeats) in which it moves frames: it has a pipeline and a map, and is
+# not fenced.
+FORWARDING = frozenset({"up", "resyncing"})
 
 
 def build_pipeline(spec: NicSpec, policy: dict[str, Any]) -> Pipeline:
@@ -95,6 +98,9 @@ class NicWorker:
         # Our uplinks without carrier (PPIDs), as the fabric told us; kept across policy loads.
         self.links_down: set[int] = set()
         self._sibling_links: dict[str, tuple[frozenset[int], tuple[int, ...]]] = {}  # last seen
+        self._sibling_state: dict[str, str] = {}  # each sibling's state, from its heartbeats
+        self._sibling_usable: dict[str, bool] = {}  # its uplinks are in our team
+        self._last_state = "booting"  # what our heartbeats said last
         self.log = structlog.get_logger().bind(nic=spec.name, host=spec.host)
         self.sync = Replicator(spec.name, self.siblings, node, self.log, self.now)
         timers = config.timers
@@ -258,6 +264,8 @@ class NicWorker:
                 self.pipeline = build_pipeline(self.spec, policy)
                 self.pipeline.ct.journal = []  # every change is replicated to the siblings
                 self.pipeline.vswitch.journal = []
+                for sib in self.siblings:  # a sibling not heard forwarding yet gets nothing
+                    self._sibling_live(self.pipeline, sib)
                 for ppid in self.links_down:
                     self.pipeline.set_uplink_live(self._uplink_name(ppid), False)
             else:
@@ -396,8 +404,25 @@ class NicWorker:
 
     def _on_heartbeat(self, peer: str, msg: Heartbeat) -> None:
         self.liveness.heard(peer, self.now())
-        if peer in self.siblings and self.pipeline is not None:
-            self._sibling_team_state(self.pipeline, peer, msg)
+        if peer in self.siblings:
+            self._sibling_state[peer] = msg.state
+            if self.pipeline is not None:
+                self._sibling_team_state(self.pipeline, peer, msg)
+                self._sibling_live(self.pipeline, peer)
+
+    def _sibling_live(self, p: Pipeline, peer: str) -> None:
+        """A sibling's uplinks are in our team only while it is alive and forwarding: a rebooted
+        NIC still waiting for its policy, or a fenced one, would drop what we hand it."""
+        live = (
+            self.liveness.state(peer) is not Liveness.DOWN
+            and self._sibling_state.get(peer) in FORWARDING
+        )
+        if live == self._sibling_usable.get(peer):
+            return
+        self._sibling_usable[peer] = live
+        state = self._sibling_state.get(peer, "unheard")
+        self.log.info("nic.peer.up" if live else "nic.peer.down", peer=peer, state=state)
+        self._send(p.set_nic_live(peer, live))
 
     def _sibling_team_state(self, p: Pipeline, peer: str, msg: Heartbeat) -> None:
         """A sibling's uplink carrier and its VPIDs' load, from its heartbeat (on change)."""
@@ -493,6 +518,8 @@ class NicWorker:
         # waits for it (up to RESYNC_WAIT_S) rather than rejoin without its state.
         self.sync.poll_resync(lambda sib: self.liveness.peers().get(sib) is Liveness.DOWN)
         state = self._state(self.pipeline)
+        if state != self._last_state:
+            self._state_changed(self._last_state, state)
         if self.fenced:
             self.node.send(self.host, Hello(self.spec.name, "nic"))  # until the map comes
         self.sync.send_acks()
@@ -510,6 +537,14 @@ class NicWorker:
             self.node.send_raw(peer, data)
         self._check_liveness()
 
+    def _state_changed(self, old: str, new: str) -> None:
+        self._last_state = new
+        self.log.info("nic.state", old=old, new=new, epoch=self.pipeline.map.epoch if
+                      self.pipeline else 0)  # fmt: skip
+        if new == "up" and old in ("resyncing", "fenced"):
+            # Back in the team after a reboot or a fence: the host may fail VPIDs back now.
+            self.log.info("nic.rejoin", boot=self.sync.origin.boot, resyncs=self.sync.resyncs)
+
     def _state(self, p: Pipeline | None) -> str:
         """What heartbeats tell: starting, fenced, resyncing (not yet to fail back to), up."""
         if p is None or not p.map.epoch:
@@ -519,15 +554,14 @@ class NicWorker:
         return "up" if self.sync.resynced else "resyncing"
 
     def _check_liveness(self) -> None:
-        for peer, old, new in self.liveness.poll(self.now()):
-            if peer not in self.siblings or self.pipeline is None:
+        for peer, _old, new in self.liveness.poll(self.now()):
+            if peer not in self.siblings:
                 continue
-            if new is Liveness.DOWN or (new is Liveness.UP and old is Liveness.DOWN):
-                up = new is Liveness.UP
-                self.log.info("nic.peer.up" if up else "nic.peer.down", peer=peer)
-                if not up:
-                    self.sync.forget(peer)
-                self._send(self.pipeline.set_nic_live(peer, up))
+            if new is Liveness.DOWN:
+                self._sibling_state[peer] = "down"
+                self.sync.forget(peer)
+            if self.pipeline is not None:
+                self._sibling_live(self.pipeline, peer)
 
     async def _hello_until_ready(self) -> None:
         if self.siblings:
