@@ -92,7 +92,7 @@ def kills(n: int) -> dict[str, Any]:
             wait_for(f"kill {i}: data resumed", lambda b=before: all(
                 _delivered(c.config).get(f, 0) > b.get(f, 0) + 3 for f in deliver))  # fmt: skip
         lost1, resets1 = _totals(c.config)
-        names = {"chaos.kill", "host.nic.down", "host.failover", "team.first_frame"}
+        names = {"chaos.kill", "host.nic.down", "host.failover", "team.first_frame", "nic.fenced"}
         events = load(c.run_dir / "logs", names)
     detect, takeover, takeover_all = [], [], []
     for kill in select(events, "chaos.kill"):
@@ -117,6 +117,7 @@ def kills(n: int) -> dict[str, Any]:
         "connections_reset": sum(resets1.values()) - sum(resets0.values()),
         "frames_lost_total": sum(lost.values()),
         "frames_lost_per_flow": lost,
+        "fenced": len(select(events, "nic.fenced")),  # none expected: kills are crashes
         "samples": {
             "detect_ms": [round(x, 1) for x in detect],
             "takeover_ms": [round(x, 1) for x in takeover],
@@ -224,6 +225,8 @@ async def _sync_phase(config: Config, rate: int, seconds: float) -> dict[str, An
         Chaos(config).kill("nic2")
         done = await _until("nic2 resynced", lambda: _resync_done(config, killed_at), 120)
         await _until("nic2 up", lambda: _state_is(config, "nic2", "up"))
+        # A resync that kept a NIC's loop from its heartbeats would have fenced it.
+        fences = select(load(config.run_dir / "logs", {"nic.fenced"}), "nic.fenced")
     finally:
         host.stop()
         await task
@@ -239,6 +242,7 @@ async def _sync_phase(config: Config, rate: int, seconds: float) -> dict[str, An
         "resync_records": done["records"],
         "resync_s": round(done["ms"] / 1000, 3),  # from the rebooted worker's resync start
         "resync_transfer_s": round(done.get("transfer_ms", 0) / 1000, 3),
+        "fenced_during_sync_phase": len(fences),
     }
 
 

@@ -31,6 +31,10 @@ from bus.messages import Fault, InvalidField, Message, check_name
 log = structlog.get_logger(__name__)
 
 DEFAULT_HWM = 1000  # the ZeroMQ default, in messages
+# Bytes one receive batch takes at most (beyond its first message): decoding is done before the
+# caller sees the batch, and a burst of big messages (a 100k-record snapshot) must not keep a
+# loop from its heartbeats for longer than a peer waits before declaring it hung.
+DRAIN_BYTES = 512 * 1024
 LinkT = TypeVar("LinkT")
 PeerCallback = Callable[[str], None]
 RawMessage = list[bytes]  # [sender identity, payload]: what a ROUTER hands over
@@ -122,7 +126,7 @@ class BaseNode(ABC, Generic[LinkT]):
             raise ValueError("max_messages must be >= 1")
         while True:
             self._check_usable()
-            raw = self._drain(max_messages)
+            raw = self._drain(max_messages, DRAIN_BYTES)
             if not raw:
                 try:
                     first = await self._recv_one()
@@ -131,7 +135,7 @@ class BaseNode(ABC, Generic[LinkT]):
                     if self._closed and task is not None and not task.cancelling():
                         raise BusClosed(self.name) from None  # closed under us, not cancelled
                     raise
-                raw = [first, *self._drain(max_messages - 1)]
+                raw = [first, *self._drain(max_messages - 1, DRAIN_BYTES - len(first[-1]))]
             batch = [got for got in map(self._accept, raw) if got is not None]
             if batch:
                 return batch
@@ -194,8 +198,9 @@ class BaseNode(ABC, Generic[LinkT]):
         """Queue ``data`` on ``link`` without blocking; False if it would block."""
 
     @abstractmethod
-    def _drain(self, max_messages: int) -> list[RawMessage]:
-        """Take up to ``max_messages`` already-arrived messages without blocking."""
+    def _drain(self, max_messages: int, max_bytes: int) -> list[RawMessage]:
+        """Take up to ``max_messages`` already-arrived messages without blocking, stopping
+        once they hold ``max_bytes`` of payload (always at least one, if any)."""
 
     @abstractmethod
     async def _recv_one(self) -> RawMessage:

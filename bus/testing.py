@@ -78,10 +78,13 @@ class MemoryNode(BaseNode[tuple[str, str]]):
         target._readable.set()
         return True
 
-    def _drain(self, max_messages: int) -> list[RawMessage]:
+    def _drain(self, max_messages: int, max_bytes: int) -> list[RawMessage]:
         inbox = self._inbox
-        count = min(max_messages, len(inbox))
-        return [inbox.popleft() for _ in range(count)]
+        out: list[RawMessage] = []
+        while inbox and len(out) < max_messages and max_bytes > 0:
+            out.append(inbox.popleft())
+            max_bytes -= len(out[-1][-1])
+        return out
 
     async def _recv_one(self) -> RawMessage:
         while not self._inbox:

@@ -201,16 +201,18 @@ class BusNode(BaseNode[_Link]):
             return False
         return True
 
-    def _drain(self, max_messages: int) -> list[RawMessage]:
+    def _drain(self, max_messages: int, max_bytes: int) -> list[RawMessage]:
         receiver = self._receiver
         if receiver is None:
             raise RuntimeError("start() the node before receiving")
         out: list[RawMessage] = []
-        while len(out) < max_messages:
+        while len(out) < max_messages and max_bytes > 0:
             try:
-                out.append(receiver.recv_multipart(zmq.NOBLOCK))
+                msg = receiver.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            out.append(msg)
+            max_bytes -= len(msg[-1])
         return out
 
     async def _recv_one(self) -> RawMessage:

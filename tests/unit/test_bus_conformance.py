@@ -227,3 +227,16 @@ async def test_callback_bug_surfaces_from_recv_batch(bus: Harness) -> None:
     await bus.link(a, b)
     with pytest.raises(RuntimeError, match="bug handling b"):
         await within(a.recv_batch())
+
+
+async def test_a_receive_batch_stops_at_its_byte_budget(bus: Harness) -> None:
+    a, b = await bus.node("a"), await bus.node("b")
+    await bus.link(a, b)
+    big = FrameBatch("a", [(i, bytes(9000)) for i in range(40)])  # ~360 KB each
+    for _ in range(6):
+        assert a.send("b", big)
+    batches = await receive(b, 6, max_messages=1024)
+    # 512 KiB a batch: the first message, and at most one more that crosses the budget,
+    # however many have arrived.
+    assert sum(map(len, batches)) == 6
+    assert max(map(len, batches)) <= 2
