@@ -1,0 +1,110 @@
+"""Two NIC OS workers and hostd on the memory bus: what one NIC learns, its sibling holds.
+
+Real workers (`NicWorker`), a real hostd running the default workload, real timers; only the
+transport is in memory, and the fabric is a bare node that injects uplink frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bus.messages import FrameBatch
+from bus.node import BaseNode
+from bus.testing import MemoryNetwork
+from configs import load_default
+from configs.loader import FABRICD
+from hostd.daemon import HostDaemon
+from nicd.datapath.build import gratuitous_arp
+from nicd.datapath.frames import mac_bytes
+from nicd.worker import NicWorker
+
+T = TypeVar("T")
+
+
+@dataclass
+class Rig:
+    host: HostDaemon
+    nics: dict[str, NicWorker]
+    fabric: BaseNode[Any]
+
+
+async def until(what: str, probe: Callable[[], T | None], timeout: float = 10.0) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if got := probe():
+            return got
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@asynccontextmanager
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    config = load_default(tmp_path)
+    net = MemoryNetwork()
+    fabric = net.node(FABRICD, config.endpoint(FABRICD))
+    await fabric.start()
+    nics = {n: NicWorker(config, config.nic(n), net.node(n, config.endpoint(n)))
+            for n in ("nic1", "nic2")}  # fmt: skip
+    host = HostDaemon(config, config.host("h1"), net.node("h1", config.endpoint("h1")))
+    tasks = [asyncio.create_task(d.run()) for d in (*nics.values(), host)]
+    try:
+        for nic in nics.values():
+            await until(f"{nic.spec.name} up", lambda nic=nic: nic._state(nic.pipeline) == "up")
+        yield Rig(host, nics, fabric)
+    finally:
+        for d in (*nics.values(), host):
+            d.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        await fabric.close()
+
+
+async def test_a_mac_learned_on_one_nic_is_known_to_its_sibling(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        router = mac_bytes("02:aa:00:00:00:99")
+        frame = gratuitous_arp(router, IPv4Address("10.0.10.254"), vlan=10)
+        r.fabric.connect("nic1", r.host.config.endpoint("nic1"))
+        await asyncio.wait_for(r.fabric.wait_connected("nic1"), 5)
+        assert r.fabric.send("nic1", FrameBatch(FABRICD, [(1, frame)]))
+
+        def learned(nic: str) -> bool:
+            p = r.nics[nic].pipeline
+            return p is not None and any(e.mac == router for e in p.vswitch.learned())
+
+        await until("nic1 learns the router", lambda: learned("nic1"))
+        await until("nic2 learns it from nic1", lambda: learned("nic2"))
+        (entry,) = [e for e in r.nics["nic2"].pipeline.vswitch.learned() if e.mac == router]
+        assert entry.ip == int(IPv4Address("10.0.10.254"))
+        # nic2 learned it from the stream, not from a frame: it does not echo it back.
+        cache = r.nics["nic1"].sync.caches["nic2"]
+        assert ("web", int.from_bytes(router, "big")) not in cache.macs
+
+
+async def test_each_nics_table_and_its_siblings_copy_agree(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        n1, n2 = r.nics["nic1"], r.nics["nic2"]
+
+        def connections() -> bool:  # the workload opened connections on both NICs
+            return all(n.pipeline is not None and len(n.pipeline.ct) >= 3 for n in (n1, n2))
+
+        await until("connections on both NICs", connections)
+
+        def agree() -> bool:
+            d1 = n1.sync.digests(n1.pipeline)  # type: ignore[arg-type]
+            d2 = n2.sync.digests(n2.pipeline)  # type: ignore[arg-type]
+            return (
+                d2["peers"]["nic1"]["held"] == d1["seq"]
+                and d2["peers"]["nic1"]["digest"] == d1["digest"]
+                and d1["peers"]["nic2"]["held"] == d2["seq"]
+                and d1["peers"]["nic2"]["digest"] == d2["digest"]
+            )
+
+        await until("both copies caught up and equal", agree)
+        lag = n2.sync.lag()
+        assert lag["samples"] > 0 and 0 <= lag["p50_ms"] <= lag["max_ms"]
