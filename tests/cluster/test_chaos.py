@@ -104,6 +104,14 @@ def wait_home(c: Cluster, what: str, timeout: float = 30.0) -> None:
     )
 
 
+def recovered(c: Cluster, what: str, base_resets: dict[str, int]) -> None:
+    """VPIDs home, data flowing on every flow, no connection reset, every copy agrees."""
+    wait_home(c, what)
+    wait_resumed(c, what)
+    assert resets(c) == base_resets, "an established connection was reset"
+    assert "state digests agree" in nicteam(c, "verify")
+
+
 def steady(c: Cluster) -> dict[str, int]:
     """Wait until every flow delivers; return the resets so far (the baseline)."""
     wait_for("every flow delivering", lambda: all(count(delivered(c), f) > 5
@@ -137,10 +145,7 @@ def test_a_paused_nic_is_found_hung_fenced_and_resynced_before_it_rejoins(
     # Frames queued for it while it was stopped were not processed for VPIDs it had lost:
     # the host got nothing from it for a port it no longer held.
     assert c.control("h1", "stats")["stale_frames"].get("nic1", 0) == stale
-    wait_home(c, "after the pause")
-    wait_resumed(c, "after the pause")
-    assert resets(c) == base, "an established connection was reset"
-    assert "state digests agree" in nicteam(c, "verify")
+    recovered(c, "after the pause", base)
 
 
 def test_a_partition_of_the_private_channel_splits_no_brain(cluster: Cluster) -> None:
@@ -162,9 +167,7 @@ def test_a_partition_of_the_private_channel_splits_no_brain(cluster: Cluster) ->
                  "nic.peer.up", nic=n, peer=o), timeout=5)  # fmt: skip
     assert c.control("h1", "map")["epoch"] == epoch
     assert not events(c.run_dir, "host.failover")
-    wait_resumed(c, "after the partition")
-    assert resets(c) == base, "an established connection was reset"
-    assert "state digests agree" in nicteam(c, "verify")
+    recovered(c, "after the partition", base)
 
 
 def test_a_nic_killed_while_it_resyncs_reboots_and_resyncs_again(cluster: Cluster) -> None:
@@ -190,10 +193,7 @@ def test_a_nic_killed_while_it_resyncs_reboots_and_resyncs_again(cluster: Cluste
         ),
     )
     assert len(events(c.run_dir, "chaos.kill", nic="nic1")) == 2
-    wait_home(c, "after the kill during resync")
-    wait_resumed(c, "after the kill during resync")
-    assert resets(c) == base, "an established connection was reset"
-    assert "state digests agree" in nicteam(c, "verify")
+    recovered(c, "after the kill during resync", base)
 
 
 def test_every_nic_of_the_host_lost_at_once_then_back(cluster: Cluster) -> None:
