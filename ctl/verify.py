@@ -71,11 +71,12 @@ def verify(config: Config, wait_s: float, every_s: float = 0.1) -> tuple[bool, l
     while True:
         pairs = pairs_now(config)
         for p in pairs:
-            key = (p.origin, p.holder)
             # Compared at a cut, a pair is settled: a match that lags later only saw new
             # traffic, and a difference at equal sequence numbers is a divergence for good.
-            if p.status in ("match", "differs") and settled.get(key, p).status != "differs":
-                settled[key] = p
+            if p.status == "differs":
+                return False, [settled.get((q.origin, q.holder), q) for q in pairs]
+            if p.status == "match":
+                settled[(p.origin, p.holder)] = p
         result = [settled.get((p.origin, p.holder), p) for p in pairs]
         if all(p.status == "match" for p in result) or time.monotonic() >= deadline:
             return all(p.status == "match" for p in result), result
