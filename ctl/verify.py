@@ -74,7 +74,10 @@ def verify(config: Config, wait_s: float, every_s: float = 0.1) -> tuple[bool, l
             # Compared at a cut, a pair is settled: a match that lags later only saw new
             # traffic, and a difference at equal sequence numbers is a divergence for good.
             if p.status == "differs":
-                return False, [settled.get((q.origin, q.holder), q) for q in pairs]
+                return False, [
+                    q if q.status == "differs" else settled.get((q.origin, q.holder), q)
+                    for q in pairs
+                ]
             if p.status == "match":
                 settled[(p.origin, p.holder)] = p
         result = [settled.get((p.origin, p.holder), p) for p in pairs]
