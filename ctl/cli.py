@@ -18,6 +18,7 @@ from ctl import summary
 from ctl.chaos import Chaos, ChaosError, note
 from ctl.client import ControlError, control
 from ctl.verify import format_pairs, verify
+from ctl.views import format_conntrack, format_map, format_status, status, vpid_map
 from nicd.datapath.teaming import TeamPolicy
 
 
@@ -177,6 +178,50 @@ def verify_command(obj: Context, wait_s: float, as_json: bool) -> None:
         click.echo("state digests agree" if ok else "state digests DIFFER or never caught up")
     if not ok:
         sys.exit(1)
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+@click.pass_obj
+def status_command(obj: Context, as_json: bool) -> None:
+    """Hosts, NICs (up/resyncing/fenced/down), their team uplinks, epoch, VPIDs, conntrack."""
+    st = status(obj.config)
+    _emit(st, as_json, format_status(st))
+
+
+@main.command("map")
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+@click.pass_obj
+def map_command(obj: Context, as_json: bool) -> None:
+    """The VPID map: each VM interface's VPID, NIC and PPID, and the map epoch."""
+    try:
+        rows = vpid_map(obj.config)
+    except ControlError as e:
+        raise click.ClickException(f"{e} (is the cluster up?)") from None
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(format_map(rows))
+
+
+@main.command("conntrack")
+@click.argument("nic")
+@click.option("--limit", type=click.IntRange(0, 10_000), default=1000, show_default=True,
+              help="Records to list at most (the oldest first).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+@click.pass_obj
+def conntrack_command(obj: Context, nic: str, limit: int, as_json: bool) -> None:
+    """NIC's connection tracking table, like `conntrack -L`."""
+    names = [n.name for n in obj.config.nics]
+    if nic not in names:
+        raise click.ClickException(f"unknown NIC {nic!r}; NICs: {', '.join(names)}")
+    result = obj.control(nic, "conntrack", {"limit": limit})
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(format_conntrack(result["records"]))
+    shown = len(result["records"])
+    click.echo(f"nicteam: {result['total']} flow entries ({shown} shown)", err=True)
 
 
 if __name__ == "__main__":

@@ -50,9 +50,11 @@ from nicd.datapath.pipeline import DatapathConfig, Emit, Ingress, Out, Pipeline
 from nicd.datapath.rules import ruleset_from_config
 from nicd.datapath.teaming import Uplink, team_policy_from_str
 from nicd.datapath.vswitch import interface_from_dict, segment_from_dict
+from nicd.inspect import MAX_ROWS, conntrack_rows
 from nicd.replication import Replicator
 
 HELLO_EVERY_S = 0.25
+Answer = tuple[bool, dict[str, Any], str]  # a control command's (ok, result, error)
 # Sibling states (from heartbeats) in which it moves frames: it has a pipeline and a map, and is
 # not fenced.
 FORWARDING = frozenset({"up", "resyncing"})
@@ -470,24 +472,39 @@ class NicWorker:
             self._check_liveness()
 
     def _on_control(self, peer: str, msg: ControlRequest) -> None:
+        commands: dict[str, Callable[[dict[str, Any]], Answer]] = {
+            "stats": lambda _: (True, self.stats(), ""),
+            "ping": lambda _: (True, {"nic": self.spec.name}, ""),
+            "digest": self._digest,
+            "conntrack": self._conntrack,
+            "fault": self._fault,
+        }
+        command = commands.get(msg.cmd)
         try:
-            if msg.cmd == "stats":
-                reply = ControlReply(msg.req_id, True, self.stats(), "")
-            elif msg.cmd == "ping":
-                reply = ControlReply(msg.req_id, True, {"nic": self.spec.name}, "")
-            elif msg.cmd == "digest" and self.pipeline is not None:
-                result = self.sync.digests(self.pipeline) | {"nic": self.spec.name}
-                reply = ControlReply(msg.req_id, True, result, "")
-            elif msg.cmd == "fault":
-                reply = ControlReply(msg.req_id, *self._fault(msg.args))
+            if command is None:
+                answer: Answer = (False, {}, f"unknown command {msg.cmd!r}")
             else:
-                reply = ControlReply(msg.req_id, False, {}, f"unknown command {msg.cmd!r}")
+                answer = command(msg.args)
         except Exception as e:  # a bug in one command must not take the NIC's loop down
             self.log.exception("nic.control.error", cmd=msg.cmd)
-            reply = ControlReply(msg.req_id, False, {}, f"{msg.cmd}: internal error: {e}")
-        self.node.reply(peer, reply)
+            answer = (False, {}, f"{msg.cmd}: internal error: {e}")
+        self.node.reply(peer, ControlReply(msg.req_id, *answer))
 
-    def _fault(self, args: dict[str, Any]) -> tuple[bool, dict[str, Any], str]:
+    def _digest(self, args: dict[str, Any]) -> Answer:
+        if self.pipeline is None:
+            return False, {}, "digest: no policy yet (the NIC is starting)"
+        return True, self.sync.digests(self.pipeline) | {"nic": self.spec.name}, ""
+
+    def _conntrack(self, args: dict[str, Any]) -> Answer:
+        """Records like `conntrack -L`: `limit` rows at most (the oldest first)."""
+        if self.pipeline is None:
+            return False, {}, "conntrack: no policy yet (the NIC is starting)"
+        limit = args.get("limit", MAX_ROWS)
+        if type(limit) is not int or limit < 0:
+            return False, {}, "conntrack: limit must be an int >= 0"
+        return True, conntrack_rows(self.pipeline.ct, self.now(), limit), ""
+
+    def _fault(self, args: dict[str, Any]) -> Answer:
         """Chaos: a fault on our bus channels (a partition of the private channel, say)."""
         try:
             fault = Fault(**args)

@@ -1,0 +1,97 @@
+"""Read-only views of a running cluster for the CLI: status, the VPID map, conntrack.
+
+Each gathers plain dicts from the daemons' control sockets (the `--json` form) and formats them
+as text. A daemon that does not answer is shown as down, never as a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from configs.loader import Config
+from ctl.client import ControlError, control
+
+
+def _ask(config: Config, proc: str, cmd: str, args: dict[str, Any] | None = None) -> Any:
+    try:
+        return control(config.endpoint(proc), cmd, args, timeout=2.0)
+    except ControlError:
+        return None
+
+
+def status(config: Config) -> dict[str, Any]:
+    """Hosts (map epoch, NIC states as the host sees them) and every NIC's own view."""
+    hosts, nics = [], []
+    for host in config.hosts:
+        stats = _ask(config, host.name, "stats")
+        seen = stats["nics"] if stats else {}
+        hosts.append({
+            "name": host.name,
+            "up": stats is not None,
+            "epoch": stats.get("epoch") if stats else None,
+            "team_policy": stats.get("team_policy") if stats else host.team_policy,
+        })  # fmt: skip
+        for spec in host.nics:
+            s = _ask(config, spec.name, "stats")
+            nic: dict[str, Any] = {"name": spec.name, "host": host.name}
+            if s is None:
+                nic |= {"state": "down", "uplinks": [], "vpids": [], "conntrack": 0, "epoch": 0}
+            else:
+                nic |= {
+                    "state": s.get("state", "starting"),
+                    "host_view": seen.get(spec.name, "unknown"),
+                    "uplinks": s.get("team", []),
+                    "links_down": s.get("links_down", []),
+                    "vpids": s.get("vpids", []),
+                    "conntrack": s.get("conntrack", 0),
+                    "epoch": s.get("epoch", 0),
+                    "sync_lag_ms_p99": s.get("sync", {}).get("lag", {}).get("p99_ms"),
+                }
+            nics.append(nic)
+    return {"hosts": hosts, "nics": nics}
+
+
+def format_status(st: dict[str, Any]) -> str:
+    """Hosts, then one line per NIC."""
+    lines = []
+    for h in st["hosts"]:
+        state = f"epoch {h['epoch']}, team {h['team_policy']}" if h["up"] else "DOWN"
+        lines.append(f"host {h['name']}: {state}")
+    lines.append(f"{'nic':<6} {'state':<10} {'epoch':>5} {'conntrack':>9}  {'vpids':<14} team")
+    for n in st["nics"]:
+        vpids = ",".join(map(str, n["vpids"])) or "-"
+        team = " ".join(n["uplinks"]) or "-"
+        head = f"{n['name']:<6} {n['state']:<10} {n['epoch']:>5} {n['conntrack']:>9}"
+        lines.append(f"{head}  {vpids:<14} {team}")
+    return "\n".join(lines)
+
+
+def vpid_map(config: Config) -> list[dict[str, Any]]:
+    """Every VM interface of every host: VPID, VM, MAC, NIC, PPID, the map epoch."""
+    rows = []
+    for host in config.hosts:
+        m = control(config.endpoint(host.name), "map", timeout=2.0)
+        rows += [p | {"host": host.name, "epoch": m["epoch"]} for p in m["ports"]]
+    return rows
+
+
+def format_map(rows: list[dict[str, Any]]) -> str:
+    """One line per VPID."""
+    lines = [f"{'vpid':>4}  {'vm':<8} {'mac':<17}  {'nic':<6} {'ppid':>4}  epoch"]
+    for r in rows:
+        where = f"{r['nic']:<6} {r['ppid']:>4}"
+        lines.append(f"{r['vpid']:>4}  {r['vm']:<8} {r['mac']:<17}  {where}  {r['epoch']}")
+    return "\n".join(lines)
+
+
+def format_conntrack(rows: list[dict[str, Any]]) -> str:
+    """`conntrack -L` style: one line per record."""
+    out = []
+    for r in rows:
+        out.append(
+            f"{r['proto']:<6} {r['timeout_s']:>6} {r['state']:<12} src={r['src']} dst={r['dst']} "
+            f"sport={r['sport']} dport={r['dport']} packets={r['packets']} bytes={r['bytes']} "
+            f"zone={r['zone']} sw_ok={int(r['sw_ok'])} hw_ok={int(r['hw_ok'])} tier={r['tier']} "
+            f"rule={r['rule']}"
+        )
+    return "\n".join(out)
