@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,6 +18,7 @@ from configs.loader import FABRICD, Config, ConfigError, load_config
 from ctl import summary
 from ctl.chaos import Chaos, ChaosError, note
 from ctl.client import ControlError, control
+from ctl.report import format_report, report
 from ctl.verify import format_pairs, verify
 from ctl.views import format_conntrack, format_map, format_status, status, vpid_map
 from nicd.datapath.teaming import TeamPolicy
@@ -222,6 +224,18 @@ def conntrack_command(obj: Context, nic: str, limit: int, as_json: bool) -> None
     click.echo(format_conntrack(result["records"]))
     shown = len(result["records"])
     click.echo(f"nicteam: {result['total']} flow entries ({shown} shown)", err=True)
+
+
+@main.command("report")
+@click.argument("logs", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="As JSON: {faults: [...]}.")
+@click.pass_obj
+def report_command(obj: Context, logs: Path, as_json: bool) -> None:
+    """How each fault in a run's logs went: timeline, frames lost, connections reset."""
+    if not any(logs.glob("*.jsonl")):
+        raise click.ClickException(f"{logs}: no *.jsonl logs here (give RUNDIR/logs)")
+    rep = report(logs)
+    _emit(rep, as_json, format_report(rep))
 
 
 if __name__ == "__main__":

@@ -243,6 +243,7 @@ class FabricDaemon:
         if not self.tick_s > 0:
             raise ValueError(f"timers.tick_s must be positive, got {self.tick_s!r}")
         self.max_messages = max_messages
+        self.stats_s: float = config.timers.stats_s
         self.fabric: Fabric | None = None
         self._stopping = asyncio.Event()
 
@@ -258,6 +259,7 @@ class FabricDaemon:
         finally:
             await self.node.close()
             if self.fabric is not None:
+                self._log_flows()
                 log.info("fabric.stop", **self.fabric.switch.stats.as_dict())
 
     async def start(self) -> None:
@@ -284,7 +286,7 @@ class FabricDaemon:
         loop = asyncio.get_running_loop()
         stop = asyncio.ensure_future(self._stopping.wait())
         recv: asyncio.Future[list[tuple[str, Message]]] | None = None
-        next_tick = loop.time()
+        next_tick = next_stats = loop.time()
         try:
             while not self._stopping.is_set():
                 if recv is None:
@@ -299,6 +301,10 @@ class FabricDaemon:
                     batch, recv = recv.result(), None
                     for peer, msg in batch:
                         self._handle(peer, msg, now)
+                if now >= next_stats:
+                    # The external peers' books, for the failover report (as hostd's VMs').
+                    self._log_flows()
+                    next_stats = now + self.stats_s
                 if now >= next_tick:
                     self.fabric.tick(now)
                     next_tick += self.tick_s
@@ -310,6 +316,11 @@ class FabricDaemon:
                 if task is not None:
                     task.cancel()
             await asyncio.gather(*(t for t in (recv, stop) if t), return_exceptions=True)
+
+    def _log_flows(self) -> None:
+        assert self.fabric is not None
+        peers = {name: peer.snapshot() for name, peer in self.fabric.peers.items()}
+        log.info("fabric.flows", peers=peers)
 
     def _handle(self, peer: str, msg: Message, now: float) -> None:
         fabric = self.fabric

@@ -558,8 +558,8 @@ class NicWorker:
         self._last_state = new
         self.log.info("nic.state", old=old, new=new, epoch=self.pipeline.map.epoch if
                       self.pipeline else 0)  # fmt: skip
-        if new == "up" and old in ("resyncing", "fenced"):
-            # Back in the team after a reboot or a fence: the host may fail VPIDs back now.
+        if new == "up":
+            # In the team (after a boot, a reboot or a fence): the host may fail VPIDs back now.
             self.log.info("nic.rejoin", boot=self.sync.origin.boot, resyncs=self.sync.resyncs)
 
     def _state(self, p: Pipeline | None) -> str:

@@ -9,12 +9,15 @@ and every step after it.
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
 
 from ctl.chaos import Chaos
 from ctl.logs import load, select
+from ctl.summary import books
 from tests.cluster.conftest import Cluster, wait_for
 from tests.cluster.test_teaming import count, delivered, nicteam
 
@@ -216,3 +219,50 @@ def test_every_nic_of_the_host_lost_at_once_then_back(cluster: Cluster) -> None:
     for proc in c.config.processes:
         c.control(proc, "stats")  # every daemon answers
     assert len(events(c.run_dir, "host.nic.down")) == 2
+
+
+def test_the_report_agrees_with_the_endpoints_books(cluster: Cluster) -> None:
+    c = cluster
+    steady(c)
+    books_before = lost_and_resets(c)
+    # The report's baseline is the last books logged before the first fault: wait for one.
+    mark = time.time()
+    wait_for("books logged", lambda: events_after(c, "host.flows", mark)
+             and events_after(c, "fabric.flows", mark))  # fmt: skip
+    for nic in ("nic1", "nic2"):
+        old = c.worker_pid(nic)
+        nicteam(c, "kill", nic)
+        wait_for(f"{nic} back", lambda n=nic, o=old: c.worker_pid(n) != o
+                 and c.control(n, "stats")["state"] == "up")  # fmt: skip
+        wait_home(c, f"after killing {nic}")
+        wait_resumed(c, f"after killing {nic}")
+    books_after = lost_and_resets(c)
+    mark = time.time()
+    wait_for("books logged", lambda: events_after(c, "host.flows", mark)
+             and events_after(c, "fabric.flows", mark))  # fmt: skip
+    rep = json.loads(nicteam(c, "report", str(c.run_dir / "logs"), "--json"))
+    faults = rep["faults"]
+    assert [(f["kind"], f["nic"]) for f in faults] == [("kill", "nic1"), ("kill", "nic2")]
+    for f in faults:
+        assert 0 < f["detect_ms"] <= 50 and f["detect_ms"] <= f["takeover_ms"]
+        assert f["resync_ms"] is not None
+        steps = [s["event"] for s in f["timeline"]]
+        for step in ("host.nic.down", "host.failover", "ct.commit", "team.first_frame",
+                     "sync.resync.done", "nic.rejoin", "host.failback"):  # fmt: skip
+            assert step in steps, (step, steps)
+    assert sum(f["frames_lost"] for f in faults) == books_after[0] - books_before[0]
+    assert sum(f["connections_reset"] for f in faults) == books_after[1] - books_before[1]
+    assert "kill nic1: detect" in nicteam(c, "report", str(c.run_dir / "logs"))
+
+
+def lost_and_resets(c: Cluster) -> tuple[int, int]:
+    """Every flow's frames lost (sink gaps) and resets (both ends), from the endpoints."""
+    lost = resets = 0
+    for sides in books(c.config).values():
+        lost += sides.get("sink", {}).get("gaps", 0)
+        resets += sum(s.get("resets", 0) for s in sides.values())
+    return lost, resets
+
+
+def events_after(c: Cluster, name: str, t: float) -> list[dict[str, object]]:
+    return [e for e in events(c.run_dir, name) if ts(e) > t]

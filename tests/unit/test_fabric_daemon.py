@@ -65,7 +65,7 @@ def make_config(flows: list[NS] | None = None, endpoint: Callable[[str], str] | 
         peers=[peer],
         segments=[NS(name="web", vlan=10), NS(name="db", vlan=None)],
         flows=flows or [],
-        timers=NS(tick_s=0.01),
+        timers=NS(tick_s=0.01, stats_s=1.0),
         run_dir=Path("run"),
         endpoint=endpoint or (lambda proc: f"mem://{proc}"),
         peer=lambda name: peer,
