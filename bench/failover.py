@@ -40,7 +40,7 @@ from ctl.chaos import Chaos
 from ctl.client import ControlError, control
 from ctl.cluster import REPO, running_cluster, stop, wait_for
 from ctl.logs import load, select
-from ctl.summary import books
+from ctl.summary import books, losses
 from hostd.daemon import HostDaemon
 from nicd.datapath.build import udp_frame
 from nicd.datapath.frames import mac_bytes
@@ -60,12 +60,9 @@ def pct(values: list[float], q: float) -> float:
 def _totals(config: Config) -> tuple[dict[str, int], dict[str, int]]:
     """Per flow that must deliver: datagrams/messages lost (sink gaps), and resets."""
     deliver = {f.name for f in config.flows if f.expect == "deliver"}
-    lost, resets = {}, {}
-    for name, sides in books(config).items():
-        if name in deliver:
-            lost[name] = sides.get("sink", {}).get("gaps", 0)
-            resets[name] = sum(s.get("resets", 0) for s in sides.values())
-    return lost, resets
+    per_flow = {name: lr for name, lr in losses(books(config)).items() if name in deliver}
+    return ({n: lost for n, (lost, _) in per_flow.items()},
+            {n: resets for n, (_, resets) in per_flow.items()})  # fmt: skip
 
 
 def _delivered(config: Config) -> dict[str, int]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ctl.logs import Event, load, select
+from ctl.summary import losses, merge_books
 
 FAULTS = {
     "chaos.kill": "kill",
@@ -33,7 +34,7 @@ STEPS = {
     "nic.fenced", "nic.unfenced", "host.flows", "fabric.flows", "chaos.resume",
 }  # fmt: skip
 
-Books = dict[str, tuple[int, int]]  # flow -> (frames lost, resets), cumulative
+Losses = dict[str, tuple[int, int]]  # flow -> (frames lost, resets), cumulative
 
 
 @dataclass(slots=True)
@@ -129,27 +130,16 @@ def _detection(kind: str, window: list[Event], nics: list[Any], port: str) -> Ev
     return found[0] if found else None
 
 
-def _books(events: list[Event], before: float) -> Books:
+def _books(events: list[Event], before: float) -> Losses:
     """Cumulative (frames lost, resets) per flow from the last books logged before `before`."""
-    last: dict[str, Event] = {}
+    last: dict[tuple[str, str], Event] = {}
     for e in events:
         if e["event"] in ("host.flows", "fabric.flows") and e["t"] < before:
-            last[f"{e['event']}/{e.get('proc')}"] = e
-    out: dict[str, list[int]] = {}
-    for e in last.values():
-        sides: list[tuple[str, dict[str, Any]]] = []
-        if e["event"] == "host.flows":
-            for name, s in e["flows"].items():
-                sides += [(name, v) for k, v in s.items() if k in ("sender", "sink")]
-        else:
-            for peer in e["peers"].values():
-                sides += [(name, v) for name, v in peer.get("flows", {}).items()]
-                sides += [(name, v) for name, v in peer.get("sinks", {}).items()]
-        for name, s in sides:
-            acc = out.setdefault(name, [0, 0])
-            acc[0] += int(s.get("gaps", 0)) if "gaps" in s else 0
-            acc[1] += int(s.get("resets", 0))
-    return {name: (lost, resets) for name, (lost, resets) in out.items()}
+            last[(e["event"], str(e.get("proc")))] = e
+    hosts = [e["flows"] for (name, _), e in last.items() if name == "host.flows"]
+    peers = {f"{proc}/{peer}": books for (name, proc), e in last.items()
+             if name == "fabric.flows" for peer, books in e["peers"].items()}  # fmt: skip
+    return losses(merge_books(hosts, peers))
 
 
 def format_report(rep: dict[str, Any]) -> str:

@@ -16,18 +16,35 @@ from configs import DEFAULT_CONFIG
 from configs.loader import FABRICD, Config, load_config
 from ctl.client import ControlError, control
 
+Books = dict[str, dict[str, Any]]  # flow name -> {"sender": stats, "sink": stats}
 
-def books(config: Config) -> dict[str, dict[str, Any]]:
-    """flow name -> {"sender": stats, "sink": stats} from every host and from fabricd."""
-    out: dict[str, dict[str, Any]] = {}
-    for host in config.hosts:
-        for name, sides in control(config.endpoint(host.name), "stats")["flows"].items():
+
+def books(config: Config) -> Books:
+    """Every flow's books, from every host and from fabricd (the external peers)."""
+    hosts = [control(config.endpoint(h.name), "stats")["flows"] for h in config.hosts]
+    return merge_books(hosts, control(config.endpoint(FABRICD), "stats")["peers"])
+
+
+def merge_books(host_flows: list[dict[str, Any]], fabric_peers: dict[str, Any]) -> Books:
+    """One flow -> sides table from hosts' `flows` and fabricd's `peers` (live or as logged)."""
+    out: Books = {}
+    for flows in host_flows:
+        for name, sides in flows.items():
             out.setdefault(name, {}).update(sides)
-    for peer in control(config.endpoint(FABRICD), "stats")["peers"].values():
-        for name, stats in peer["flows"].items():
+    for peer in fabric_peers.values():
+        for name, stats in peer.get("flows", {}).items():
             out.setdefault(name, {})["sender"] = stats
-        for name, stats in peer["sinks"].items():
+        for name, stats in peer.get("sinks", {}).items():
             out.setdefault(name, {})["sink"] = stats
+    return out
+
+
+def losses(table: Books) -> dict[str, tuple[int, int]]:
+    """Per flow: frames lost (the sink's gaps) and connections reset (at either end)."""
+    out = {}
+    for name, sides in table.items():
+        resets = sum(s.get("resets", 0) for s in sides.values())
+        out[name] = (sides.get("sink", {}).get("gaps", 0), resets)
     return out
 
 

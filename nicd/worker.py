@@ -115,7 +115,8 @@ class NicWorker:
         self.fenced = False
         self.fenced_drops = 0
         self._alive_at = time.monotonic()  # when the loop last ran: a heartbeat or a batch
-        # VPIDs taken over and not yet seen on their new path: (epoch, taken at) per VF PPID.
+        # VPIDs taken over and not yet seen on their new path: (VPID, epoch, taken at) per VF
+        # PPID, and the VF PPID of each one's MAC (frames it sends to the network).
         self._first_pending: dict[int, tuple[int, int, float]] = {}
         self._first_macs: dict[bytes, int] = {}
         self.hb_seq = 0
@@ -130,6 +131,13 @@ class NicWorker:
             SyncRequest: self._on_sync_request,
             ControlRequest: self._on_control,
             Hello: lambda peer, msg: None,
+        }
+        self._commands: dict[str, Callable[[dict[str, Any]], Answer]] = {
+            "stats": lambda _: (True, self.stats(), ""),
+            "ping": lambda _: (True, {"nic": self.spec.name}, ""),
+            "digest": self._digest,
+            "conntrack": self._conntrack,
+            "fault": self._fault,
         }
 
     def now(self) -> float:
@@ -348,7 +356,6 @@ class NicWorker:
         self.fenced = True
         self.liveness.excuse(now)  # our silence, not theirs
         self.log.warning("nic.fenced", stalled_ms=round((now - last) * 1000, 1), epoch=p.map.epoch)
-        self.node.send(self.host, Hello(self.spec.name, "nic"))  # the host answers with its map
 
     def _unfence(self, p: Pipeline) -> None:
         """The host's map is known again: forward for what we own, and resync before rejoining."""
@@ -472,14 +479,7 @@ class NicWorker:
             self._check_liveness()
 
     def _on_control(self, peer: str, msg: ControlRequest) -> None:
-        commands: dict[str, Callable[[dict[str, Any]], Answer]] = {
-            "stats": lambda _: (True, self.stats(), ""),
-            "ping": lambda _: (True, {"nic": self.spec.name}, ""),
-            "digest": self._digest,
-            "conntrack": self._conntrack,
-            "fault": self._fault,
-        }
-        command = commands.get(msg.cmd)
+        command = self._commands.get(msg.cmd)
         try:
             if command is None:
                 answer: Answer = (False, {}, f"unknown command {msg.cmd!r}")
@@ -538,7 +538,9 @@ class NicWorker:
         if state != self._last_state:
             self._state_changed(self._last_state, state)
         if self.fenced:
-            self.node.send(self.host, Hello(self.spec.name, "nic"))  # until the map comes
+            # The host answers with its map; every beat asks again until it comes. (A stalled
+            # loop's overdue heartbeat runs as soon as it wakes, so the first ask is at once.)
+            self.node.send(self.host, Hello(self.spec.name, "nic"))
         self.sync.send_acks()
         data = encode(
             Heartbeat(

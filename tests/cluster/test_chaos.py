@@ -17,7 +17,7 @@ import pytest
 
 from ctl.chaos import Chaos
 from ctl.logs import load, select
-from ctl.summary import books
+from ctl.summary import books, losses
 from tests.cluster.conftest import Cluster, wait_for
 from tests.cluster.test_teaming import count, delivered, nicteam
 
@@ -37,14 +37,8 @@ def ts(e: dict[str, object]) -> float:
 
 def resets(c: Cluster) -> dict[str, int]:
     """Resets per flow that must deliver (a denied flow's sender gives up by design)."""
-    deliver = {f.name for f in c.config.flows if f.expect == "deliver"}
-    flows = c.control("h1", "stats")["flows"]
-    peers = c.control("fabricd", "stats")["peers"]
-    out = {name: sum(s.get("resets", 0) for s in sides.values()) for name, sides in flows.items()}
-    for peer in peers.values():
-        for name, s in peer["flows"].items():
-            out[name] = out.get(name, 0) + s.get("resets", 0)
-    return {name: n for name, n in out.items() if name in deliver}
+    deliver = set(deliver_flows(c))
+    return {name: n for name, (_, n) in losses(books(c.config)).items() if name in deliver}
 
 
 def test_sigkill_each_nic_in_turn_keeps_every_connection(cluster: Cluster) -> None:
@@ -257,11 +251,8 @@ def test_the_report_agrees_with_the_endpoints_books(cluster: Cluster) -> None:
 
 def lost_and_resets(c: Cluster) -> tuple[int, int]:
     """Every flow's frames lost (sink gaps) and resets (both ends), from the endpoints."""
-    lost = resets = 0
-    for sides in books(c.config).values():
-        lost += sides.get("sink", {}).get("gaps", 0)
-        resets += sum(s.get("resets", 0) for s in sides.values())
-    return lost, resets
+    per_flow = losses(books(c.config)).values()
+    return sum(lost for lost, _ in per_flow), sum(resets for _, resets in per_flow)
 
 
 def events_after(c: Cluster, name: str, t: float) -> list[dict[str, object]]:
