@@ -8,28 +8,37 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from configs import DEFAULT_CONFIG
-from configs.loader import FABRICD, Config, ConfigError, load_config
+from configs.loader import FABRICD, Config, ConfigError, load_config, resolve_run_dir
 from ctl import summary
 from ctl.chaos import Chaos, ChaosError, note
 from ctl.client import ControlError, control
+from ctl.migrate import format_migrate, migrate
+from ctl.plot import plot
+from ctl.progress import Update, progress
 from ctl.report import format_report, report
+from ctl.session import SessionError, down, launched_config, selftest, up
 from ctl.verify import format_pairs, verify
 from ctl.views import format_conntrack, format_map, format_status, status, vpid_map
 from nicd.datapath.teaming import TeamPolicy
 
 
 class Context:
-    """What every command needs: the cluster's config, loaded once."""
+    """What every command needs: the cluster's config, loaded once.
 
-    def __init__(self, config_path: str, run_dir: str | None) -> None:
-        self.config_path = config_path
-        self.run_dir = run_dir
+    Without --config, the config of the cluster `nicteam up` started in the run directory, else
+    the default one: `nicteam up --config X` then `nicteam status` speaks to that cluster.
+    """
+
+    def __init__(self, config_path: str | None, run_dir: str | None) -> None:
+        self.run_dir = resolve_run_dir(run_dir)
+        self.config_path = config_path or launched_config(self.run_dir) or str(DEFAULT_CONFIG)
         self._config: Config | None = None
 
     @property
@@ -58,13 +67,11 @@ def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
     "--config",
     "config_path",
     envvar="NICTEAM_CONFIG",
-    default=str(DEFAULT_CONFIG),
-    show_default=True,
-    help="The cluster's config file.",
+    help="The cluster's config file [default: the one `up` launched, else configs/default.toml].",
 )
 @click.option("--run-dir", envvar="NICTEAM_RUN_DIR", help="The cluster's run directory.")
 @click.pass_context
-def main(ctx: click.Context, config_path: str, run_dir: str | None) -> None:
+def main(ctx: click.Context, config_path: str | None, run_dir: str | None) -> None:
     """Operate a nicteam cluster."""
     ctx.obj = Context(config_path, run_dir)
 
@@ -229,13 +236,103 @@ def conntrack_command(obj: Context, nic: str, limit: int, as_json: bool) -> None
 @main.command("report")
 @click.argument("logs", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="As JSON: {faults: [...]}.")
+@click.option("--plot", "plot_to", type=click.Path(dir_okay=False, path_type=Path),
+              help="Draw per-NIC throughput over time, faults marked, to this PNG.")  # fmt: skip
 @click.pass_obj
-def report_command(obj: Context, logs: Path, as_json: bool) -> None:
+def report_command(obj: Context, logs: Path, as_json: bool, plot_to: Path | None) -> None:
     """How each fault in a run's logs went: timeline, frames lost, connections reset."""
     if not any(logs.glob("*.jsonl")):
         raise click.ClickException(f"{logs}: no *.jsonl logs here (give RUNDIR/logs)")
     rep = report(logs)
     _emit(rep, as_json, format_report(rep))
+    if plot_to is not None:
+        try:
+            series = plot(logs, plot_to)
+        except (ValueError, OSError) as e:
+            raise click.ClickException(f"--plot: {e}") from None
+        nics = ", ".join(s.nic for s in series)
+        click.echo(f"plot: {plot_to} (throughput of {nics})", err=True)
+
+
+@main.command("migrate")
+@click.argument("vm")
+@click.argument("nic")
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+@click.pass_obj
+def migrate_command(obj: Context, vm: str, nic: str, as_json: bool) -> None:
+    """Move VM's interfaces to NIC (same host) by a map update; its connections carry on."""
+    try:
+        result = migrate(obj.config, vm, nic)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    except ControlError as e:
+        raise click.ClickException(f"{e} (is the cluster up? nicteam status)") from None
+    _emit(result, as_json, format_migrate(result))
+
+
+@main.command("up")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="Launch this config instead (default: configs/default.toml).")  # fmt: skip
+@click.option("--test", "as_test", is_flag=True,
+              help="Run the workload privately, print delivery; exit 1 on loss.")  # fmt: skip
+@click.option("--seconds", type=click.FloatRange(0.5, 3600.0), default=5.0, show_default=True,
+              help="With --test: how long the workload runs.")  # fmt: skip
+@click.option("--timeout", type=click.FloatRange(1.0, 600.0), default=60.0, show_default=True,
+              help="Seconds to wait for every NIC to come up.")  # fmt: skip
+@click.pass_obj
+def up_command(
+    obj: Context, config_path: str | None, as_test: bool, seconds: float, timeout: float
+) -> None:
+    """Launch a cluster from the Procfile in the run directory (stop it with `nicteam down`)."""
+    if config_path is not None:
+        obj.config_path, obj._config = str(Path(config_path).absolute()), None
+    config = obj.config  # a bad config is reported before anything starts
+    path = Path(obj.config_path).absolute()
+    if as_test:
+        _up_test(config, path, seconds)
+        return
+    with progress("launch", len(config.nics)) as step:
+        try:
+            state = up(path, obj.run_dir, timeout, _nic_up(config, step))
+        except SessionError as e:
+            raise click.ClickException(str(e)) from None
+    click.echo(f"cluster up: {path.name}, run dir {obj.run_dir} (honcho pid {state['pid']})")
+    click.echo(format_status(status(config)))
+    click.echo("logs: nicteam report " + str(obj.run_dir / "logs") + "; stop: nicteam down")
+
+
+def _nic_up(config: Config, step: Update) -> Callable[[str, float], None]:
+    """Progress of a launch: one step per NIC that comes up."""
+    names = [n.name for n in config.nics]
+    return lambda nic, t: step(f"{nic} up after {t:.1f} s", names.index(nic) + 1)
+
+
+def _up_test(config: Config, path: Path, seconds: float) -> None:
+    with progress("test", len(config.nics) + seconds) as step:
+        result = selftest(
+            path,
+            seconds,
+            _nic_up(config, step),
+            lambda t: step(f"workload {t:.1f} / {seconds:g} s", len(config.nics) + t),
+        )
+    click.echo(summary.format_table(result.rows))
+    if result.problems:
+        for problem in result.problems:
+            click.echo(f"UNEXPECTED: {problem}")
+        click.echo(f"*** Results: {len(result.problems)} unexpected outcomes in {seconds:g} s")
+        sys.exit(1)
+    click.echo(f"*** Results: every flow as expected over {seconds:g} s (0 lost, 0 reset)")
+
+
+@main.command("down")
+@click.pass_obj
+def down_command(obj: Context) -> None:
+    """Stop the cluster `nicteam up` started in the run directory, every process of it."""
+    n = down(obj.run_dir)
+    if n:
+        click.echo(f"cluster in {obj.run_dir} stopped ({n} processes)")
+    else:
+        click.echo(f"no cluster running in {obj.run_dir}")
 
 
 if __name__ == "__main__":

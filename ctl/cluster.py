@@ -32,6 +32,10 @@ class NotReady(TimeoutError):
     """What was waited for did not happen in time."""
 
 
+class ClusterExited(RuntimeError):
+    """honcho stopped while we waited for the cluster (a daemon failed to start)."""
+
+
 @dataclass
 class Cluster:
     """A running Procfile cluster: its honcho process, run directory and config."""
@@ -122,44 +126,72 @@ def stop(
     return None
 
 
-@contextlib.contextmanager
-def running_cluster(config_text: str | None = None) -> Iterator[Cluster]:
-    """A Procfile cluster of the default config (or of `config_text`), always cleaned up."""
-    # Not pytest's tmp_path: unix socket paths must stay under ~107 bytes.
-    top = Path(tempfile.mkdtemp(prefix="nt-"))
-    tag = top.name
-    run_dir = top / "run"
-    output = top / "honcho.out"
-    config_path = REPO / "configs/default.toml"
+def launch(config_path: Path, run_dir: Path, tag: str, output: Path) -> Cluster:
+    """Start honcho on the Procfile for `config_path` in `run_dir`, every process tagged `tag`."""
+    config = load_config(config_path, run_dir)
     env = os.environ | {
+        "NICTEAM_CONFIG": str(config_path),
         "NICTEAM_RUN_DIR": str(run_dir),
         "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1",
         "NICTEAM_TEST_TAG": tag,
     }
-    if config_text is not None:
-        config_path = top / "cluster.toml"
-        config_path.write_text(config_text)
-        env["NICTEAM_CONFIG"] = str(config_path)
-    config = load_config(config_path, run_dir)
+    output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("wb") as out:
         proc = subprocess.Popen(
-            [str(BIN / "honcho"), "start", "-f", "Procfile"],
+            [str(BIN / "honcho"), "start", "-f", str(REPO / "Procfile")],
             cwd=REPO,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own session: cleanup finds every descendant
         )
-    c = Cluster(proc, run_dir, config, output, config_path, tag)
+    return Cluster(proc, run_dir, config, output, config_path, tag)
+
+
+def wait_ready(
+    c: Cluster, timeout: float = 30.0, on_up: Callable[[str, float], None] | None = None
+) -> None:
+    """Wait until every NIC says it is up; `on_up(nic, seconds)` as each one is (progress)."""
+    t0 = time.monotonic()
+    for nic in (n.name for h in c.config.hosts for n in h.nics):
+        left = max(0.1, timeout - (time.monotonic() - t0))
+
+        def up(nic: str = nic) -> bool:
+            if c.proc.poll() is not None:
+                tail = c.output.read_text(errors="replace").splitlines()[-5:]
+                raise ClusterExited(f"honcho exited ({c.proc.returncode}): " + " | ".join(tail))
+            return c.control(nic, "stats")["state"] == "up"
+
+        wait_for(f"{nic} up", up, timeout=left)
+        if on_up is not None:
+            on_up(nic, time.monotonic() - t0)
+
+
+@contextlib.contextmanager
+def running_cluster(
+    config_text: str | None = None,
+    config_path: Path | None = None,
+    on_up: Callable[[str, float], None] | None = None,
+) -> Iterator[Cluster]:
+    """A Procfile cluster of the default config (or of `config_text` / `config_path`).
+
+    It gets a run directory of its own and is always stopped on the way out.
+    """
+    # Not pytest's tmp_path: unix socket paths must stay under ~107 bytes.
+    top = Path(tempfile.mkdtemp(prefix="nt-"))
+    if config_text is not None:
+        config_path = top / "cluster.toml"
+        config_path.write_text(config_text)
+    c = launch(config_path or REPO / "configs/default.toml", top / "run", top.name,
+               top / "honcho.out")  # fmt: skip
     try:
-        for nic in (n.name for h in config.hosts for n in h.nics):
-            wait_for(f"{nic} up", lambda nic=nic: c.control(nic, "stats")["state"] == "up")
+        wait_ready(c, on_up=on_up)
         yield c
     finally:
-        stop(proc, tag)
-        left = tagged_pids(tag)
+        stop(c.proc, c.tag)
+        left = tagged_pids(c.tag)
         if not left:
             shutil.rmtree(top, ignore_errors=True)
         if left:
-            raise RuntimeError(f"processes left behind: {left} (output in {output})")
+            raise RuntimeError(f"processes left behind: {left} (output in {c.output})")

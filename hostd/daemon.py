@@ -280,6 +280,11 @@ class HostDaemon:
                 result = self.set_team_policy(msg.args)
             except ValueError as e:
                 return ControlReply(msg.req_id, False, {}, str(e))
+        elif msg.cmd == "migrate":
+            try:
+                result = self.migrate(msg.args)
+            except ValueError as e:
+                return ControlReply(msg.req_id, False, {}, str(e))
         elif msg.cmd == "map":
             result = {
                 "epoch": self.fpag.epoch,
@@ -299,6 +304,43 @@ class HostDaemon:
                 {"vpid": vpid, "vm": ep.name, "mac": mac_str(ep.mac), "nic": b.nic, "ppid": b.ppid}
             )
         return out
+
+    def migrate(self, args: dict[str, object]) -> dict[str, object]:
+        """The `migrate` command: plug a VM's interfaces into another NIC, as one new epoch.
+
+        Only the map changes: the VPIDs stay, so the target NIC takes over the records it holds
+        as copies and no flow entry is rewritten. The move also becomes the VM's home for
+        failback, or the next failback would undo what the operator asked for.
+        """
+        vm, nic = str(args.get("vm", "")), str(args.get("nic", ""))
+        vpids = [
+            v for v, ep in self.endpoints.items() if ep.name == vm or ep.name.startswith(f"{vm}/")
+        ]
+        if not vpids:
+            names = ", ".join(sorted(ep.name for ep in self.endpoints.values()))
+            raise ValueError(f"no VM {vm!r} on host {self.spec.name} (VMs: {names})")
+        if nic not in self.fpag.nics:
+            raise ValueError(
+                f"no NIC {nic!r} on host {self.spec.name} (NICs: {', '.join(self.fpag.nics)})"
+            )
+        if self.nic_state.get(nic) != "up":
+            state = self.nic_state.get(nic, "not heard from")
+            raise ValueError(f"{nic} is {state}: migrate only to a NIC that is up (nicteam status)")
+        before = {v: self.fpag.binding(v) for v in sorted(vpids)}
+        moves = [(v, nic) for v, b in before.items() if b.nic != nic]
+        for v, _ in moves:
+            self.supervisor.configured[v] = nic
+        self._remap("migrate", nic, moves)
+        return {
+            "vm": vm,
+            "nic": nic,
+            "epoch": self.fpag.epoch,
+            "moves": [
+                {"vpid": v, "from": b.nic, "from_ppid": b.ppid, "to": nic,
+                 "ppid": self.fpag.binding(v).ppid}
+                for v, b in before.items() if b.nic != nic
+            ],
+        }  # fmt: skip
 
     def set_team_policy(self, args: dict[str, object]) -> dict[str, object]:
         """The `team-policy` command: every NIC of the host gets the new policy now."""

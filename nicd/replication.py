@@ -57,6 +57,7 @@ class Replicator:
         self.resynced = not siblings
         self.resyncs = 0
         self.malformed = 0
+        self.committed = 0  # sibling records taken over as ours (failover, migrate)
         self.lag_ms: deque[float] = deque(maxlen=LAG_SAMPLES)
         self._asked: dict[str, int] = {}  # resend already requested from each sibling
         self._resync_started: float | None = None
@@ -179,6 +180,7 @@ class Replicator:
                     "ct.commit", origin=origin, epoch=epoch, vpids=sorted(vpids),
                     records=len(records),
                 )  # fmt: skip
+        self.committed += committed
         return committed
 
     # ------------------------------------------------------------- resync
@@ -263,6 +265,7 @@ class Replicator:
             "resynced": self.resynced,
             "resyncs": self.resyncs,
             "malformed": self.malformed,
+            "committed": self.committed,
             "lag": self.lag(),
             "peers": {
                 o: {

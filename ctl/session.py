@@ -1,0 +1,155 @@
+"""`nicteam up` / `down` / `up --test`: a Procfile cluster that outlives the command.
+
+`up` starts honcho detached in the run directory and leaves `cluster.json` there (honcho's pid,
+the tag every process inherits, the config), so `down` finds everything it started, even
+processes whose parent died. `selftest` is Mininet's `--test pingall` for nicteam: launch in a
+run directory of its own, let the workload run, compare the endpoints' books over that window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from configs.loader import Config
+from ctl.cluster import (
+    ClusterExited,
+    NotReady,
+    launch,
+    running_cluster,
+    stop,
+    tagged_pids,
+    wait_for,
+    wait_ready,
+)
+from ctl.summary import books, losses, rows
+
+STATE_FILE = "cluster.json"
+
+
+class SessionError(RuntimeError):
+    """A cluster that cannot be started or stopped as asked; the message says what to do."""
+
+
+def _state(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def launched_config(run_dir: Path) -> str | None:
+    """The config of the cluster `up` started in `run_dir`, if one is running there."""
+    state = _state(run_dir)
+    return state["config"] if state is not None and tagged_pids(state["tag"]) else None
+
+
+def up(
+    config_path: Path, run_dir: Path, timeout: float, on_up: Callable[[str, float], None]
+) -> dict[str, Any]:
+    """Launch the cluster detached; return its state once every NIC is up."""
+    old = _state(run_dir)
+    if old is not None and tagged_pids(old["tag"]):
+        raise SessionError(
+            f"a cluster is already up in {run_dir} (honcho pid {old['pid']}); "
+            "`nicteam down` first, or give another --run-dir"
+        )
+    tag = f"nt-{uuid.uuid4().hex[:12]}"
+    c = launch(config_path, run_dir, tag, run_dir / "honcho.out")
+    state = {"pid": c.proc.pid, "tag": tag, "config": str(config_path), "run_dir": str(run_dir)}
+    (run_dir / STATE_FILE).write_text(json.dumps(state))
+    try:
+        wait_ready(c, timeout, on_up)
+    except (NotReady, ClusterExited) as e:
+        stop(c.proc, tag)
+        (run_dir / STATE_FILE).unlink(missing_ok=True)
+        raise SessionError(f"{e}; stopped it again (log: {c.output})") from None
+    return state
+
+
+def down(run_dir: Path, timeout: float = 20.0) -> int:
+    """Stop the cluster `up` started in `run_dir`; the number of processes it had (0: none)."""
+    state = _state(run_dir)
+    if state is None:
+        return 0
+    tag = state["tag"]
+    pids = tagged_pids(tag)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(state["pid"], signal.SIGTERM)  # honcho stops its processes in order
+    deadline = time.monotonic() + timeout
+    while tagged_pids(tag) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in tagged_pids(tag):  # whatever did not stop in time
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    (run_dir / STATE_FILE).unlink(missing_ok=True)
+    return len(pids)
+
+
+@dataclass(slots=True)
+class TestResult:
+    """What `up --test` measured: per-flow rows over the window, and what was unexpected."""
+
+    rows: list[dict[str, Any]]
+    problems: list[str]
+    seconds: float
+
+
+def judge(config: Config, before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Unexpected outcomes between two sets of books: loss or resets, silence, a leak."""
+    lost_before, lost_after = losses(before), losses(after)
+    problems = []
+    for flow in config.flows:
+        side = after.get(flow.name, {}).get("sink", {})
+        got = side.get("delivered", 0) - before.get(flow.name, {}).get("sink", {}).get(
+            "delivered", 0
+        )
+        gaps0, resets0 = lost_before.get(flow.name, (0, 0))
+        gaps, resets = lost_after.get(flow.name, (0, 0))
+        if flow.expect == "deny":
+            if got:
+                problems.append(f"{flow.name}: denied by the firewall, yet {got} delivered")
+            continue
+        if got <= 0:
+            problems.append(f"{flow.name}: nothing delivered")
+        if gaps > gaps0:
+            problems.append(f"{flow.name}: {gaps - gaps0} frames lost")
+        if resets > resets0:
+            problems.append(f"{flow.name}: {resets - resets0} connections reset")
+    return problems
+
+
+def selftest(
+    config_path: Path,
+    seconds: float,
+    on_up: Callable[[str, float], None],
+    on_tick: Callable[[float], None],
+) -> TestResult:
+    """Launch a private cluster, run the workload `seconds`, judge the books, stop it."""
+    with running_cluster(config_path=config_path, on_up=on_up) as c:
+        # Datagrams sent before the NICs were up count as gaps at the first delivery: the
+        # window opens once every flow that should deliver does.
+        wanted = [f.name for f in c.config.flows if f.expect == "deliver"]
+
+        def flowing() -> dict[str, Any] | None:
+            got = books(c.config)
+            ok = all(got.get(n, {}).get("sink", {}).get("delivered", 0) > 0 for n in wanted)
+            return got if ok else None
+
+        before = wait_for("every flow that should deliver to deliver", flowing, timeout=30)
+        t0 = time.monotonic()
+        while (left := seconds - (time.monotonic() - t0)) > 0:
+            time.sleep(min(0.5, left))
+            on_tick(time.monotonic() - t0)
+        after = books(c.config)
+        problems = judge(c.config, before, after)
+        table = rows(c.config)
+    return TestResult(table, problems, seconds)
