@@ -167,8 +167,10 @@ def _check_map_entries(name: str, entries: object) -> None:
         _check_uint(name, ppid, MAX_PORT)
 
 
-def check_plain(name: str, value: object, *, floats: bool = False, depth: int = 0) -> None:
-    """Validate nested dict[str, ...] / list of str, int, bool, None (and float if allowed)."""
+def check_plain(
+    name: str, value: object, *, floats: bool = False, binary: bool = False, depth: int = 0
+) -> None:
+    """Validate nested dict[str, ...] / list of str, int, bool, None (float, bytes if allowed)."""
     if depth > MAX_PLAIN_DEPTH:
         raise InvalidField(name, "nested too deep")
     kind = type(value)
@@ -176,24 +178,24 @@ def check_plain(name: str, value: object, *, floats: bool = False, depth: int = 
         for key, item in value.items():  # type: ignore[attr-defined]
             if type(key) is not str:
                 raise InvalidField(name, "map keys must be str")
-            check_plain(name, item, floats=floats, depth=depth + 1)
+            check_plain(name, item, floats=floats, binary=binary, depth=depth + 1)
     elif kind is list:
         for item in value:  # type: ignore[attr-defined]
-            check_plain(name, item, floats=floats, depth=depth + 1)
+            check_plain(name, item, floats=floats, binary=binary, depth=depth + 1)
     elif kind is int:
         if not MIN_INT <= value <= MAX_UINT:  # type: ignore[operator]
             raise InvalidField(name, "int out of msgpack range")
     elif kind is float and floats:
         if not math.isfinite(value):  # type: ignore[arg-type]
             raise InvalidField(name, "float must be finite")
-    elif kind not in (str, bool, type(None)):
+    elif kind not in (str, bool, type(None)) and not (kind is bytes and binary):
         raise InvalidField(name, f"unsupported type {kind.__name__}")
 
 
-def _check_dict(name: str, value: object, *, floats: bool) -> None:
+def _check_dict(name: str, value: object, *, floats: bool, binary: bool = False) -> None:
     if type(value) is not dict:
         raise InvalidField(name, "must be a dict")
-    check_plain(name, value, floats=floats)
+    check_plain(name, value, floats=floats, binary=binary)
 
 
 # -- the messages -------------------------------------------------------------------------------
@@ -326,7 +328,7 @@ class ControlReply:
     def __post_init__(self) -> None:
         _check_uint("req_id", self.req_id)
         _check_bool("ok", self.ok)
-        _check_dict("result", self.result, floats=True)
+        _check_dict("result", self.result, floats=True, binary=True)  # captured frames
         _check_str("error", self.error)
 
 

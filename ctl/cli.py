@@ -13,19 +13,26 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
 
 from configs import DEFAULT_CONFIG
 from configs.loader import FABRICD, Config, ConfigError, load_config, resolve_run_dir
-from ctl import summary
+from ctl import summary, top
+from ctl.capture import as_dict as capture_dict
+from ctl.capture import capture
 from ctl.chaos import Chaos, ChaosError, note
 from ctl.client import ControlError, control
 from ctl.migrate import format_migrate, migrate
+from ctl.pcap import PcapWriter
+from ctl.pcap import summary as pcap_summary
 from ctl.plot import plot
 from ctl.progress import Update, progress
 from ctl.report import format_report, report
 from ctl.session import SessionError, down, launched_config, selftest, up
 from ctl.verify import format_pairs, verify
-from ctl.views import format_conntrack, format_map, format_status, status, vpid_map
+from ctl.views import format_conntrack, format_flows, format_map, format_status, status, vpid_map
 from nicd.datapath.teaming import TeamPolicy
 
 
@@ -198,6 +205,26 @@ def status_command(obj: Context, as_json: bool) -> None:
     _emit(st, as_json, format_status(st))
 
 
+@main.command("top")
+@click.option("--interval", type=click.FloatRange(0.1, 60.0), default=1.0, show_default=True,
+              help="Seconds between refreshes.")  # fmt: skip
+@click.option("--count", type=click.IntRange(0), default=0,
+              help="Refreshes before exiting (0: until Ctrl-C).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per refresh.")
+@click.pass_obj
+def top_command(obj: Context, interval: float, count: int, as_json: bool) -> None:
+    """Live per-NIC view: frames/s per tier, handovers, conntrack, sync lag, drops by reason."""
+    console = Console()
+    if as_json or not console.is_terminal:
+        for dt, rows in top.refreshes(obj.config, interval, count):
+            text = json.dumps({"interval_s": dt, "nics": rows}) if as_json else None
+            click.echo(text or top.format_top(rows, interval) + "\n")
+        return
+    with Live(console=console, auto_refresh=False) as view:
+        for _, rows in top.refreshes(obj.config, interval, count):
+            view.update(Text(top.format_top(rows, interval)), refresh=True)
+
+
 @main.command("map")
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
 @click.pass_obj
@@ -221,16 +248,74 @@ def map_command(obj: Context, as_json: bool) -> None:
 @click.pass_obj
 def conntrack_command(obj: Context, nic: str, limit: int, as_json: bool) -> None:
     """NIC's connection tracking table, like `conntrack -L`."""
-    names = [n.name for n in obj.config.nics]
-    if nic not in names:
-        raise click.ClickException(f"unknown NIC {nic!r}; NICs: {', '.join(names)}")
-    result = obj.control(nic, "conntrack", {"limit": limit})
+    result = obj.control(_nic_arg(obj, nic), "conntrack", {"limit": limit})
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(format_conntrack(result["records"]))
     shown = len(result["records"])
     click.echo(f"nicteam: {result['total']} flow entries ({shown} shown)", err=True)
+
+
+def _nic_arg(obj: Context, nic: str) -> str:
+    names = [n.name for n in obj.config.nics]
+    if nic not in names:
+        raise click.ClickException(f"unknown NIC {nic!r}; NICs: {', '.join(names)}")
+    return nic
+
+
+@main.command("flows")
+@click.argument("nic")
+@click.option("--tier", type=click.Choice(["eswitch", "cache", "slow"]),
+              help="Only this tier (default: all three).")  # fmt: skip
+@click.option("--limit", type=click.IntRange(0, 10_000), default=1000, show_default=True,
+              help="Flows to list at most.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+@click.pass_obj
+def flows_command(obj: Context, nic: str, tier: str | None, limit: int, as_json: bool) -> None:
+    """NIC's flows per tier, like `dpctl/dump-flows`: eSwitch and cache entries, slow-path flows."""
+    result = obj.control(_nic_arg(obj, nic), "flows", {"tier": tier, "limit": limit})
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(format_flows(result["flows"]))
+    click.echo(f"nicteam: {result['total']} flows ({len(result['flows'])} shown)", err=True)
+
+
+@main.command("capture")
+@click.argument("port")
+@click.option("-w", "--write", "out", type=click.File("wb"),
+              help="Write a pcap file (tcpdump/Wireshark) instead of printing lines.")  # fmt: skip
+@click.option("-c", "--count", type=click.IntRange(0), default=0,
+              help="Stop after this many frames (0: until --seconds or Ctrl-C).")  # fmt: skip
+@click.option("--seconds", type=click.FloatRange(0.0, 86400.0), help="Stop after this long.")
+@click.option("-s", "--snaplen", type=click.IntRange(14, 65535), default=65535,
+              show_default=True, help="Bytes kept of each frame.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="The final counts as JSON.")
+@click.pass_obj
+def capture_command(
+    obj: Context, port: str, out: Any, count: int, seconds: float | None, snaplen: int,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Capture the frames in and out of NIC/PORT (nic1/p0, nic1/web1), like tcpdump."""
+    writer = PcapWriter(out, snaplen) if out is not None else None
+
+    def sink(ts: float, direction: str, frame: bytes, length: int) -> None:
+        if writer is not None:
+            writer.write(ts, frame, length)
+        elif not as_json:
+            click.echo(pcap_summary(ts, direction, frame))
+
+    try:
+        result = capture(obj.config, port, sink, count, seconds, snaplen)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    except ControlError as e:
+        raise click.ClickException(f"{port}: {e}") from None
+    if as_json:
+        click.echo(json.dumps(capture_dict(result)))
+    missed = f", {result.missed} missed (reader too slow)" if result.missed else ""
+    click.echo(f"{result.written} frames captured{missed}", err=True)
 
 
 @main.command("report")
@@ -315,6 +400,7 @@ def _up_test(config: Config, path: Path, seconds: float) -> None:
             _nic_up(config, step),
             lambda t: step(f"workload {t:.1f} / {seconds:g} s", len(config.nics) + t),
         )
+    click.echo(f"over the {seconds:g} s after every flow delivered:")
     click.echo(summary.format_table(result.rows))
     if result.problems:
         for problem in result.problems:

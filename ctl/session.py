@@ -30,7 +30,7 @@ from ctl.cluster import (
     wait_for,
     wait_ready,
 )
-from ctl.summary import books, losses, rows
+from ctl.summary import books, losses, rows, window
 
 STATE_FILE = "cluster.json"
 
@@ -150,6 +150,5 @@ def selftest(
             time.sleep(min(0.5, left))
             on_tick(time.monotonic() - t0)
         after = books(c.config)
-        problems = judge(c.config, before, after)
-        table = rows(c.config)
-    return TestResult(table, problems, seconds)
+    table = window(rows(c.config, before), rows(c.config, after))
+    return TestResult(table, judge(c.config, before, after), seconds)

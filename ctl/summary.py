@@ -48,9 +48,12 @@ def losses(table: Books) -> dict[str, tuple[int, int]]:
     return out
 
 
-def rows(config: Config) -> list[dict[str, Any]]:
-    """One row per configured flow: what was sent, delivered, lost and reset."""
-    got = books(config)
+COUNTS = ("sent", "delivered", "gaps", "retransmits", "resets")
+
+
+def rows(config: Config, got: Books | None = None) -> list[dict[str, Any]]:
+    """One row per configured flow: what was sent, delivered, lost and reset (now, or `got`)."""
+    got = books(config) if got is None else got
     table = []
     for flow in config.flows:
         sender = got.get(flow.name, {}).get("sender", {})
@@ -68,6 +71,12 @@ def rows(config: Config) -> list[dict[str, Any]]:
             }
         )
     return table
+
+
+def window(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of what happened between two readings of the same flows."""
+    old = {r["flow"]: r for r in before}
+    return [r | {c: r[c] - old[r["flow"]][c] for c in COUNTS} for r in after]
 
 
 def main(argv: list[str] | None = None) -> int:

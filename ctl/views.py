@@ -95,3 +95,26 @@ def format_conntrack(rows: list[dict[str, Any]]) -> str:
             f"rule={r['rule']}"
         )
     return "\n".join(out)
+
+
+def format_flows(rows: list[dict[str, Any]]) -> str:
+    """`ovs-appctl dpctl/dump-flows` style: one line per fast entry or slow-path flow."""
+    out = []
+    for r in rows:
+        m = r["match"]
+        what = f"{m['proto']}({m['src']}:{m['sport']}->{m['dst']}:{m['dport']})" if m else "-"
+        zones = ",".join(map(str, r["zones"]))
+        if r["tier"] == "slow":
+            out.append(
+                f"slow     {what} zone={zones} packets:{r['packets']} bytes:{r['bytes']} "
+                f"rule={r['rule']} ({r['why']})"
+            )
+            continue
+        used = "never" if r["used_s"] is None else f"{r['used_s']:g}s"
+        stale = " STALE" if r["stale"] else ""
+        out.append(
+            f"{r['tier']:<8} in_port({r['in_port']}),{what} zone={zones} packets:{r['packets']} "
+            f"bytes:{r['bytes']} used:{used} rule={r['rule']}{stale} "
+            f"actions:{';'.join(r['actions'])}"
+        )
+    return "\n".join(out)

@@ -10,6 +10,8 @@ from ipaddress import ip_address
 from typing import Any
 
 from nicd.datapath.conntrack import ConntrackTable, CtRecord
+from nicd.datapath.pipeline import Pipeline
+from nicd.datapath.tiers import Action as PathAction
 from nicd.datapath.tiers import Tier
 
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
@@ -45,3 +47,104 @@ def conntrack_rows(ct: ConntrackTable, now: float, limit: int = MAX_ROWS) -> dic
     """Up to `limit` records, oldest first, and how many there are in all."""
     recs = sorted(ct, key=lambda r: r.created)[: max(0, min(limit, MAX_ROWS))]
     return {"total": len(ct), "records": [conntrack_row(ct, r, now) for r in recs]}
+
+
+TIERS = ("eswitch", "cache", "slow")
+_OUTS = {0: "vf", 1: "uplink", 2: "peer_deliver", 3: "peer_transmit"}
+
+
+def port_name(p: Pipeline, out: int, target: int, nic: str = "") -> str:
+    """A port as an operator names it: a VM for a VF, `nic1/p0` for an uplink."""
+    if out == 0:  # a VF here: name the VM plugged into it
+        vpid = next((v for v in p.map.local_vpids() if p.map.ppid(v) == target), None)
+        intf = p.vswitch.interface(vpid) if vpid is not None else None
+        return intf.vm if intf is not None else f"vf{target}"
+    if out == 1 or out == 3:
+        owner = nic or p.nic
+        up = next((u for u in p.team.uplinks if u.nic == owner and u.ppid == target), None)
+        return up.name if up is not None else f"{owner}/uplink{target}"
+    return f"{nic}:{vm(p, target)}"  # a handover to the sibling holding VPID `target`
+
+
+def vm(p: Pipeline, vpid: int) -> str:
+    """The VM interface behind a VPID, by name."""
+    intf = p.vswitch.interface(vpid)
+    return intf.vm if intf is not None else f"vpid{vpid}"
+
+
+def _action(p: Pipeline, a: PathAction) -> str:
+    text = f"{_OUTS[int(a.out)]}({port_name(p, int(a.out), a.target, a.nic)})"
+    if a.vlan == 0:
+        return "pop_vlan," + text
+    return text if a.vlan is None else f"push_vlan({a.vlan}),{text}"
+
+
+def flow_rows(p: Pipeline, tier: str | None, now: float, limit: int = MAX_ROWS) -> dict[str, Any]:
+    """Entries of the fast tiers (like `dpctl/dump-flows`) and the flows left to the slow path.
+
+    A fast entry matches one ingress port and the header of one flow; its counters are the hits
+    since the last readback, the records' counters hold the totals. `slow` lists the conntrack
+    records no fast tier holds: every one of their packets is decided by the slow path.
+    """
+    rows: list[dict[str, Any]] = []
+    gen = p.generation
+    for name, table in (("eswitch", p.eswitch), ("cache", p.cache)):
+        if tier not in (None, name):
+            continue
+        for (prefix, _), entry in table.entries.items():
+            if name == "cache" and p.eswitch.entries.get((prefix, _)) is entry:
+                continue  # the same entry, listed under the eSwitch that serves it
+            ingress, port = prefix >> 32 & 0xFFFF, prefix & 0xFFFFFFFF
+            rec = entry.records[0] if entry.records else None
+            rows.append({
+                "tier": name,
+                "in_port": port_name(p, ingress, port) if ingress < 2 else f"peer:{vm(p, port)}",
+                "match": conntrack_row(p.ct, rec, now) if rec is not None else {},
+                "zones": [r.zone for r in entry.records],
+                "actions": [_action(p, a) for a in entry.actions],
+                "rule": entry.rule,
+                "packets": entry.packets,
+                "bytes": entry.bytes,
+                "used_s": round(now - entry.last_hit, 3) if entry.last_hit else None,
+                "stale": entry.gen != gen,
+            })  # fmt: skip
+    if tier in (None, "slow"):
+        for rec in sorted(p.ct, key=lambda r: r.created):
+            if rec.tier == Tier.SLOW:
+                row = conntrack_row(p.ct, rec, now)
+                rows.append({"tier": "slow", "match": row, "zones": [rec.zone], "rule": rec.rule,
+                             "packets": rec.packets, "bytes": rec.bytes,
+                             "why": _why_slow(rec)})  # fmt: skip
+    return {"total": len(rows), "flows": rows[: max(0, min(limit, MAX_ROWS))]}
+
+
+def _why_slow(rec: CtRecord) -> str:
+    if not rec.sw_ok:
+        return "rule inspects every packet"
+    if not rec.established:
+        return "not established yet"
+    return "no fast entry (evicted, or not seen since)"
+
+
+def port_by_name(p: Pipeline, name: str) -> tuple[int, int]:
+    """(kind, PPID) of one of our ports: 0 and the VF of a VM homed here, or 1 and an uplink.
+
+    A VM is named as the host names it (`web1`, or `app1/0` for one of several interfaces);
+    `vfN` and `uplinkN` name a PPID directly. ValueError lists the names that would do.
+    """
+    for u in p.team.uplinks:
+        if u.nic == p.nic and name in (u.name, f"uplink{u.ppid}"):
+            return 1, u.ppid
+    vms: list[str] = []
+    for vpid in p.map.local_vpids():
+        intf, ppid = p.vswitch.interface(vpid), p.map.ppid(vpid)
+        if intf is None or ppid is None:
+            continue
+        vms.append(intf.vm)
+        if name in (intf.vm, f"vf{ppid}"):
+            return 0, ppid
+    ours = [u.name for u in p.team.uplinks if u.nic == p.nic]
+    raise ValueError(
+        f"no port {name!r} on {p.nic}: its uplinks are {', '.join(ours)}; its VMs "
+        f"{', '.join(vms) or '(none homed here now)'}"
+    )

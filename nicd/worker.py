@@ -12,6 +12,7 @@ policy and the VPID map when the NIC says hello.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -46,15 +47,15 @@ from bus.runtime import daemon_args, every, run_loop, run_until_signalled
 from bus.transport import BusNode
 from configs.loader import FABRICD as FABRIC
 from configs.loader import Config, NicSpec, timeouts_from_ms
+from nicd.capture import IN, OUT
+from nicd.commands import Answer, InspectCommands
 from nicd.datapath.pipeline import DatapathConfig, Emit, Ingress, Out, Pipeline
 from nicd.datapath.rules import ruleset_from_config
 from nicd.datapath.teaming import Uplink, team_policy_from_str
 from nicd.datapath.vswitch import interface_from_dict, segment_from_dict
-from nicd.inspect import MAX_ROWS, conntrack_rows
 from nicd.replication import Replicator
 
 HELLO_EVERY_S = 0.25
-Answer = tuple[bool, dict[str, Any], str]  # a control command's (ok, result, error)
 # Sibling states (from heartbeats) in which it moves frames: it has a pipeline and a map, and is
 # not fenced.
 FORWARDING = frozenset({"up", "resyncing"})
@@ -121,6 +122,7 @@ class NicWorker:
         self._first_macs: dict[bytes, int] = {}
         self.hb_seq = 0
         self._stopping = asyncio.Event()
+        self.crashed = False
         self._handlers: dict[type, Callable[[str, Any], None]] = {
             MapUpdate: self._on_map,
             PolicyUpdate: self._on_policy,
@@ -132,12 +134,14 @@ class NicWorker:
             ControlRequest: self._on_control,
             Hello: lambda peer, msg: None,
         }
+        self.inspect = InspectCommands(lambda: self.pipeline, self.now)
+        self.captures = self.inspect.captures
         self._commands: dict[str, Callable[[dict[str, Any]], Answer]] = {
             "stats": lambda _: (True, self.stats(), ""),
             "ping": lambda _: (True, {"nic": self.spec.name}, ""),
             "digest": self._digest,
-            "conntrack": self._conntrack,
             "fault": self._fault,
+            **self.inspect.table(),
         }
 
     def now(self) -> float:
@@ -177,6 +181,12 @@ class NicWorker:
                 self._handle(await self.node.recv_batch(1024))
         except BusClosed:
             self.stop()
+        except Exception:
+            # Crash-only: a NIC whose receive loop died must not go on sending heartbeats as if
+            # it forwarded. Exit non-zero; the card reboots us and we resync like after a kill.
+            self.log.exception("nic.crash")
+            self.crashed = True
+            self.stop()
 
     def _handle(self, batch: list[tuple[str, Any]]) -> None:
         made_at = time.monotonic()
@@ -191,6 +201,8 @@ class NicWorker:
                     self.log.warning("nic.drop.unexpected_frames", peer=peer)
                     continue
                 frames.extend((ingress, port, f) for port, f in msg.frames)
+                if self.captures.taps:
+                    self.captures.see(ingress, IN, msg.frames, time.time())
             elif isinstance(msg, Handover) and msg.kind is HandoverKind.DELIVER:
                 frames.extend((Ingress.PEER_DELIVER, port, f) for port, f in msg.frames)
             elif isinstance(msg, Handover):
@@ -234,6 +246,8 @@ class NicWorker:
         if p is None:
             return
         wire = p.transmit_batch(frames)
+        if self.captures.taps:
+            self.captures.see(Out.UPLINK, OUT, wire, time.time())
         if wire:
             for chunk in frame_chunks(wire):
                 self.node.send(FABRIC, trusted(FrameBatch, self.spec.name, chunk))
@@ -255,6 +269,10 @@ class NicWorker:
             else:
                 handovers[(e.nic, HandoverKind.TRANSMIT)].append((e.target, e.frame))
         name = self.spec.name
+        if self.captures.taps:
+            wall = time.time()
+            self.captures.see(Out.VF, OUT, to_host, wall)
+            self.captures.see(Out.UPLINK, OUT, to_fabric, wall)
         # Our own frames, already checked: built without re-validation (the receiver validates).
         if to_host:
             self.node.send(self.host, trusted(FrameBatch, name, to_host))
@@ -482,27 +500,18 @@ class NicWorker:
         command = self._commands.get(msg.cmd)
         try:
             if command is None:
-                answer: Answer = (False, {}, f"unknown command {msg.cmd!r}")
+                reply = ControlReply(msg.req_id, False, {}, f"unknown command {msg.cmd!r}")
             else:
-                answer = command(msg.args)
-        except Exception as e:  # a bug in one command must not take the NIC's loop down
+                reply = ControlReply(msg.req_id, *command(msg.args))
+        except Exception as e:  # a bug in one command (or its reply) must not stop the loop
             self.log.exception("nic.control.error", cmd=msg.cmd)
-            answer = (False, {}, f"{msg.cmd}: internal error: {e}")
-        self.node.reply(peer, ControlReply(msg.req_id, *answer))
+            reply = ControlReply(msg.req_id, False, {}, f"{msg.cmd}: internal error: {e}")
+        self.node.reply(peer, reply)
 
     def _digest(self, args: dict[str, Any]) -> Answer:
         if self.pipeline is None:
             return False, {}, "digest: no policy yet (the NIC is starting)"
         return True, self.sync.digests(self.pipeline) | {"nic": self.spec.name}, ""
-
-    def _conntrack(self, args: dict[str, Any]) -> Answer:
-        """Records like `conntrack -L`: `limit` rows at most (the oldest first)."""
-        if self.pipeline is None:
-            return False, {}, "conntrack: no policy yet (the NIC is starting)"
-        limit = args.get("limit", MAX_ROWS)
-        if type(limit) is not int or limit < 0:
-            return False, {}, "conntrack: limit must be an int >= 0"
-        return True, conntrack_rows(self.pipeline.ct, self.now(), limit), ""
 
     def _fault(self, args: dict[str, Any]) -> Answer:
         """Chaos: a fault on our bus channels (a partition of the private channel, say)."""
@@ -526,6 +535,8 @@ class NicWorker:
             self._replicate(made_at)  # expiries
             for vpid, src, dst in self.pipeline.take_team_moves():
                 self.log.info("team.rebalance", vpid=vpid, **{"from": src, "to": dst})
+        for tap in self.captures.expire(self.now()) if self.captures.taps else ():
+            self.log.info("capture.expired", tap=tap)  # its reader went away
 
     def _heartbeat(self) -> None:
         self._check_stall(time.monotonic())
@@ -673,7 +684,10 @@ def main(argv: list[str] | None = None) -> None:
     config, nic = daemon_args("nicd.worker", __doc__, "nic", argv)
     spec = config.nic(nic)
     configure_logging(nic, config.run_dir, host=spec.host, nic=nic)
-    run_loop(run_until_signalled(NicWorker(config, spec, BusNode(nic, config.endpoint(nic)))))
+    worker = NicWorker(config, spec, BusNode(nic, config.endpoint(nic)))
+    run_loop(run_until_signalled(worker))
+    if worker.crashed:
+        sys.exit(70)  # EX_SOFTWARE
 
 
 if __name__ == "__main__":

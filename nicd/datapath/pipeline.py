@@ -175,6 +175,11 @@ class Pipeline:
         self._account: tuple[str, int] | None = None
         self._team_moves: list[tuple[int, str, str]] = []
 
+    @property
+    def generation(self) -> int:
+        """Fast entries stamped with an older generation are misses (map/team/topology moved)."""
+        return self._gen
+
     # ----------------------------------------------------------------- configuration
 
     def set_rules(self, ruleset: RuleSet, now: float) -> None:

@@ -1,0 +1,76 @@
+"""`nicteam capture NIC/PORT`: a NIC's port tap drained into a pcap file (or printed).
+
+The NIC copies every frame in and out of the port into the tap; this side reads it every
+`POLL_S` and writes pcap records, until `count` frames, `seconds`, or Ctrl-C. The tap is always
+removed on the way out (and the NIC drops it by itself if this process dies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from configs.loader import Config
+from ctl.client import ControlError, control
+
+POLL_S = 0.05
+
+
+@dataclass(slots=True)
+class CaptureResult:
+    """How a capture ended: frames written, frames the NIC took, frames lost to reader lag."""
+
+    written: int
+    taken: int
+    missed: int
+
+
+def split_port(config: Config, spec: str) -> tuple[str, str]:
+    """`nic1/p0` (an uplink), `nic1/web1` or `nic1/app1/0` (a VM's VF) -> (NIC, port name)."""
+    nic, _, port = spec.partition("/")
+    names = [n.name for n in config.nics]
+    if nic not in names or not port:
+        raise ValueError(
+            f"{spec!r}: give NIC/PORT, e.g. nic1/p0 or nic1/web1 (NICs: {', '.join(names)})"
+        )
+    uplinks = {config.nic(nic).uplink_name(u) for u in config.nic(nic).uplinks}
+    return nic, spec if spec in uplinks else port
+
+
+def capture(
+    config: Config,
+    spec: str,
+    sink: Callable[[float, str, bytes, int], None],
+    count: int = 0,
+    seconds: float | None = None,
+    snaplen: int = 65535,
+) -> CaptureResult:
+    """Tap NIC/PORT and give each frame to `sink(ts, direction, frame, original length)`."""
+    nic, port = split_port(config, spec)
+    endpoint = config.endpoint(nic)
+    tap = control(endpoint, "capture-start", {"port": port, "count": count, "snaplen": snaplen})
+    deadline = None if seconds is None else time.monotonic() + seconds
+    written, got = 0, {"taken": 0, "missed": 0}
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            got = control(endpoint, "capture-read", {"id": tap["id"]})
+            for ts, direction, frame, length in got["frames"]:
+                sink(ts, direction, frame, length)
+                written += 1
+            if got["done"]:
+                break
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C ends a capture, as in tcpdump: what was taken is kept
+    finally:
+        with contextlib.suppress(ControlError):
+            control(endpoint, "capture-stop", {"id": tap["id"]}, timeout=1.0)
+    return CaptureResult(written, got["taken"], got["missed"])
+
+
+def as_dict(r: CaptureResult) -> dict[str, Any]:
+    """The result for --json."""
+    return {"written": r.written, "taken": r.taken, "missed": r.missed}
