@@ -12,13 +12,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+# tcpdump reads the tests' captures back: `nicteam capture` must write what it can open.
+TOOLS := $(VENV)/.tools
+$(TOOLS): $(STAMP)
+	command -v tcpdump >/dev/null || apt-get install -y -q tcpdump \
+		|| (apt-get update -q && apt-get install -y -q tcpdump)
+	touch $(TOOLS)
+
+setup: $(STAMP) $(TOOLS)
 
 # The default cluster from the Procfile: Ctrl-C stops every process.
 up: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONUNBUFFERED=1 $(BIN)/honcho start -f Procfile
 
-test: $(STAMP)
+test: $(STAMP) $(TOOLS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q

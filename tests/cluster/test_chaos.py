@@ -10,9 +10,11 @@ and every step after it.
 from __future__ import annotations
 
 import json
+import struct
 import time
 from pathlib import Path
 
+import matplotlib.image
 import pytest
 
 from ctl.chaos import Chaos
@@ -247,6 +249,13 @@ def test_the_report_agrees_with_the_endpoints_books(cluster: Cluster) -> None:
     assert sum(f["frames_lost"] for f in faults) == books_after[0] - books_before[0]
     assert sum(f["connections_reset"] for f in faults) == books_after[1] - books_before[1]
     assert "kill nic1: detect" in nicteam(c, "report", str(c.run_dir / "logs"))
+    png = c.run_dir / "failover.png"
+    nicteam(c, "report", str(c.run_dir / "logs"), "--plot", str(png))
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width >= 400 and height >= 300
+    assert matplotlib.image.imread(png).shape[:2] == (height, width)  # it decodes
 
 
 def lost_and_resets(c: Cluster) -> tuple[int, int]:
