@@ -34,6 +34,7 @@ from ctl.session import SessionError, down, launched_config, selftest, up
 from ctl.verify import format_pairs, verify
 from ctl.views import format_conntrack, format_flows, format_map, format_status, status, vpid_map
 from nicd.datapath.teaming import TeamPolicy
+from nicd.datapath.trace import format_trace
 
 
 class Context:
@@ -280,6 +281,23 @@ def flows_command(obj: Context, nic: str, tier: str | None, limit: int, as_json:
         return
     click.echo(format_flows(result["flows"]))
     click.echo(f"nicteam: {result['total']} flows ({len(result['flows'])} shown)", err=True)
+
+
+@main.command("trace")
+@click.argument("nic")
+@click.argument("packet")
+@click.option("--in", "port", required=True,
+              help="Where it enters: a VM on NIC (web1), or its uplink (nic1/p0).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+@click.pass_obj
+def trace_command(obj: Context, nic: str, packet: str, port: str, as_json: bool) -> None:
+    """Dry-run PACKET through NIC, like ofproto/trace: tier, rule, conntrack record, egress.
+
+    PACKET is e.g. 'tcp src=10.0.10.11 dst=10.0.10.13 sport=40000 dport=80 flags=S'.
+    Nothing changes on the NIC: no counter, no connection, no cache entry.
+    """
+    result = obj.control(_nic_arg(obj, nic), "trace", {"port": port, "spec": packet})
+    _emit(result, as_json, format_trace(result))
 
 
 @main.command("capture")

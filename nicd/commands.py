@@ -1,4 +1,4 @@
-"""The NIC's read-only control commands: conntrack, flows, capture (trace joins them).
+"""The NIC's read-only control commands: conntrack, flows, trace, capture.
 
 They read the worker's pipeline and port taps and answer plain dicts; nothing here changes how
 a frame is decided. A bad argument is an error answer, never an exception in the loop.
@@ -11,7 +11,8 @@ from typing import Any
 
 from nicd.capture import CaptureError, Captures
 from nicd.datapath.pipeline import Pipeline
-from nicd.inspect import MAX_ROWS, TIERS, conntrack_rows, flow_rows, port_by_name
+from nicd.datapath.trace import resolve_port, trace_packet
+from nicd.inspect import MAX_ROWS, TIERS, conntrack_rows, flow_rows
 
 Answer = tuple[bool, dict[str, Any], str]  # ok, result, error
 
@@ -36,6 +37,7 @@ class InspectCommands:
         commands = {
             "conntrack": self._conntrack,
             "flows": self._flows,
+            "trace": self._trace,
             "capture-start": self._capture_start,
             "capture-read": self._capture_read,
             "capture-stop": self._capture_stop,
@@ -67,11 +69,18 @@ class InspectCommands:
             raise ValueError(f"tier must be one of {', '.join(TIERS)}, not {tier!r}")
         return flow_rows(p, tier, self._now(), _int(args, "limit", MAX_ROWS))
 
+    def _trace(self, p: Pipeline, args: dict[str, Any]) -> dict[str, Any]:
+        """What the datapath would do with a described packet entering a port (a dry run)."""
+        port, spec = args.get("port"), args.get("spec")
+        if not isinstance(port, str) or not isinstance(spec, str):
+            raise ValueError("give port (a VM or uplink name) and spec ('tcp dst=... dport=...')")
+        return trace_packet(p, port, spec, self._now()).as_dict()
+
     def _capture_start(self, p: Pipeline, args: dict[str, Any]) -> dict[str, Any]:
         port = args.get("port")
         if not isinstance(port, str):
             raise ValueError("port must be a port name (a VM, or an uplink like nic1/p0)")
-        kind, ppid = port_by_name(p, port)
+        kind, ppid = resolve_port(p, port)
         count, snaplen = _int(args, "count", 0), _int(args, "snaplen", 65535, 14)
         tap = self.captures.start(kind, ppid, count, snaplen, self._now())
         return {"id": tap, "kind": "uplink" if kind else "vf", "ppid": ppid}

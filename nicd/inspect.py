@@ -124,27 +124,3 @@ def _why_slow(rec: CtRecord) -> str:
     if not rec.established:
         return "not established yet"
     return "no fast entry (evicted, or not seen since)"
-
-
-def port_by_name(p: Pipeline, name: str) -> tuple[int, int]:
-    """(kind, PPID) of one of our ports: 0 and the VF of a VM homed here, or 1 and an uplink.
-
-    A VM is named as the host names it (`web1`, or `app1/0` for one of several interfaces);
-    `vfN` and `uplinkN` name a PPID directly. ValueError lists the names that would do.
-    """
-    for u in p.team.uplinks:
-        if u.nic == p.nic and name in (u.name, f"uplink{u.ppid}"):
-            return 1, u.ppid
-    vms: list[str] = []
-    for vpid in p.map.local_vpids():
-        intf, ppid = p.vswitch.interface(vpid), p.map.ppid(vpid)
-        if intf is None or ppid is None:
-            continue
-        vms.append(intf.vm)
-        if name in (intf.vm, f"vf{ppid}"):
-            return 0, ppid
-    ours = [u.name for u in p.team.uplinks if u.nic == p.nic]
-    raise ValueError(
-        f"no port {name!r} on {p.nic}: its uplinks are {', '.join(ours)}; its VMs "
-        f"{', '.join(vms) or '(none homed here now)'}"
-    )

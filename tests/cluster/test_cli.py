@@ -82,7 +82,9 @@ def read_pcap(path: Path) -> tuple[int, list[bytes]]:
     return linktype, frames
 
 
-def test_flows_top_and_capture_read_the_running_cluster(cluster: Cluster, tmp_path: Path) -> None:
+def test_flows_top_trace_and_capture_read_the_running_cluster(
+    cluster: Cluster, tmp_path: Path
+) -> None:
     c = cluster
     wait_until_flowing(c)
 
@@ -123,9 +125,26 @@ def test_flows_top_and_capture_read_the_running_cluster(cluster: Cluster, tmp_pa
     assert len(text) == 10 and all(mac_str(web1) in line for line in text)
     assert c.control("nic1", "stats")["state"] == "up"  # the taps are gone, the NIC forwards
 
+    syn = json.loads(nicteam(c, "trace", "nic1", "--in", "web1", "--json",
+                             "tcp dst=10.0.10.13 sport=40000 dport=80 flags=S"))  # fmt: skip
+    assert (syn["verdict"], syn["tier"], syn["rule"]) == ("forward", "slow", "from-vm-all")
+    assert [(r["status"], r["zone"], r["state"]) for r in syn["records"]] == [
+        ("new", 1, "SYN_SENT"), ("new", 3, "SYN_SENT")]  # fmt: skip
+    assert [(e["out"], e["name"]) for e in syn["egress"]] == [("vf", "app1/0")]
+    live = [r for r in json.loads(nicteam(c, "conntrack", "nic1", "--json"))["records"]
+            if r["proto"] == "tcp" and r["dport"] == 80 and r["src"] == "10.0.10.11"]  # fmt: skip
+    assert live and all(r["sport"] != 40000 for r in live), "a trace creates nothing"
+    spec = f"tcp dst=10.0.10.13 sport={live[0]['sport']} dport=80 flags=A"
+    ack = json.loads(nicteam(c, "trace", "nic1", "--in", "web1", "--json", spec))
+    assert ack["tier"] in ("eswitch", "cache") and ack["verdict"] == "forward"
+    assert {r["status"] for r in ack["records"]} == {"existing"}
+    telnet = nicteam(c, "trace", "nic1", "--in", "nic1/p0",
+                     "tcp src=10.0.10.200 dst=10.0.10.11 sport=5555 dport=23 flags=S")  # fmt: skip
+    assert "Final: drop, reason fw.drop" in telnet and "drop-telnet" in telnet
+
     bad = run("--config", str(c.config_path), "capture", "nic1/nope", "-c", "1",
               run_dir=c.run_dir, check=False)  # fmt: skip
-    assert bad.returncode == 1 and "no port 'nope' on nic1" in bad.stderr
+    assert bad.returncode == 1 and "unknown port 'nope' on nic1: expected one of" in bad.stderr
 
 
 def test_migrate_moves_a_vm_and_its_connections_carry_on(cluster: Cluster) -> None:
