@@ -40,6 +40,7 @@ from ctl.chaos import Chaos
 from ctl.client import ControlError, control
 from ctl.cluster import REPO, running_cluster, stop, wait_for
 from ctl.logs import load, select
+from ctl.session import resync_progress
 from ctl.summary import books, losses
 from hostd.daemon import HostDaemon
 from nicd.datapath.build import udp_frame
@@ -220,7 +221,17 @@ async def _sync_phase(config: Config, rate: int, seconds: float) -> dict[str, An
         print(f"  nic1 holds {records:,} records; SIGKILL nic2, which resyncs them", flush=True)
         killed_at = time.time()
         Chaos(config).kill("nic2")
-        done = await _until("nic2 resynced", lambda: _resync_done(config, killed_at), 120)
+        shown: list[tuple[int, int]] = []
+
+        async def resynced() -> dict[str, Any] | None:
+            with contextlib.suppress(ControlError):  # progress, while the snapshot arrives
+                got = resync_progress(await _ask(config, "nic2", "stats"))
+                if got is not None and (not shown or got[0] >= shown[-1][0] + got[1] // 10):
+                    shown.append(got)
+                    print(f"  nic2 resync: {got[0]:,} / {got[1]:,} changes", flush=True)
+            return await _resync_done(config, killed_at)
+
+        done = await _until("nic2 resynced", resynced, 120)
         await _until("nic2 up", lambda: _state_is(config, "nic2", "up"))
         # A resync that kept a NIC's loop from its heartbeats would have fenced it.
         fences = select(load(config.run_dir / "logs", {"nic.fenced"}), "nic.fenced")

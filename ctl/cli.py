@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,14 @@ from ctl.capture import as_dict as capture_dict
 from ctl.capture import capture
 from ctl.chaos import Chaos, ChaosError, note
 from ctl.client import ControlError, control
+from ctl.cluster import NotReady, wait_for
 from ctl.migrate import format_migrate, migrate
 from ctl.pcap import PcapWriter
 from ctl.pcap import summary as pcap_summary
 from ctl.plot import plot
 from ctl.progress import Update, progress
 from ctl.report import format_report, report
-from ctl.session import SessionError, down, launched_config, selftest, up
+from ctl.session import SessionError, down, launched_config, selftest, up, wait_up
 from ctl.verify import format_pairs, verify
 from ctl.views import format_conntrack, format_flows, format_map, format_status, status, vpid_map
 from nicd.datapath.teaming import TeamPolicy
@@ -139,16 +141,51 @@ def _chaos(obj: Context) -> Chaos:
     return Chaos(obj.config)
 
 
+def _wait_all_up(obj: Context, timeout: float) -> None:
+    with progress("wait", 1.0) as step:
+        try:
+            wait_up(obj.config, timeout, step)
+        except NotReady as e:
+            raise click.ClickException(f"{e} (see nicteam status)") from None
+
+
 @main.command("kill")
 @click.argument("nic")
+@click.option("--wait", "wait_s", type=click.FloatRange(0.0, 600.0), default=None,
+              is_flag=False, flag_value=60.0,
+              help="Then wait (seconds, default 60) for it to reboot and resync.")  # fmt: skip
 @click.pass_obj
-def kill(obj: Context, nic: str) -> None:
+def kill(obj: Context, nic: str, wait_s: float | None) -> None:
     """SIGKILL NIC's OS worker (a crash); its card reboots it after `reboot_delay_s`."""
     try:
         pid = _chaos(obj).kill(nic)
     except ChaosError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{nic}: worker pid {pid} killed (SIGKILL)")
+    if wait_s is not None:
+        t0 = time.monotonic()
+        # The card reboots it after a delay: first its new worker, then that one up.
+        def rebooted() -> bool:
+            try:
+                return _chaos(obj).worker_pid(nic) != pid
+            except ChaosError:  # the old pid is gone and the new one not written yet
+                return False
+
+        try:
+            wait_for(f"{nic} rebooted", rebooted, wait_s)
+        except NotReady as e:
+            raise click.ClickException(str(e)) from None
+        _wait_all_up(obj, max(1.0, wait_s - (time.monotonic() - t0)))
+        click.echo(f"{nic}: back up and resynced after {time.monotonic() - t0:.1f} s")
+
+
+@main.command("wait")
+@click.option("--timeout", type=click.FloatRange(0.0, 600.0), default=60.0, show_default=True)
+@click.pass_obj
+def wait_command(obj: Context, timeout: float) -> None:
+    """Wait until every NIC is up, showing boots and bulk resyncs as they go."""
+    _wait_all_up(obj, timeout)
+    click.echo("every NIC up")
 
 
 @main.command("pause")

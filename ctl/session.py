@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from configs.loader import Config
+from ctl.client import ControlError, control
 from ctl.cluster import (
     ClusterExited,
     NotReady,
@@ -152,3 +153,42 @@ def selftest(
         after = books(c.config)
     table = window(rows(c.config, before), rows(c.config, after))
     return TestResult(table, judge(c.config, before, after), seconds)
+
+
+def resync_progress(stats: dict[str, Any]) -> tuple[int, int] | None:
+    """(changes held, of) of the snapshots a NIC is receiving, from its `stats`; None if none."""
+    parts = [p["snapshot"] for p in stats.get("sync", {}).get("peers", {}).values()]
+    parts = [p for p in parts if p]
+    if not parts:
+        return None
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
+def wait_up(config: Config, timeout: float, update: Callable[[str, float], None]) -> None:
+    """Wait until every NIC is up, telling `update(text, 0..1)` how a boot or resync goes."""
+    names = [n.name for n in config.nics]
+    last = ""
+
+    def all_up() -> bool:
+        nonlocal last
+        states = {}
+        for nic in names:
+            try:
+                states[nic] = control(config.endpoint(nic), "stats", timeout=1.0)
+            except ControlError:
+                states[nic] = {"state": "down"}
+        waiting = [n for n in names if states[n].get("state") != "up"]
+        text, done = "every NIC up", 1.0
+        if waiting:
+            nic = waiting[0]
+            text, done = f"{nic} {states[nic].get('state', 'starting')}", 0.0
+            got = resync_progress(states[nic])
+            if got is not None:
+                text += f": {got[0]:,} / {got[1]:,} changes of its siblings' state"
+                done = got[0] / got[1]
+        if text != last:
+            last = text
+            update(text, done)
+        return not waiting
+
+    wait_for("every NIC up", all_up, timeout=timeout)

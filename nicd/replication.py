@@ -274,6 +274,7 @@ class Replicator:
                     "records": len(c.records),
                     "macs": len(c.macs),
                     "gaps": c.gaps,
+                    "snapshot": list(c.snapshot_progress or ()),  # [held, of] while arriving
                 }
                 for o, c in self.caches.items()
             },

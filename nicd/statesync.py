@@ -150,6 +150,7 @@ class PeerCache:
     next_seq: int = 1
     synced: bool = False  # holds a whole snapshot or the stream from its start
     _until: int = 0  # a snapshot is arriving: synced once held up to here
+    _from: int = 0  # ... and its first sequence number
     records: dict[WireKey, Change] = field(default_factory=dict)
     macs: dict[tuple[str, int], int] = field(default_factory=dict)  # (segment, MAC) -> IPv4
     gaps: int = 0
@@ -172,7 +173,7 @@ class PeerCache:
             self.macs.clear()
             self.next_seq = batch.first_seq
             self.synced = False
-            self._until = batch.until
+            self._until, self._from = batch.until, batch.first_seq
         elif batch.first_seq == 1 and self.next_seq == 1:
             self.synced = True  # the origin's stream from its very start
         if batch.first_seq > self.next_seq:
@@ -185,6 +186,14 @@ class PeerCache:
         if not self.synced and self._until and self.held >= self._until:
             self.synced, self._until = True, 0  # the snapshot's last batch is in
         return None
+
+    @property
+    def snapshot_progress(self) -> tuple[int, int] | None:
+        """(changes held, changes in all) of the snapshot arriving now; None if none is."""
+        if self.synced or not self._until:
+            return None
+        total = self._until - self._from + 1
+        return min(total, max(0, self.held - self._from + 1)), total
 
     def _apply(self, change: Change) -> None:
         self.applied += 1

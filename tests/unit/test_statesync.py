@@ -96,8 +96,11 @@ def test_acks_trim_the_log_and_a_lost_start_needs_a_snapshot() -> None:
     assert origin.acked["nic2"] == 2
     cache = PeerCache("nic1", next_seq=7)  # held state from an older life of the origin
     cache.records[(9,) * 9] = ["stale"]
+    progress = []
     for batch in origin.snapshot(ct, chunk=3):
         assert cache.apply(batch) is None
+        progress.append(cache.snapshot_progress)
+    assert progress == [(3, 4), None]  # what `nicteam wait` shows while a resync runs
     assert cache.held == origin.seq == 4 and len(cache.records) == 4
 
 
