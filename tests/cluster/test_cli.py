@@ -188,6 +188,10 @@ def test_up_status_down_and_up_test(tmp_path: Path) -> None:
         assert tagged_pids(state["tag"])
         st = json.loads(run("status", "--json", run_dir=run_dir).stdout)
         assert {n["state"] for n in st["nics"]} == {"up"}
+        killed = run("kill", "nic2", "--wait", run_dir=run_dir)
+        assert "nic2: back up and resynced after" in killed.stdout
+        assert "wait: every NIC up" in killed.stderr  # progress, on stderr
+        assert run("wait", run_dir=run_dir).stdout == "every NIC up\n"
         again = run("up", run_dir=run_dir, check=False)
         assert again.returncode == 1 and "already up" in again.stderr
         stopped = run("down", run_dir=run_dir)
