@@ -164,6 +164,7 @@ def kill(obj: Context, nic: str, wait_s: float | None) -> None:
     click.echo(f"{nic}: worker pid {pid} killed (SIGKILL)")
     if wait_s is not None:
         t0 = time.monotonic()
+
         # The card reboots it after a delay: first its new worker, then that one up.
         def rebooted() -> bool:
             try:
