@@ -169,6 +169,20 @@ class Replicator:
         if adopted:
             self.log.info("ct.adopt", origin=cache.origin, records=adopted)
 
+    def prune(self, p: Pipeline) -> int:
+        """Drop copies of zones the map moved off their origin to another sibling.
+
+        Their origin released them without deletes (a handover); the new home commits its own
+        copies and streams them as its own, so ours would only be stale duplicates.
+        """
+        dropped = 0
+        local = set(p.map.local_vpids())
+        for origin, cache in self.caches.items():
+            gone = {key[0] for key in cache.records} - set(p.map.vpids_of(origin)) - local
+            if gone:
+                dropped += len(cache.take(gone))
+        return dropped
+
     def commit(self, p: Pipeline, vpids: set[int], epoch: int) -> int:
         """Take over VPIDs: their records from the peer caches become our active conntrack."""
         committed = 0

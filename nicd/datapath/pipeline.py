@@ -216,10 +216,18 @@ class Pipeline:
         return change
 
     def drop_zones(self, vpids: set[int]) -> int:
-        """Forget the connections of VPIDs that moved away (their new home holds them now)."""
+        """Forget the connections of VPIDs that moved away (their new home holds them now).
+
+        A handover, not an end: no deletes are journaled, or siblings would drop the copies the
+        new home is about to commit (it may apply the map after our deletes reach it).
+        """
         doomed = [rec for rec in self.ct if rec.zone in vpids]
-        for rec in doomed:
-            self._forget(rec)
+        journal, self.ct.journal = self.ct.journal, None
+        try:
+            for rec in doomed:
+                self._forget(rec)
+        finally:
+            self.ct.journal = journal
         return len(doomed)
 
     def announce(self, vpids: Iterable[int]) -> list[Emit]:

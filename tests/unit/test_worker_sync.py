@@ -15,7 +15,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bus.messages import FrameBatch
+from bus.messages import FrameBatch, MapUpdate
 from bus.node import BaseNode
 from bus.testing import MemoryNetwork
 from configs import load_default
@@ -108,3 +108,27 @@ async def test_each_nics_table_and_its_siblings_copy_agree(tmp_path: Path) -> No
         await until("both copies caught up and equal", agree)
         lag = n2.sync.lag()
         assert lag["samples"] > 0 and 0 <= lag["p50_ms"] <= lag["max_ms"]
+
+
+async def test_a_migrate_keeps_connections_when_the_old_home_applies_the_map_first(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path) as r:
+        n1, n2 = r.nics["nic1"], r.nics["nic2"]
+        assert n1.pipeline is not None and n2.pipeline is not None
+        copies = n2.sync.caches["nic1"]
+        await until("nic2 holds copies of app1's connections",
+                    lambda: sum(k[0] == 3 for k in copies.records) >= 2)  # fmt: skip
+        epoch = r.host.fpag.epoch + 1
+        entries = [(v, "nic2", 150 + v) if v in (3, 4) else (v, nic, ppid)
+                   for v, nic, ppid in r.host.fpag.entries()]  # fmt: skip
+        update = MapUpdate(epoch, entries)
+        # The race: nic1 releases app1 and streams that before nic2 has seen the map.
+        n1._on_map("h1", update)
+        await until("nic1's stream after the release reached nic2",
+                    lambda: copies.held == n1.sync.origin.seq)  # fmt: skip
+        zone3 = sum(k[0] == 3 for k in copies.records)
+        n2._on_map("h1", update)
+        assert n2.sync.committed >= zone3 >= 2
+        assert sum(rec.zone == 3 for rec in n2.pipeline.ct) >= zone3
+        assert not any(rec.zone in (3, 4) for rec in n1.pipeline.ct)
