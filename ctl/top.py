@@ -61,7 +61,9 @@ def rates(before: Sample, after: Sample, dt: float) -> list[dict[str, Any]]:
         row["drops_per_s"] = {
             reason: r
             for reason, n in sorted(drops.items())
-            if (r := _rate(n, old_drops.get(reason, n), dt))
+            # A reason missing from an earlier sample had 0 (a Counter); with no earlier
+            # sample at all (the NIC was down) there is no rate yet.
+            if (r := _rate(n, old_drops.get(reason, 0 if old else n), dt))
         }
         row["conntrack"] = s.get("conntrack", 0)
         row["sync_lag_ms_p99"] = s.get("sync", {}).get("lag", {}).get("p99_ms")
