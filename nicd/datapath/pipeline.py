@@ -654,21 +654,11 @@ class Pipeline:
         return entry, tier
 
     def _apply(self, entry: PathEntry, frame: bytes) -> list[Emit]:
-        emits = []
         if entry.handovers:
             for a in entry.actions:
                 if a.out >= Out.PEER_DELIVER:
                     self.stats.handover_sent[_HANDOVER_NAMES[a.out]] += 1
-        for a in entry.actions:
-            vlan = a.vlan
-            if vlan is None:
-                f = frame
-            elif vlan == 0:
-                f = _untag(frame)
-            else:
-                f = _tag(frame, vlan)
-            emits.append(Emit(a.out, a.target, f, a.nic))  # type: ignore[arg-type]
-        return emits
+        return path_emits(entry, frame)
 
     def _install(self, key: FastKey, frame: bytes, d: Decision) -> None:
         """Push the path the slow path just decided down to the flow cache and the eSwitch.
@@ -804,6 +794,21 @@ class Pipeline:
 _HANDOVER_NAMES = {2: "peer_deliver", 3: "peer_transmit"}
 _first = itemgetter(0)
 _second = itemgetter(1)
+
+
+def path_emits(entry: PathEntry, frame: bytes) -> list[Emit]:
+    """The frames a fast-tier entry emits for `frame` (its VLAN pushed or popped per action)."""
+    emits = []
+    for a in entry.actions:
+        vlan = a.vlan
+        if vlan is None:
+            f = frame
+        elif vlan == 0:
+            f = _untag(frame)
+        else:
+            f = _tag(frame, vlan)
+        emits.append(Emit(a.out, a.target, f, a.nic))  # type: ignore[arg-type]
+    return emits
 
 
 def _offload_flags(rule: Rule | None, proto: int) -> tuple[bool, bool]:

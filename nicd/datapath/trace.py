@@ -63,6 +63,7 @@ from nicd.datapath.pipeline import (
     _tag,
     _untag,
     _vlan_op,
+    path_emits,
 )
 from nicd.datapath.rules import Action, Direction
 from nicd.datapath.teaming import Team, TeamPolicy, Uplink, flow_hash
@@ -557,7 +558,7 @@ class _Tracer:
                 entry, tier = found
                 for rec in entry.records:
                     self.records.append(_record_row(p.ct, rec, self.now, "existing"))
-                emits = self.apply(entry, frame)
+                emits = path_emits(entry, frame)
                 return Decision(Verdict.FORWARD, tier, "", entry.rule, emits, entry.records)
         d = self.decide(ingress, port, frame)
         if d.verdict is Verdict.FORWARD and self.recs:
@@ -585,18 +586,6 @@ class _Tracer:
                 "fast", tier=_TIER_NAMES[tier], hit=False, eligible=True, stale=entry is not None
             )
         return None
-
-    def apply(self, entry: PathEntry, frame: bytes) -> list[Emit]:
-        emits = []
-        for a in entry.actions:
-            if a.vlan is None:
-                f = frame
-            elif a.vlan == 0:
-                f = _untag(frame)
-            else:
-                f = _tag(frame, a.vlan)
-            emits.append(Emit(a.out, a.target, f, a.nic))  # type: ignore[arg-type]
-        return emits
 
     def install(self, key: FastKey | None, frame: bytes, d: Decision) -> None:
         """Whether `Pipeline._install` would push this path down, and if not, why."""
@@ -696,7 +685,7 @@ class _Tracer:
             self.step("team_ingress", uplink=uplink.name, broadcast=True, accepted=accepted)
             if not accepted:
                 return Decision(Verdict.DROP, reason="team.not_designated")
-            return Decision(Verdict.FORWARD, emits=self.flood_emits(seg.name, None, untagged))
+            return Decision(Verdict.FORWARD, emits=self.p._flood_emits(seg.name, None, untagged))
         vpid = p.vswitch.lookup(seg.name, pkt.dst_mac)
         self.switch_step(seg, pkt, vpid)
         if vpid is None:
@@ -813,23 +802,10 @@ class _Tracer:
                 out = Emit(Out.PEER_DELIVER, dst, frame, home.nic)
             return Decision(Verdict.FORWARD, emits=[out])
         self.step("flood", segment=seg.name)
-        emits = self.flood_emits(seg.name, vpid, frame)
+        emits = self.p._flood_emits(seg.name, vpid, frame)
         net = self.to_network(vpid, seg, pkt, frame)
         emits.extend(net.emits)
         return Decision(Verdict.FORWARD, emits=emits)
-
-    def flood_emits(self, segment: str, exclude: int | None, frame: bytes) -> list[Emit]:
-        p = self.p
-        emits: list[Emit] = []
-        for vpid in p.vswitch.flood_vpids(segment, exclude):
-            home = p.map.home(vpid)
-            if home is None:
-                continue
-            if home.nic == p.nic:
-                emits.append(Emit(Out.VF, home.ppid, frame))
-            else:
-                emits.append(Emit(Out.PEER_DELIVER, vpid, frame, home.nic))
-        return emits
 
     def denied(
         self,
