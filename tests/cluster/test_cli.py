@@ -175,6 +175,9 @@ def test_migrate_moves_a_vm_and_its_connections_carry_on(cluster: Cluster) -> No
     homes = {r["vm"]: (r["nic"], r["epoch"]) for r in json.loads(nicteam(c, "map", "--json"))}
     assert homes["app1/0"] == homes["app1/1"] == ("nic2", 2)
     nicteam(c, "verify")
+    table = {r["flow"]: r for r in json.loads(nicteam(c, "summary", "--json"))}
+    assert all(table[f]["delivered"] >= at_move[f] + 10 and table[f]["resets"] == 0 for f in app1)
+    assert "web1-app1-http" in nicteam(c, "summary")
     again = nicteam(c, "migrate", "app1", "nic2")
     assert "already on nic2" in again
 
