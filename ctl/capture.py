@@ -36,8 +36,7 @@ def split_port(config: Config, spec: str) -> tuple[str, str]:
         raise ValueError(
             f"{spec!r}: give NIC/PORT, e.g. nic1/p0 or nic1/web1 (NICs: {', '.join(names)})"
         )
-    uplinks = {config.nic(nic).uplink_name(u) for u in config.nic(nic).uplinks}
-    return nic, spec if spec in uplinks else port
+    return nic, port  # the NIC names its ports itself (`p0` is its uplink nic1/p0)
 
 
 def capture(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ctl.logs import Event, load
 from ctl.report import FAULTS
+from ctl.top import counters
 
 STATS = "nic.stats"
 START = "nic.start"
@@ -53,13 +54,9 @@ def throughput(events: list[Event], t0: float | None = None) -> list[Series]:
 
 
 def _counters(e: Event) -> dict[str, int]:
-    tiers = e.get("tiers") or {}
-    return {
-        "frames": e.get("frames_in", 0),
-        "eswitch": tiers.get("eswitch", {}).get("hits", 0),
-        "cache": tiers.get("cache", {}).get("hits", 0),
-        "slow path": e.get("slow_path", 0),
-    }
+    c = counters(e)  # the same counters `nicteam top` reads live
+    return {"frames": c["frames"], "eswitch": c["eswitch"], "cache": c["cache"],
+            "slow path": c["slow"]}  # fmt: skip
 
 
 def _series(nic: str, events: list[Event], t0: float) -> Series:

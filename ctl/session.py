@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from configs.loader import Config
-from ctl.client import ControlError, control
 from ctl.cluster import (
     ClusterExited,
     NotReady,
@@ -32,6 +31,7 @@ from ctl.cluster import (
     wait_ready,
 )
 from ctl.summary import books, losses, rows, window
+from ctl.views import ask
 
 STATE_FILE = "cluster.json"
 
@@ -171,12 +171,7 @@ def wait_up(config: Config, timeout: float, update: Callable[[str, float], None]
 
     def all_up() -> bool:
         nonlocal last
-        states = {}
-        for nic in names:
-            try:
-                states[nic] = control(config.endpoint(nic), "stats", timeout=1.0)
-            except ControlError:
-                states[nic] = {"state": "down"}
+        states = {n: ask(config, n, "stats", timeout=1.0) or {"state": "down"} for n in names}
         waiting = [n for n in names if states[n].get("state") != "up"]
         text, done = "every NIC up", 1.0
         if waiting:

@@ -13,20 +13,16 @@ from collections.abc import Iterator
 from typing import Any
 
 from configs.loader import Config
-from ctl.client import ControlError, control
+from ctl.views import ask
 
 Sample = dict[str, Any]  # NIC -> its `stats`, or None when it does not answer
 
 
 def sample(config: Config) -> tuple[float, Sample]:
     """Every NIC's counters now (a NIC that does not answer is None), and when."""
-    out: Sample = {}
-    for nic in config.nics:
-        try:
-            out[nic.name] = control(config.endpoint(nic.name), "stats", timeout=0.5)
-        except ControlError:
-            out[nic.name] = None
-    return time.monotonic(), out
+    return time.monotonic(), {
+        n.name: ask(config, n.name, "stats", timeout=0.5) for n in config.nics
+    }
 
 
 def _rate(new: int, old: int, dt: float) -> float:
@@ -34,8 +30,9 @@ def _rate(new: int, old: int, dt: float) -> float:
     return round((new - old if new >= old else new) / dt, 1) if dt > 0 else 0.0
 
 
-def _counters(s: dict[str, Any]) -> dict[str, int]:
-    tiers = s.get("tiers", {})
+def counters(s: dict[str, Any]) -> dict[str, int]:
+    """The cumulative counters a rate is made of, from a NIC's `stats` (or its `nic.stats` log)."""
+    tiers = s.get("tiers") or {}
     return {
         "frames": s.get("frames_in", 0),
         "eswitch": tiers.get("eswitch", {}).get("hits", 0),
@@ -53,7 +50,7 @@ def rates(before: Sample, after: Sample, dt: float) -> list[dict[str, Any]]:
             rows.append({"nic": nic, "state": "down"})
             continue
         old = before.get(nic) or {}
-        new_c, old_c = _counters(s), _counters(old) if old else {}
+        new_c, old_c = counters(s), counters(old) if old else {}
         row: dict[str, Any] = {"nic": nic, "state": s.get("state", "starting")}
         for key, value in new_c.items():
             row[f"{key}_per_s"] = _rate(value, old_c.get(key, value), dt)

@@ -12,9 +12,12 @@ from configs.loader import Config
 from ctl.client import ControlError, control
 
 
-def _ask(config: Config, proc: str, cmd: str, args: dict[str, Any] | None = None) -> Any:
+def ask(
+    config: Config, proc: str, cmd: str, args: dict[str, Any] | None = None, timeout: float = 2.0
+) -> Any:
+    """One control request; None if the daemon does not answer (it shows as down, not an error)."""
     try:
-        return control(config.endpoint(proc), cmd, args, timeout=2.0)
+        return control(config.endpoint(proc), cmd, args, timeout=timeout)
     except ControlError:
         return None
 
@@ -23,7 +26,7 @@ def status(config: Config) -> dict[str, Any]:
     """Hosts (map epoch, NIC states as the host sees them) and every NIC's own view."""
     hosts, nics = [], []
     for host in config.hosts:
-        stats = _ask(config, host.name, "stats")
+        stats = ask(config, host.name, "stats")
         seen = stats["nics"] if stats else {}
         hosts.append({
             "name": host.name,
@@ -32,7 +35,7 @@ def status(config: Config) -> dict[str, Any]:
             "team_policy": stats.get("team_policy") if stats else host.team_policy,
         })  # fmt: skip
         for spec in host.nics:
-            s = _ask(config, spec.name, "stats")
+            s = ask(config, spec.name, "stats")
             nic: dict[str, Any] = {"name": spec.name, "host": host.name}
             if s is None:
                 nic |= {"state": "down", "uplinks": [], "vpids": [], "conntrack": 0, "epoch": 0}

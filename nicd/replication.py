@@ -169,19 +169,20 @@ class Replicator:
         if adopted:
             self.log.info("ct.adopt", origin=cache.origin, records=adopted)
 
-    def prune(self, p: Pipeline) -> int:
-        """Drop copies of zones the map moved off their origin to another sibling.
+    def prune(self, p: Pipeline, moved: set[int]) -> int:
+        """Drop copies of `moved` zones the map took off their origin and gave another sibling.
 
         Their origin released them without deletes (a handover); the new home commits its own
-        copies and streams them as its own, so ours would only be stale duplicates.
+        copies and streams them as its own, so ours would only be stale duplicates. Zones that
+        came to us were committed already: most maps (every failover of two NICs) skip the scan.
         """
-        dropped = 0
-        local = set(p.map.local_vpids())
-        for origin, cache in self.caches.items():
-            gone = {key[0] for key in cache.records} - set(p.map.vpids_of(origin)) - local
-            if gone:
-                dropped += len(cache.take(gone))
-        return dropped
+        gone = moved - set(p.map.local_vpids())
+        if not gone:
+            return 0
+        return sum(
+            len(cache.take(gone - set(p.map.vpids_of(origin))))
+            for origin, cache in self.caches.items()
+        )
 
     def commit(self, p: Pipeline, vpids: set[int], epoch: int) -> int:
         """Take over VPIDs: their records from the peer caches become our active conntrack."""

@@ -217,6 +217,8 @@ class PeerCache:
 
     def take(self, zones: set[int]) -> list[CtRecord]:
         """Remove and return the records of `zones` (VPIDs now ours), ready to commit."""
+        if not zones:
+            return []
         keys = [k for k in self.records if k[0] in zones]
         out = []
         for key in keys:

@@ -337,7 +337,7 @@ class NicWorker:
             return
         local = set(p.map.local_vpids())
         self.log.info("map.epoch", epoch=msg.epoch, moved=sorted(change.moved), vpids=sorted(local))
-        self.sync.prune(p)
+        self.sync.prune(p, set(change.moved))
         lost = before - local
         if lost:
             dropped = p.drop_zones(lost)

@@ -23,7 +23,7 @@ from configs.loader import Config, load_config
 from ctl.pcap import PcapWriter, summary
 from ctl.session import judge
 from ctl.summary import rows, window
-from ctl.top import _counters, format_top, rates
+from ctl.top import counters, format_top, rates
 from nicd.datapath import build
 from nicd.datapath.frames import TCP_ACK, TCP_PSH, TCP_SYN, mac_bytes
 from nicd.datapath.pipeline import Ingress, Pipeline
@@ -206,12 +206,12 @@ AFTER = nic_stats(
 )
 
 
-def test_counters_read_the_stats_shape() -> None:
-    assert _counters(AFTER) == {
+def testcounters_read_the_stats_shape() -> None:
+    assert counters(AFTER) == {
         "frames": 400, "eswitch": 200, "cache": 160, "slow": 40, "handover": 21,
     }  # fmt: skip
     waiting = {"state": "waiting-for-policy", "frames_in": 0, "slow_path": 0, "tiers": {}}
-    assert _counters(waiting) == {"frames": 0, "eswitch": 0, "cache": 0, "slow": 0, "handover": 0}
+    assert counters(waiting) == {"frames": 0, "eswitch": 0, "cache": 0, "slow": 0, "handover": 0}
 
 
 def test_rates_are_exact_per_second_differences() -> None:
