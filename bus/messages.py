@@ -252,6 +252,11 @@ class Heartbeat:
     links_down: list[int] = field(default_factory=list)  # own uplink PPIDs without carrier
     # Load-based teaming: flat (team uplink index, VPID, bytes/s) triples of the last interval.
     vpid_load: list[int] = field(default_factory=list)
+    # The sender's replication stream as of this beat (boot id, last sequence number): a sibling
+    # that holds less asks for the rest, so a lost last batch is repaired on a quiet stream too.
+    sync_boot: int = 0
+    sync_seq: int = 0
+    probe: int = 0  # the newest `Probe.seq` of the host this NIC has answered (0: none)
 
     def __post_init__(self) -> None:
         check_name("src", self.src)
@@ -262,6 +267,25 @@ class Heartbeat:
         _check_uint_list("vpid_load", self.vpid_load, limit=3 * 4096)
         if len(self.vpid_load) % 3:
             raise InvalidField("vpid_load", "must hold (uplink, vpid, rate) triples")
+        _check_uint("sync_boot", self.sync_boot)
+        _check_uint("sync_seq", self.sync_seq)
+        _check_uint("probe", self.probe)
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """The host asks a NIC to prove it is alive now: it answers at once with a `Heartbeat`
+    echoing ``seq``. With ``want_map`` it also sends the map it holds (a restarted host
+    recovers the map and epoch from its NICs before it decides anything)."""
+
+    src: str
+    seq: int
+    want_map: bool = False
+
+    def __post_init__(self) -> None:
+        check_name("src", self.src)
+        _check_uint("seq", self.seq)
+        _check_bool("want_map", self.want_map)
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,6 +453,7 @@ Message = (
     | SyncBatch
     | SyncAck
     | SyncRequest
+    | Probe
 )
 
 # The one table of type codes. Codes are wire format: never renumber, only append.
@@ -446,6 +471,7 @@ MESSAGE_TYPES: Final[dict[int, type[Message]]] = {
     11: SyncBatch,
     12: SyncAck,
     13: SyncRequest,
+    14: Probe,
 }
 TYPE_CODES: Final[dict[type[Message], int]] = {cls: code for code, cls in MESSAGE_TYPES.items()}
 

@@ -11,6 +11,7 @@ the current VPID map.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
@@ -28,6 +29,7 @@ from bus.messages import (
     Hello,
     MapUpdate,
     PolicyUpdate,
+    Probe,
 )
 from bus.node import BaseNode, BusClosed
 from bus.runtime import daemon_args, every, run_loop, run_until_signalled
@@ -80,10 +82,16 @@ class HostDaemon:
             homes,
             lambda vpid: self.fpag.binding(vpid).nic,
             failback=spec.failback,
+            confirm_s=config.timers.heartbeat_s,
         )
         timers = config.timers
         self.liveness = LivenessTracker(timers.heartbeat_s, timers.heartbeat_misses)
         self._map_sent: dict[str, float] = {}
+        # Liveness is judged only over time this loop was running: after a stall (SIGSTOP, a
+        # long GC, a slow disk) every NIC gets a fresh detection window.
+        self.stall_after = timers.heartbeat_s
+        self._alive_at = time.monotonic()
+        self.stalls = 0
 
     def now(self) -> float:
         """The loop's monotonic clock."""
@@ -177,7 +185,9 @@ class HostDaemon:
         try:
             while True:
                 out: dict[int, list[bytes]] = defaultdict(list)
-                for peer, msg in await self.node.recv_batch(1024):
+                batch = await self.node.recv_batch(1024)
+                self._check_stall()
+                for peer, msg in batch:
                     if isinstance(msg, FrameBatch):
                         self._on_frames(peer, msg, out)
                     elif (handler := handlers.get(type(msg))) is not None:
@@ -212,6 +222,9 @@ class HostDaemon:
         self.liveness.heard(peer, now)
         old = self.nic_state.get(peer)
         self.nic_state[peer] = msg.state
+        if msg.probe:
+            self.supervisor.answered(peer, msg.probe)
+            self._supervise()
         if msg.state == "up" and peer in self.supervisor.down:
             self._remap("failback", peer, self.supervisor.nic_up(peer))
         if 0 < msg.epoch < self.fpag.epoch and now - self._map_sent.get(peer, -1.0) > 0.25:
@@ -237,19 +250,48 @@ class HostDaemon:
             self.liveness.disconnected(peer, self.now())
             self._check_liveness()
 
+    def _check_stall(self) -> None:
+        """After our own loop stood still, nobody's silence counts: re-arm every NIC's window.
+
+        CLOCK_MONOTONIC, not the loop clock: the loop's time does not move inside a callback.
+        """
+        now = time.monotonic()
+        last, self._alive_at = self._alive_at, now
+        if now - last >= self.stall_after:
+            self.stalls += 1
+            self.liveness.excuse(self.now())
+            self.log.warning("host.stalled", stalled_ms=round((now - last) * 1000, 1))
+
     def _check_liveness(self) -> None:
-        for nic, old, new in self.liveness.poll(self.now()):
+        self._check_stall()
+        now = self.now()
+        for nic, old, new in self.liveness.poll(now):
             if new is Liveness.DOWN and nic in self.fpag.nics:
                 self.nic_state[nic] = "down"
                 self.log.info("host.nic.down", nic=nic, was=old.value)
-                self._remap("failover", nic, self.supervisor.nic_down(nic))
+                self.supervisor.nic_down(nic, now)
+        self._supervise()
 
-    def _remap(self, why: str, nic: str, moves: list[tuple[int, str]]) -> None:
+    def _supervise(self) -> None:
+        """Send the supervisor's probes; commit its failover once the survivors answered."""
+        lost = sorted(self.supervisor.down)
+        step = self.supervisor.poll(self.now())
+        if step.probe:
+            probe = Probe(self.spec.name, step.probe)
+            for nic in step.targets:
+                self.node.send(nic, probe)
+            self.log.info("host.probe", probe=step.probe, nics=step.targets, lost=lost)
+        if step.moves is not None:
+            gone = sorted({self.fpag.binding(v).nic for v, _ in step.moves}) or lost
+            self._remap("failover", gone[0], step.moves, nics=gone)
+
+    def _remap(self, why: str, nic: str, moves: list[tuple[int, str]], **fields: Any) -> None:
         """Commit moves as one new map epoch and tell every NIC (hostd alone remaps)."""
         for vpid, to in moves:
             self.fpag.move(vpid, to)
         epoch = self.fpag.commit()
-        self.log.info(f"host.{why}", nic=nic, epoch=epoch, moves=[[v, to] for v, to in moves])
+        self.log.info(f"host.{why}", nic=nic, epoch=epoch, moves=[[v, to] for v, to in moves],
+                      **fields)  # fmt: skip
         if not moves:
             return
         self.log.info("map.epoch", epoch=epoch, why=why)
@@ -323,7 +365,7 @@ class HostDaemon:
             raise ValueError(
                 f"no NIC {nic!r} on host {self.spec.name} (NICs: {', '.join(self.fpag.nics)})"
             )
-        if self.nic_state.get(nic) != "up":
+        if self.nic_state.get(nic) != "up" or self.liveness.state(nic) is not Liveness.UP:
             state = self.nic_state.get(nic, "not heard from")
             raise ValueError(f"{nic} is {state}: migrate only to a NIC that is up (nicteam status)")
         before = {v: self.fpag.binding(v) for v in sorted(vpids)}
@@ -366,6 +408,7 @@ class HostDaemon:
     # ------------------------------------------------------------------ timers
 
     def _poll(self) -> None:
+        self._check_stall()
         now = self.now()
         self._send({vpid: ep.poll(now) for vpid, ep in self.endpoints.items()})
 

@@ -59,7 +59,7 @@ class Replicator:
         self.malformed = 0
         self.committed = 0  # sibling records taken over as ours (failover, migrate)
         self.lag_ms: deque[float] = deque(maxlen=LAG_SAMPLES)
-        self._asked: dict[str, int] = {}  # resend already requested from each sibling
+        self._asked: dict[str, tuple[int, float]] = {}  # resend asked of each sibling: from, when
         self._resync_started: float | None = None
         self._resync_t0 = 0.0
         self._snapshot_t0: dict[str, float] = {}  # first snapshot batch of this resync, per sibling
@@ -148,12 +148,31 @@ class Replicator:
             zones = {c[1] for c in msg.changes if c[0] == UPSERT} & local
             if zones or (msg.reset and local):
                 self._adopt(p, cache, local if msg.reset else zones)
-        if want is not None and self._asked.get(peer) != want:
-            self._asked[peer] = want
-            self.log.info("sync.gap", origin=peer, want=want, got=msg.first_seq)
-            self.node.send(peer, SyncRequest(self.name, want))
+        if want is not None:
+            self._ask(peer, want, got=msg.first_seq)
         if not self.resynced and all(c.synced for c in self.caches.values()):
             self._resync_done("all siblings")
+
+    def check_behind(self, peer: str, boot: int, seq: int) -> None:
+        """A sibling's heartbeat says where its stream is: ask for what we lack. A lost last
+        batch leaves no later batch to show the gap, so a quiet stream is repaired here."""
+        cache = self.caches.get(peer)
+        if cache is None or not boot or not cache.synced or cache.snapshot_progress:
+            return  # a resync (or a snapshot arriving) is under way: it ends behind nobody
+        if cache.boot == boot and cache.held < seq:
+            self._ask(peer, cache.held + 1, got=seq)
+        elif cache.boot != boot and seq:
+            self._ask(peer, 0, got=seq)  # a new boot whose stream never reached us
+
+    def _ask(self, peer: str, want: int, got: int) -> None:
+        """Ask `peer` to resend from `want` (0: a snapshot), at most once per retry period."""
+        now = self.now()
+        last = self._asked.get(peer)
+        if last is not None and last[0] == want and now - last[1] < RESYNC_RETRY_S:
+            return
+        self._asked[peer] = (want, now)
+        self.log.info("sync.gap", origin=peer, want=want, got=got)
+        self.node.send(peer, SyncRequest(self.name, want))
 
     def _learn(self, p: Pipeline, changes: list[list[Any]]) -> None:
         now = self.now()
@@ -169,27 +188,47 @@ class Replicator:
         if adopted:
             self.log.info("ct.adopt", origin=cache.origin, records=adopted)
 
-    def prune(self, p: Pipeline, moved: set[int]) -> int:
-        """Drop copies of `moved` zones the map took off their origin and gave another sibling.
+    def rehome(self, p: Pipeline, moved: set[int]) -> int:
+        """Move copies of `moved` zones that now belong to another sibling into its cache.
 
-        Their origin released them without deletes (a handover); the new home commits its own
-        copies and streams them as its own, so ours would only be stale duplicates. Zones that
-        came to us were committed already: most maps (every failover of two NICs) skip the scan.
+        A zone's copies live in the cache of the NIC that owns it, whoever streamed them: the
+        old home released them without deletes (a handover), and until the new home streams
+        them as its own, the copies we hold are the only ones left should it die before it
+        commits (a kill inside a migrate, two NICs lost at once). Zones that came to us were
+        committed already: most maps (every failover of two NICs) skip the scan.
         """
         gone = moved - set(p.map.local_vpids())
         if not gone:
             return 0
-        return sum(
-            len(cache.take(gone - set(p.map.vpids_of(origin))))
-            for origin, cache in self.caches.items()
-        )
+        owner = {vpid: nic for vpid, nic, _ in p.map.entries() if vpid in gone}
+        rehomed = 0
+        for origin, cache in self.caches.items():
+            away = {z for z in gone if owner.get(z) != origin}
+            for change in cache.pop_zones(away):
+                target = self.caches.get(owner.get(change[1], ""))
+                if target is not None:
+                    rehomed += target.hold([change])
+        return rehomed
+
+    def release(self, p: Pipeline, vpids: set[int]) -> int:
+        """Our records of `vpids` (moved away) go to their new home's cache as copies; then the
+        pipeline forgets them (no deletes journaled). Returns how many records were released."""
+        if not vpids:
+            return 0
+        owner = {vpid: nic for vpid, nic, _ in p.map.entries() if vpid in vpids}
+        for rec in p.ct:
+            cache = self.caches.get(owner.get(rec.zone, "")) if rec.zone in vpids else None
+            if cache is not None:
+                cache.hold([upsert(rec)])
+        return p.drop_zones(vpids)
 
     def commit(self, p: Pipeline, vpids: set[int], epoch: int) -> int:
         """Take over VPIDs: their records from the peer caches become our active conntrack."""
         committed = 0
         for origin, cache in self.caches.items():
             records = cache.take(vpids)
-            committed += insert_new(p, records)
+            insert_new(p, records)
+            committed += len(records)  # each is tracked now (a copy we held already stands)
             if records:
                 self.log.info(
                     "ct.commit", origin=origin, epoch=epoch, vpids=sorted(vpids),

@@ -115,6 +115,8 @@ class Origin:
             return Batch(self.seq + 1, [], boot=self.boot)
         if from_seq < 1 or not self._log or self._log[0][0] > from_seq:
             return None
+        if self._log[-1][0] != self.seq:
+            return None  # numbers a snapshot skipped ahead are in no log: a snapshot again
         start = from_seq - self._log[0][0]
         return Batch(from_seq, [c for _, c in list(self._log)[start:]], boot=self.boot)
 
@@ -174,6 +176,8 @@ class PeerCache:
             self.next_seq = batch.first_seq
             self.synced = False
             self._until, self._from = batch.until, batch.first_seq
+            if batch.until < batch.first_seq:
+                self.synced, self._until = True, 0  # an empty snapshot: nothing more to come
         elif batch.first_seq == 1 and self.next_seq == 1:
             self.synced = True  # the origin's stream from its very start
         if batch.first_seq > self.next_seq:
@@ -217,13 +221,26 @@ class PeerCache:
 
     def take(self, zones: set[int]) -> list[CtRecord]:
         """Remove and return the records of `zones` (VPIDs now ours), ready to commit."""
+        return [CtRecord.from_wire(change[1:]) for change in self.pop_zones(zones)]
+
+    def pop_zones(self, zones: Collection[int]) -> list[Change]:
+        """Remove and return the upserts of `zones`, as they are held."""
         if not zones:
             return []
         keys = [k for k in self.records if k[0] in zones]
-        out = []
-        for key in keys:
-            out.append(CtRecord.from_wire(self.records.pop(key)[1:]))
-        return out
+        return [self.records.pop(key) for key in keys]
+
+    def hold(self, changes: list[Change]) -> int:
+        """Keep copies handed to this origin's cache by a map move (a release, or a copy of a
+        zone that moved between two others): what the origin streams itself stands over them.
+        Returns how many were new here."""
+        added = 0
+        for change in changes:
+            key = tuple(change[1 : 1 + KEY_FIELDS])
+            if key not in self.records:
+                self.records[key] = change
+                added += 1
+        return added
 
 
 def check_changes(changes: object) -> list[Change]:

@@ -36,6 +36,7 @@ from bus.messages import (
     LinkState,
     MapUpdate,
     PolicyUpdate,
+    Probe,
     SyncAck,
     SyncBatch,
     SyncRequest,
@@ -121,6 +122,7 @@ class NicWorker:
         self._first_pending: dict[int, tuple[int, int, float]] = {}
         self._first_macs: dict[bytes, int] = {}
         self.hb_seq = 0
+        self.probe = 0  # the newest probe of the host we answered
         self._stopping = asyncio.Event()
         self.crashed = False
         self._handlers: dict[type, Callable[[str, Any], None]] = {
@@ -132,6 +134,7 @@ class NicWorker:
             SyncAck: self._on_sync_ack,
             SyncRequest: self._on_sync_request,
             ControlRequest: self._on_control,
+            Probe: self._on_probe,
             Hello: lambda peer, msg: None,
         }
         self.inspect = InspectCommands(lambda: self.pipeline, self.now)
@@ -337,10 +340,10 @@ class NicWorker:
             return
         local = set(p.map.local_vpids())
         self.log.info("map.epoch", epoch=msg.epoch, moved=sorted(change.moved), vpids=sorted(local))
-        self.sync.prune(p, set(change.moved))
+        self.sync.rehome(p, set(change.moved))
         lost = before - local
         if lost:
-            dropped = p.drop_zones(lost)
+            dropped = self.sync.release(p, lost)
             self.log.info("ct.release", epoch=msg.epoch, vpids=sorted(lost), records=dropped)
         if takeover:
             self.log.info("team.takeover", epoch=msg.epoch, vpids=sorted(gained),
@@ -430,9 +433,20 @@ class NicWorker:
         if self.pipeline is not None:
             self.sync.on_request(peer, msg, self.pipeline, self._keepalive)
 
+    def _on_probe(self, peer: str, msg: Probe) -> None:
+        """The host asks for proof that we run now (before it moves VPIDs to us): a beat."""
+        if peer != self.host:
+            return
+        self.probe = max(self.probe, msg.seq)
+        if msg.want_map and self.pipeline is not None and self.pipeline.map.epoch:
+            m = self.pipeline.map
+            self.node.send(self.host, MapUpdate(m.epoch, m.entries()))
+        self._heartbeat()
+
     def _on_heartbeat(self, peer: str, msg: Heartbeat) -> None:
         self.liveness.heard(peer, self.now())
         if peer in self.siblings:
+            self.sync.check_behind(peer, msg.sync_boot, msg.sync_seq)
             self._sibling_state[peer] = msg.state
             if self.pipeline is not None:
                 self._sibling_team_state(self.pipeline, peer, msg)
@@ -562,6 +576,9 @@ class NicWorker:
                 state,
                 sorted(self.links_down),
                 self._vpid_load(),
+                self.sync.origin.boot,
+                self.sync.origin.seq,
+                self.probe,
             )
         )
         for peer in (self.host, *self.siblings):

@@ -251,3 +251,31 @@ def test_a_cache_is_synced_only_once_the_snapshots_last_batch_is_in() -> None:
     for batch in rest:
         cache.apply(batch)
     assert cache.synced and cache.digest() == ct.digest()
+
+
+def test_an_empty_snapshot_leaves_the_cache_synced() -> None:
+    # A NIC with no VMs has nothing to stream: its siblings must not wait 10 s for more.
+    cache = PeerCache("nic3")
+    (batch,) = Origin().snapshot([])
+    assert cache.apply(batch) is None
+    assert cache.synced and cache.snapshot_progress is None
+
+
+def test_a_resend_past_numbers_a_snapshot_skipped_is_a_snapshot() -> None:
+    ct = table_with(5)
+    origin = Origin()
+    origin.add(changes_of(table_with(2)))
+    list(origin.snapshot(ct))  # 5 rows, 2 numbers given out: the sequence skips to 5
+    assert origin.resend(2) is None  # the log cannot say what 3..5 were
+
+
+def test_hold_keeps_what_the_origin_streamed_over_a_handed_copy() -> None:
+    ct = table_with(2)
+    cache = PeerCache("nic2")
+    own = changes_of(ct)
+    cache.apply(Batch(1, own, boot=7))
+    stale = [list(c) for c in own]
+    stale[0][11] = "other-rule"  # the handed copy is older than the origin's own
+    assert cache.hold(stale) == 0 and cache.records[tuple(own[0][1:10])] == own[0]
+    assert cache.hold(changes_of(table_with(1, zone=9))) == 1
+    assert len(cache.pop_zones({9})) == 1 and len(cache.records) == 2

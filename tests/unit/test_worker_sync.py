@@ -7,62 +7,14 @@ transport is in memory, and the fabric is a bare node that injects uplink frames
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, TypeVar
 
 from bus.messages import FrameBatch, MapUpdate
-from bus.node import BaseNode
-from bus.testing import MemoryNetwork
-from configs import load_default
 from configs.loader import FABRICD
-from hostd.daemon import HostDaemon
 from nicd.datapath.build import gratuitous_arp
 from nicd.datapath.frames import mac_bytes
-from nicd.worker import NicWorker
-
-T = TypeVar("T")
-
-
-@dataclass
-class Rig:
-    host: HostDaemon
-    nics: dict[str, NicWorker]
-    fabric: BaseNode[Any]
-
-
-async def until(what: str, probe: Callable[[], T | None], timeout: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if got := probe():
-            return got
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@asynccontextmanager
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    config = load_default(tmp_path)
-    net = MemoryNetwork()
-    fabric = net.node(FABRICD, config.endpoint(FABRICD))
-    await fabric.start()
-    nics = {n: NicWorker(config, config.nic(n), net.node(n, config.endpoint(n)))
-            for n in ("nic1", "nic2")}  # fmt: skip
-    host = HostDaemon(config, config.host("h1"), net.node("h1", config.endpoint("h1")))
-    tasks = [asyncio.create_task(d.run()) for d in (*nics.values(), host)]
-    try:
-        for nic in nics.values():
-            await until(f"{nic.spec.name} up", lambda nic=nic: nic._state(nic.pipeline) == "up")
-        yield Rig(host, nics, fabric)
-    finally:
-        for d in (*nics.values(), host):
-            d.stop()
-        await asyncio.wait_for(asyncio.gather(*tasks), 5)
-        await fabric.close()
+from tests.unit.workerrig import rig, until
 
 
 async def test_a_mac_learned_on_one_nic_is_known_to_its_sibling(tmp_path: Path) -> None:

@@ -1,0 +1,68 @@
+"""The worker's replication driver asks for what a sibling's heartbeat says it lacks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from bus.messages import SyncBatch, SyncRequest
+from nicd.replication import RESYNC_RETRY_S, Replicator
+from nicd.statesync import Origin
+from tests.unit.test_statesync import changes_of, table_with
+
+
+class Sent:
+    """A stand-in bus node that keeps what is sent."""
+
+    def __init__(self) -> None:
+        self.out: list[tuple[str, Any]] = []
+
+    def send(self, peer: str, msg: Any) -> bool:
+        self.out.append((peer, msg))
+        return True
+
+    def send_raw(self, peer: str, data: bytes) -> bool:
+        self.out.append((peer, data))
+        return True
+
+
+def replicator(clock: list[float]) -> tuple[Replicator, Sent]:
+    node = Sent()
+    sync = Replicator("nic2", ["nic1"], node, structlog.get_logger(), lambda: clock[0])  # type: ignore[arg-type]
+    return sync, node
+
+
+def synced_copy(sync: Replicator, origin: Origin, n: int) -> None:
+    batch = origin.add(changes_of(table_with(n)))
+    assert batch is not None
+    msg = SyncBatch("nic1", batch.first_seq, batch.changes, False, batch.boot, 0, 0.0)
+    sync.on_batch("nic1", msg, None)
+
+
+def test_a_quiet_stream_whose_last_batch_was_lost_is_repaired_from_the_heartbeat() -> None:
+    clock = [100.0]
+    sync, node = replicator(clock)
+    origin = Origin()
+    synced_copy(sync, origin, 3)
+    assert sync.caches["nic1"].synced and sync.caches["nic1"].held == 3
+    origin.add(changes_of(table_with(1)))  # change 4: its batch never arrives
+    sync.check_behind("nic1", origin.boot, origin.seq)
+    assert node.out == [("nic1", SyncRequest("nic2", 4))]
+    sync.check_behind("nic1", origin.boot, origin.seq)  # the next beat: asked already
+    assert len(node.out) == 1
+    clock[0] += RESYNC_RETRY_S  # the resend was lost too: ask again
+    sync.check_behind("nic1", origin.boot, origin.seq)
+    assert len(node.out) == 2
+
+
+def test_a_copy_that_holds_everything_or_awaits_a_snapshot_asks_nothing() -> None:
+    clock = [100.0]
+    sync, node = replicator(clock)
+    origin = Origin()
+    sync.check_behind("nic1", origin.boot, 5)  # not synced yet: the resync asks, not this
+    synced_copy(sync, origin, 2)
+    sync.check_behind("nic1", origin.boot, origin.seq)
+    assert node.out == []
+    sync.check_behind("nic1", origin.boot + 1, 3)  # a new boot we never heard from
+    assert node.out == [("nic1", SyncRequest("nic2", 0))]
