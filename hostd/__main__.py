@@ -1,5 +1,5 @@
-"""`python -m hostd`: the host daemon."""
+"""`python -m hostd`: the card of one host, which runs (and restarts) its host daemon."""
 
-from hostd.daemon import main
+from hostd.card import main
 
 main()

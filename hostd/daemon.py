@@ -5,7 +5,14 @@ of its home NIC. Frames a VM sends go to its home NIC as `FrameBatch(host, [(VF 
 frames a NIC delivers come back the same way. A NIC that says hello gets the host's policy and
 the current VPID map.
 
-    python -m hostd --config configs/default.toml --host h1
+A host daemon may be restarted by its card (`hostd.card`) while the NICs go on forwarding: it
+starts *recovering*. It asks every NIC for the map it holds (`Probe` with ``want_map``) and
+takes the newest one, so no epoch ever goes backwards, before it decides anything: no failover,
+failback, migrate or map is sent, and the VMs' workload starts only then. Its built-in VMs are
+new (a host crash ends their connections): their books carry the daemon's boot number, and their
+ephemeral ports start elsewhere each boot so new connections never reuse a tracked tuple.
+
+    python -m hostd.daemon --config configs/default.toml --host h1
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from bus.card import boot_number
 from bus.heartbeat import Liveness, LivenessTracker
 from bus.log import configure_logging
 from bus.messages import (
@@ -35,7 +43,7 @@ from bus.node import BaseNode, BusClosed
 from bus.runtime import daemon_args, every, run_loop, run_until_signalled
 from bus.transport import BusNode
 from configs.loader import Config, HostSpec
-from hostd.endpoint import Endpoint
+from hostd.endpoint import EPHEMERAL, Endpoint
 from hostd.fpag import Fpag
 from hostd.supervisor import Supervisor
 from hostd.traffic import FlowSpec
@@ -43,13 +51,16 @@ from nicd.datapath.frames import mac_str
 from nicd.datapath.teaming import team_policy_from_str
 
 POLL_S = 0.005
+RECOVER_WAIT_S = 5.0  # NICs that say nothing for this long are recovered without
+PORTS_PER_BOOT = 1024  # each boot's VMs start their ephemeral ports this much further
 
 
 class HostDaemon:
     """The VMs of one host, the FPAG, and the bus conversation with the host's NICs."""
 
-    def __init__(self, config: Config, spec: HostSpec, node: BaseNode[Any]) -> None:
+    def __init__(self, config: Config, spec: HostSpec, node: BaseNode[Any], boot: int = 1) -> None:
         self.config = config
+        self.boot = boot
         self.spec = spec
         self.node = node
         self.log = structlog.get_logger().bind(host=spec.name)
@@ -64,11 +75,15 @@ class HostDaemon:
         self._announced: set[str] = set()
         self._vms = {vm.name for vm in spec.vms}
         self._stopping = asyncio.Event()
+        span = EPHEMERAL[1] - EPHEMERAL[0] + 1
+        first_port = EPHEMERAL[0] + (boot - 1) * PORTS_PER_BOOT % span
+        seed_of = (lambda n: n) if boot == 1 else (lambda n: f"{n}/{boot}")
         for vm in spec.vms:
             for i, iface in enumerate(vm.interfaces):
                 vpid = self.fpag.attach(vm.name, i, vm.nic)
                 name = vm.name if len(vm.interfaces) == 1 else f"{vm.name}/{i}"
-                ep = Endpoint(name, iface.mac, list(iface.ips), seed=name)
+                ep = Endpoint(name, iface.mac, list(iface.ips), seed=seed_of(name),
+                              first_port=first_port)  # fmt: skip
                 for port in vm.tcp_listen:
                     ep.listen_tcp(port)
                 for port in vm.udp_listen:
@@ -92,6 +107,13 @@ class HostDaemon:
         self.stall_after = timers.heartbeat_s
         self._alive_at = time.monotonic()
         self.stalls = 0
+        # Recovery (see the module docstring): the newest map a NIC told us, and when to stop
+        # waiting for NICs that say nothing.
+        self.recovering = True
+        self._recovered: tuple[int, str, list[tuple[int, str, int]]] | None = None
+        self._recover_from = 0  # the first probe of this recovery
+        self._recover_until = 0.0
+        self.dropped_recovering = 0
 
     def now(self) -> float:
         """The loop's monotonic clock."""
@@ -123,9 +145,11 @@ class HostDaemon:
         for nic in self.spec.nics:
             self.node.connect(nic.name, self.config.endpoint(nic.name))
         self.node.on_peer_disconnect(self._on_disconnect)
-        self._start_flows(self.now())
-        self.log.info("host.start", vpids=self.fpag.entries(), epoch=self.fpag.epoch)
+        self.log.info("host.start", vpids=self.fpag.entries(), epoch=self.fpag.epoch,
+                      boot=self.boot)  # fmt: skip
+        self._begin_recovery()
         tasks = [
+            asyncio.create_task(every(self.config.timers.heartbeat_s, self._recover)),
             asyncio.create_task(self._receive()),
             asyncio.create_task(every(POLL_S, self._poll)),
             asyncio.create_task(every(self.config.timers.stats_s, self._log_flows)),
@@ -179,6 +203,7 @@ class HostDaemon:
     async def _receive(self) -> None:
         handlers: dict[type, Callable[[str, Any], None]] = {
             Hello: self._on_hello,
+            MapUpdate: self._on_nic_map,
             Heartbeat: self._on_heartbeat,
             ControlRequest: self._on_control,
         }
@@ -200,6 +225,9 @@ class HostDaemon:
             raise
 
     def _on_frames(self, peer: str, msg: FrameBatch, out: dict[int, list[bytes]]) -> None:
+        if self.recovering:
+            self.dropped_recovering += len(msg.frames)  # which port is which is not known yet
+            return
         now = self.now()
         for ppid, frame in msg.frames:
             vpid = self.fpag.vpid_at(peer, ppid)
@@ -209,8 +237,8 @@ class HostDaemon:
             out[vpid].extend(self.endpoints[vpid].receive(frame, now))
 
     def _on_hello(self, peer: str, msg: Hello) -> None:
-        if peer not in self.fpag.nics:
-            return
+        if peer not in self.fpag.nics or self.recovering:
+            return  # a NIC says hello until it has a map: it is answered once we know it
         self.node.send(peer, PolicyUpdate(self.policy_version, self.policy()))
         self.node.send(peer, MapUpdate(self.fpag.epoch, self.fpag.entries()))
         self.log.info("host.nic.hello", nic=peer, epoch=self.fpag.epoch)
@@ -225,6 +253,11 @@ class HostDaemon:
         if msg.probe:
             self.supervisor.answered(peer, msg.probe)
             self._supervise()
+        if msg.epoch > self.fpag.epoch and not self.recovering:
+            self._begin_recovery()  # a NIC holds a newer map than ours: learn it first
+        if self.recovering:
+            self._recover(probe=False)  # done once every NIC has answered
+            return
         if msg.state == "up" and peer in self.supervisor.down:
             self._remap("failback", peer, self.supervisor.nic_up(peer))
         if 0 < msg.epoch < self.fpag.epoch and now - self._map_sent.get(peer, -1.0) > 0.25:
@@ -264,6 +297,8 @@ class HostDaemon:
 
     def _check_liveness(self) -> None:
         self._check_stall()
+        if self.recovering:
+            return
         now = self.now()
         for nic, old, new in self.liveness.poll(now):
             if new is Liveness.DOWN and nic in self.fpag.nics:
@@ -274,6 +309,8 @@ class HostDaemon:
 
     def _supervise(self) -> None:
         """Send the supervisor's probes; commit its failover once the survivors answered."""
+        if self.recovering:
+            return
         lost = sorted(self.supervisor.down)
         step = self.supervisor.poll(self.now())
         if step.probe:
@@ -299,6 +336,57 @@ class HostDaemon:
         for n in self.fpag.nics:
             self.node.send(n, update)
 
+    # ------------------------------------------------------------------ recovery
+
+    def _begin_recovery(self) -> None:
+        self.recovering = True
+        self._recover_from = self.supervisor.probe_seq + 1
+        self._recover_until = self.now() + RECOVER_WAIT_S
+        self.log.info("host.recover.start", epoch=self.fpag.epoch, boot=self.boot)
+        self._recover()
+
+    def _on_nic_map(self, peer: str, msg: MapUpdate) -> None:
+        """A NIC's answer to a recovery probe: the map it holds."""
+        if peer not in self.fpag.nics or not self.recovering:
+            return
+        if self._recovered is None or msg.epoch > self._recovered[0]:
+            self._recovered = (msg.epoch, peer, list(msg.entries))
+
+    def _recover(self, probe: bool = True) -> None:
+        """Probe every NIC for its map until each has answered (or the wait is over)."""
+        if not self.recovering:
+            return
+        waiting = self.supervisor.silent_since(self._recover_from)
+        if not waiting or self.now() >= self._recover_until:
+            self._end_recovery(waiting)
+        elif probe:
+            seq = self.supervisor.next_probe()
+            for nic in waiting:
+                self.node.send(nic, Probe(self.spec.name, seq, want_map=True))
+
+    def _end_recovery(self, silent: list[str]) -> None:
+        self.recovering = False
+        first = self._recover_from == 1
+        if self._recovered is not None and self._recovered[0] >= self.fpag.epoch:
+            epoch, nic, entries = self._recovered
+            unknown = self.fpag.restore(epoch, entries)
+            self.log.info("host.recovered", epoch=epoch, source=nic, vpids=self.fpag.entries(),
+                          silent=silent, unknown=unknown)  # fmt: skip
+        else:
+            self.log.info("host.recovered", epoch=self.fpag.epoch, source=None, silent=silent)
+        self._recovered = None
+        now = self.now()
+        for nic in self.fpag.nics:
+            # Judged only over time we run: a NIC silent from now on is declared down.
+            if self.liveness.state(nic) is Liveness.DOWN and nic not in self.supervisor.down:
+                self.liveness.heard(nic, now)
+        self.liveness.poll(now)  # those "heard" transitions are ours, not news
+        update = MapUpdate(self.fpag.epoch, self.fpag.entries())
+        for nic in self.fpag.nics:
+            self.node.send(nic, update)  # only a NIC behind applies it
+        if first:
+            self._start_flows(now)
+
     def _on_control(self, peer: str, msg: ControlRequest) -> None:
         try:
             reply = self._control(msg)
@@ -308,8 +396,15 @@ class HostDaemon:
         self.node.reply(peer, reply)
 
     def _control(self, msg: ControlRequest) -> ControlReply:
+        if self.recovering and msg.cmd in ("migrate", "team-policy"):
+            why = "the host is recovering its map from its NICs (it restarted); try again soon"
+            return ControlReply(msg.req_id, False, {}, f"{msg.cmd}: {why}")
         if msg.cmd == "stats":
             result: dict[str, object] = {
+                "boot": self.boot,
+                "recovering": self.recovering,
+                "dropped_recovering": self.dropped_recovering,
+                "stalls": self.stalls,
                 "flows": self.flow_stats(),
                 "nics": dict(self.nic_state),
                 "team_policy": self.team_policy,
@@ -424,14 +519,15 @@ class HostDaemon:
         return flows
 
     def _log_flows(self) -> None:
-        self.log.info("host.flows", flows=self.flow_stats())
+        self.log.info("host.flows", flows=self.flow_stats(), boot=self.boot)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m hostd`."""
     config, host = daemon_args("hostd", __doc__, "host", argv)
     configure_logging(host, config.run_dir, host=host)
-    daemon = HostDaemon(config, config.host(host), BusNode(host, config.endpoint(host)))
+    node = BusNode(host, config.endpoint(host))
+    daemon = HostDaemon(config, config.host(host), node, boot=boot_number())
     run_loop(run_until_signalled(daemon))
 
 

@@ -124,8 +124,12 @@ class Endpoint:
         *,
         tcp_config: TcpConfig | None = None,
         seed: int | str | None = None,
+        first_port: int = EPHEMERAL[0],
     ) -> None:
-        """`ips` may carry a prefix (IPv4Interface); a bare address is a /24 or a /64."""
+        """`ips` may carry a prefix (IPv4Interface); a bare address is a /24 or a /64.
+
+        `first_port`: the first ephemeral port to use (a restarted host starts elsewhere, so
+        its new connections do not reuse tuples the network still tracks)."""
         if len(mac) != 6 or (gateway_mac is not None and len(gateway_mac) != 6):
             raise ValueError("MAC addresses are 6 bytes")
         self.name = name
@@ -146,7 +150,9 @@ class Endpoint:
         self._udp_bound: dict[int, bool] = {}  # port -> echo
         self._udp_flows: dict[int, UdpClientFlow] = {}  # by source port
         self._rng = random.Random(name if seed is None else seed)  # ISNs, reproducibly
-        self._next_port = EPHEMERAL[0]
+        if not EPHEMERAL[0] <= first_port <= EPHEMERAL[1]:
+            raise ValueError(f"first_port must be an ephemeral port {EPHEMERAL}")
+        self._next_port = first_port
 
     # --- configuration ----------------------------------------------------------------------
 

@@ -62,6 +62,24 @@ class Fpag:
             self._dirty = False
         return self.epoch
 
+    def restore(self, epoch: int, entries: list[tuple[int, str, int]]) -> list[int]:
+        """Take over a map a NIC holds (a restarted host recovers the one in force) at `epoch`.
+
+        Only VPIDs this host allocated are bound (its VMs are the config's, in the same order);
+        returns the VPIDs of `entries` it does not know. The epoch never goes backwards.
+        """
+        unknown = []
+        for vpid, nic, ppid in entries:
+            old = self._bindings.get(vpid)
+            if old is None or nic not in self.nics:
+                unknown.append(vpid)
+                continue
+            self._bindings[vpid] = Binding(vpid, old.vm, old.index, nic, ppid)
+        self._by_port = {(b.nic, b.ppid): b.vpid for b in self._bindings.values()}
+        self.epoch = max(self.epoch, epoch)
+        self._dirty = False
+        return unknown
+
     def entries(self) -> list[tuple[int, str, int]]:
         """The whole map as (VPID, NIC, PPID) rows, for `MapUpdate`."""
         return [(b.vpid, b.nic, b.ppid) for b in sorted(self._bindings.values(), key=_vpid)]

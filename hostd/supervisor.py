@@ -103,6 +103,15 @@ class Supervisor:
         if probe > self._answered.get(nic, 0):
             self._answered[nic] = probe
 
+    def silent_since(self, probe: int) -> list[str]:
+        """The NICs that have answered no probe numbered `probe` or later."""
+        return [n for n in self.nics if self._answered.get(n, 0) < probe]
+
+    def next_probe(self) -> int:
+        """A probe number for the daemon's own asking (a restarted host recovering its map)."""
+        self.probe_seq += 1
+        return self.probe_seq
+
     def nic_up(self, nic: str) -> list[tuple[int, str]]:
         """`nic` is back and resynchronised: with failback, its configured VPIDs return."""
         if nic not in self.down:
@@ -159,9 +168,8 @@ class Supervisor:
         return [(vpid, alive[i % len(alive)]) for i, vpid in enumerate(self.lost())]
 
     def _new_round(self, now: float) -> None:
-        self.probe_seq += 1
         self._deadline = now + self.confirm_s
-        self._to_send = Step(self.probe_seq, self.candidates())
+        self._to_send = Step(self.next_probe(), self.candidates())
 
     def _merge(self, step: Step) -> Step:
         fresh, self._to_send = self._to_send, None

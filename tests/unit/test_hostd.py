@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bus.messages import ControlReply, ControlRequest, Heartbeat, Hello, MapUpdate, PolicyUpdate
+from bus.messages import (
+    ControlReply,
+    ControlRequest,
+    Heartbeat,
+    Hello,
+    MapUpdate,
+    PolicyUpdate,
+    Probe,
+)
 from bus.node import BaseNode
 from bus.testing import MemoryNetwork
 from configs import load_default
@@ -44,9 +52,28 @@ class Rig:
             batch = await asyncio.wait_for(self.nics[nic].recv_batch(), DEADLINE)
             inbox.extend(msg for _, msg in batch)
 
+    async def answer_probe(self, nic: str, epoch: int = 0, entries: list[Any] | None = None) -> int:
+        """Answer hostd's next recovery probe as a NIC holding map `epoch` (0: none yet)."""
+        probe = await self.received(nic, Probe)
+        assert probe.want_map
+        if epoch:
+            self.nics[nic].send("h1", MapUpdate(epoch, entries or []))
+        self.nics[nic].send("h1", Heartbeat(nic, 1, epoch, "up" if epoch else "starting",
+                                            probe=probe.seq))  # fmt: skip
+        return probe.seq
+
+
+async def until_recovered(daemon: HostDaemon) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + DEADLINE
+    while daemon.recovering:
+        assert loop.time() < end, "hostd still recovering"
+        await asyncio.sleep(0.005)
+
 
 @asynccontextmanager
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+async def rig(tmp_path: Path, recover: bool = True) -> AsyncIterator[Rig]:
+    """hostd and bare NIC nodes; with `recover`, the NICs (holding no map) answer its probes."""
     config = load_default(tmp_path)
     net = MemoryNetwork()
     # Bound where the config says, so hostd's own connects find them.
@@ -60,7 +87,12 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         for node in (*nics.values(), ctl):
             node.connect("h1", config.endpoint("h1"))
             await asyncio.wait_for(node.wait_connected("h1"), DEADLINE)
-        yield Rig(daemon, nics, ctl)
+        r = Rig(daemon, nics, ctl)
+        if recover:
+            for nic in nics:
+                await r.answer_probe(nic)
+            await until_recovered(daemon)
+        yield r
     finally:
         daemon.stop()
         await asyncio.wait_for(task, DEADLINE)
@@ -124,3 +156,27 @@ async def test_a_failing_command_is_an_error_reply_not_a_dead_host(tmp_path: Pat
         reply = await r.control("stats")
         assert not reply.ok and "internal error" in reply.error
         assert (await r.control("map")).ok
+
+
+async def test_a_restarted_host_takes_the_newest_map_its_nics_hold_before_deciding(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path, recover=False) as r:
+        assert r.daemon.recovering
+        # While it recovers it moves nothing, answers no hello, sends no map.
+        refused = await r.control("migrate", vm="app1", nic="nic2")
+        assert not refused.ok and "recovering" in refused.error
+        moved = [(1, "nic1", 100), (2, "nic2", 100), (3, "nic2", 101), (4, "nic2", 102),
+                 (5, "nic2", 103)]  # fmt: skip
+        older = [(v, "nic1" if v == 1 else "nic2", p) for v, _, p in moved]
+        await r.answer_probe("nic1", 6, older)  # nic1 missed the last epoch
+        assert r.daemon.recovering  # nic2 has not answered yet
+        await r.answer_probe("nic2", 7, moved)
+        await until_recovered(r.daemon)
+        assert r.daemon.fpag.epoch == 7 and r.daemon.fpag.entries() == moved
+        assert not r.daemon.supervisor.down
+        # Every NIC is told the map in force; the one behind applies it.
+        for nic in ("nic1", "nic2"):
+            update = await r.received(nic, MapUpdate)
+            assert (update.epoch, update.entries) == (7, moved)
+        assert (await r.control("map")).result["epoch"] == 7
