@@ -5,6 +5,11 @@ Every NIC worker logs `nic.stats` (cumulative counters since the worker started)
 that is killed starts its counters again from 0 when its card reboots it (it logs `nic.start`),
 and while it is down or paused it logs nothing: that stretch is left as a break in its line
 (a NaN point) rather than drawn across as if frames had flowed.
+
+Each fault's window (injection to recovery, as the report rebuilds it) is shaded, Jepsen style:
+one translucent colour per kind, labelled `#id kind target` at its start, so overlapping faults
+show as overlapping shades. Each connection reset is a red cross at the time the report charges
+it at (the start of the stall that ended in it), on the window it was charged to.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import statistics
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
+from configs.loader import Config
 from ctl.logs import Event, load
-from ctl.report import FAULTS
+from ctl.report import FAULTS, NAMES, Analysis, analyse
 from ctl.top import counters
 
 STATS = "nic.stats"
@@ -24,6 +31,8 @@ START = "nic.start"
 GAP = 2.5  # a silence this many times a NIC's usual stats interval is a gap, not a slow sample
 TIERS = ("eswitch", "cache", "slow path")  # where frames were handled, fastest first
 STYLES = {"eswitch": "-", "cache": "--", "slow path": ":"}
+SHADES = {"kill": "crimson", "pause": "darkorange", "partition": "purple", "link-down": "teal"}
+ALPHA = 0.15  # translucent: where two windows overlap, the shades add up
 
 
 @dataclass(slots=True)
@@ -112,15 +121,40 @@ def faults(events: list[Event], t0: float | None = None) -> list[tuple[float, st
     return out
 
 
-def plot(logs: Path, out: Path) -> list[Series]:
-    """Draw each NIC's frames/s, and per tier below, with the faults marked; save a PNG."""
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One fault's window on the plot: seconds since `origin`, its label and kind."""
+
+    start: float
+    end: float
+    label: str  # "#1 kill nic1"
+    kind: str
+    healed: bool  # False: it runs to the end of the logs
+
+
+def spans(an: Analysis, t0: float) -> list[Span]:
+    """Each fault's window, as the report has it, in seconds since `t0`."""
+    return [Span(w.start - t0, w.end - t0, f"#{w.id} {w.kind} {w.what}", w.kind, w.healed)
+            for w in an.windows]  # fmt: skip
+
+
+def resets(an: Analysis, t0: float) -> list[tuple[float, int, str]]:
+    """Each reset (count, flow) at the time it is charged at, in seconds since `t0`."""
+    return [(r.stall - t0, r.count, r.flow) for r in an.resets]
+
+
+def plot(logs: Path, out: Path, config: Config | None = None) -> list[Series]:
+    """Draw each NIC's frames/s, and per tier below, with fault windows and resets; save a PNG.
+
+    With `config`, its deny flows' resets (by design) are left out, as in the report.
+    """
     logs, out = Path(logs), Path(out)
-    events = load(logs, {STATS, START} | set(FAULTS))
+    events = load(logs, {STATS, START} | NAMES)
     if not any(e["event"] == STATS for e in events):
         why = "no such directory" if not logs.is_dir() else "did the NICs run for a stats interval?"
         raise ValueError(f"no nic.stats events in {logs}: {why} (give RUNDIR/logs)")
     t0 = origin(events)
-    series, marks = throughput(events, t0), faults(events, t0)
+    series = throughput(events, t0)
     if not series:
         raise ValueError(f"one nic.stats sample per NIC in {logs}: a rate needs two")
 
@@ -139,25 +173,48 @@ def plot(logs: Path, out: Path) -> list[Series]:
         colours[s.nic] = line.get_color()
         for k in TIERS:
             bottom.plot(s.t, s.tiers[k], color=colours[s.nic], linestyle=STYLES[k], linewidth=1)
+    an = analyse(events, config)
+    windows = spans(an, t0)
     for ax in (top, bottom):
-        for t, _ in marks:
-            ax.axvline(t, color="crimson", linestyle="--", linewidth=1)
+        _shade(ax, windows)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     peak = max((f for s in series for f in s.fps if not math.isnan(f)), default=0.0)
     top.set_ylim(0, max(peak, 1.0) * 1.45)  # headroom, so the fault labels clear the lines
-    for t, label in marks:
+    for w in windows:
         # Axes-fraction y: the label sits at the top whatever the rates are
-        top.text(t, 0.98, f" {label}", transform=top.get_xaxis_transform(), rotation=90,
-                 va="top", ha="right", fontsize=8, color="crimson")  # fmt: skip
-    top.set_title(f"Frames in per NIC, faults dashed ({logs})")
+        top.text(w.start, 0.98, f" {w.label}", transform=top.get_xaxis_transform(), rotation=90,
+                 va="top", ha="right", fontsize=8, color=SHADES[w.kind])  # fmt: skip
+    _mark_resets(top, resets(an, t0))
+    top.set_title(f"Frames in per NIC, fault windows shaded, resets x ({logs})")
     top.set_ylabel("frames/s")
-    top.legend(loc="lower left", title="NIC")
+    top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="NIC")  # never over data
     bottom.set_title("Per tier: eswitch hits, cache hits, slow path", fontsize=10)
     bottom.set_ylabel("frames/s")
     bottom.set_xlabel("seconds")
     tier_keys = [Line2D([], [], color="black", linestyle=STYLES[k], label=k) for k in TIERS]
-    bottom.legend(handles=tier_keys, loc="lower left", fontsize=8)
+    bottom.legend(handles=tier_keys, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", dpi=100)
     return series
+
+
+def _shade(ax: Any, windows: list[Span]) -> None:
+    """Each window as a translucent band, its injection as a thin line."""
+    for w in windows:
+        colour = SHADES[w.kind]
+        ax.axvspan(w.start, w.end, color=colour, alpha=ALPHA, linewidth=0)
+        ax.axvline(w.start, color=colour, linestyle="--", linewidth=0.8)
+
+
+def _mark_resets(ax: Any, marks: list[tuple[float, int, str]]) -> None:
+    """Red crosses near the bottom of `ax` at each reset's charged time, counts above them."""
+    if not marks:
+        return
+    xs = [t for t, _, _ in marks]
+    axis = ax.get_xaxis_transform()  # x in data, y in axes fraction
+    ax.plot(xs, [0.04] * len(xs), "x", color="red", markersize=8, mew=2, transform=axis,
+            linestyle="none", label="reset")  # fmt: skip
+    for t, count, _ in marks:
+        if count > 1:
+            ax.text(t, 0.08, str(count), transform=axis, ha="center", fontsize=8, color="red")

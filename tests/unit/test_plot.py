@@ -125,3 +125,46 @@ def test_logs_without_nic_stats_are_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="a rate needs two"):
         plot(tmp_path, tmp_path / "out.png")
     assert not (tmp_path / "out.png").exists()
+
+
+def shaded_run(logs: Path) -> None:
+    """nic1 killed at 3.5 s, back at 4.5 s; a 1 s partition at 4 s; flow t reset at 4.2 s."""
+    restart_run(logs)
+    write(logs, "ctl", [
+        {"ts": at(4000), "event": "chaos.partition", "nics": ["nic1", "nic2"], "seconds": 1},
+    ])  # fmt: skip
+    write(logs, "h1", [
+        {"ts": at(4400), "event": "nic.rejoin", "nic": "nic1"},
+        {"ts": at(4500), "event": "host.failback", "nic": "nic1", "epoch": 3, "moves": []},
+        {"ts": at(3000), "event": "host.flows", "flows": {"t": {"sender": {"resets": 0}}}},
+        {"ts": at(5000), "event": "host.flows", "flows": {"t": {"sender": {"resets": 2}}}},
+    ])  # fmt: skip
+
+
+def test_fault_windows_and_resets_as_the_report_charges_them(tmp_path: Path) -> None:
+    from ctl.plot import origin, resets, spans
+    from ctl.report import analyse
+
+    shaded_run(tmp_path)
+    events = load(tmp_path)
+    an, t0 = analyse(events), origin(events)  # time 0: the first nic.stats sample, at 1 s
+    kill, cut = spans(an, t0)
+    assert (kill.start, kill.end, kill.label, kill.healed) == (
+        pytest.approx(2.5), pytest.approx(3.5), "#1 kill nic1", True)  # fmt: skip
+    assert (cut.start, cut.end, cut.label) == (pytest.approx(3.0), pytest.approx(4.0),
+                                               "#2 partition nic1,nic2")  # fmt: skip
+    # Booked in (3 s, 5 s]: both faults began inside and overlap it as much; the first wins
+    ((t, count, flow),) = resets(an, t0)
+    assert (t, count, flow) == (pytest.approx(3.0), 2, "t")
+
+
+def test_plot_shades_windows_and_marks_resets(tmp_path: Path) -> None:
+    from matplotlib.image import imread
+
+    shaded_run(tmp_path / "logs")
+    out = tmp_path / "shaded.png"
+    plot(tmp_path / "logs", out)
+    pixels = imread(out)
+    # Pure red (the reset crosses) is drawn somewhere; no line or shade is that colour
+    red = (pixels[..., 0] > 0.9) & (pixels[..., 1] < 0.1) & (pixels[..., 2] < 0.1)
+    assert red.any()
