@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import asdict, dataclass
@@ -43,6 +44,7 @@ from bus.node import BaseNode, BusClosed
 from bus.transport import BusNode
 from fabricd.switch import DEFAULT_AGING, MacMove, PortMode, Switch
 from hostd.endpoint import Endpoint
+from hostd.traffic import wall_times
 
 __all__ = ["NAME", "Fabric", "FabricDaemon", "FabricStats", "serve"]
 
@@ -320,7 +322,10 @@ class FabricDaemon:
     def _log_flows(self) -> None:
         assert self.fabric is not None
         peers = {name: peer.snapshot() for name, peer in self.fabric.peers.items()}
-        log.info("fabric.flows", peers=peers)
+        now, wall = asyncio.get_running_loop().time(), time.time()
+        for snap in peers.values():
+            wall_times(snap["flows"], now, wall)
+        log.info("fabric.flows", peers=peers, boot=1)  # fabricd is not restarted in a run
 
     def _handle(self, peer: str, msg: Message, now: float) -> None:
         fabric = self.fabric

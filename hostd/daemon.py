@@ -46,7 +46,7 @@ from configs.loader import Config, HostSpec
 from hostd.endpoint import EPHEMERAL, Endpoint
 from hostd.fpag import Fpag
 from hostd.supervisor import Supervisor
-from hostd.traffic import FlowSpec
+from hostd.traffic import FlowSpec, wall_times
 from nicd.datapath.frames import mac_str
 from nicd.datapath.teaming import team_policy_from_str
 
@@ -509,6 +509,7 @@ class HostDaemon:
 
     def flow_stats(self) -> dict[str, Any]:
         """Per-flow books of every VM endpoint: senders' and sinks' views."""
+        now, wall = self.now(), time.time()
         flows: dict[str, Any] = {}
         for ep in self.endpoints.values():
             snap = ep.snapshot()
@@ -516,6 +517,8 @@ class HostDaemon:
                 flows.setdefault(name, {})["sender"] = stats
             for name, stats in snap["sinks"].items():
                 flows.setdefault(name, {})["sink"] = stats
+        for sides in flows.values():
+            wall_times(sides, now, wall)
         return flows
 
     def _log_flows(self) -> None:

@@ -178,6 +178,11 @@ class TcpConnection:
         self._dupacks = 0
         self._tw_until = 0.0
 
+    @property
+    def progress_at(self) -> float:
+        """When the connection last made progress (opened, or new data acknowledged)."""
+        return self._progress_at
+
     # --- application side -------------------------------------------------------------------
 
     @property

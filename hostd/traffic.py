@@ -29,6 +29,8 @@ from typing import Any
 
 from hostd.tcp import TcpConnection, TcpState
 
+RESET_TIMES = 32  # reset times kept per book: the latest ones
+
 IPAddress = IPv4Address | IPv6Address
 
 MAGIC = 0x4E54  # "NT"
@@ -93,10 +95,23 @@ class FlowStats:
     reordered: int = 0  # arrived after a later sequence number
     max_silence_ms: float = 0.0  # longest time between two arrivals
     last_rx: float | None = None  # when the latest echo/ack (sender) or message (sink) came
+    # sender side: when each of the latest resets' connections last made progress (its stall
+    # began there: a report charges the reset to the fault then, not to when it gave up)
+    reset_progress: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """A plain dict for logs and the control socket."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def wall_times(books: dict[str, Any], now: float, wall: float) -> dict[str, Any]:
+    """Books as logged: each book's `reset_progress` (loop time `now` is wall time `wall`)
+    becomes `reset_progress_ts`, wall-clock seconds like the logs' `ts`. Modifies in place."""
+    for book in books.values():
+        progress = book.pop("reset_progress", None)
+        if progress:
+            book["reset_progress_ts"] = [round(wall - (now - t), 6) for t in progress]
+    return books
 
 
 def snapshot(books: Mapping[str, FlowStats]) -> dict[str, dict[str, Any]]:
@@ -417,6 +432,8 @@ class TcpClientFlow:
         if c.state in (TcpState.CLOSED, TcpState.TIME_WAIT):
             if c.reset:
                 st.resets += 1
+                st.reset_progress.append(c.progress_at)
+                del st.reset_progress[:-RESET_TIMES]
             self._reconnect_at = now + (self._reconnect_delay if c.reset else 0.0)
             self._retx_before += c.retransmits
             self.conn = None

@@ -262,6 +262,9 @@ def test_blackout_longer_than_give_up_counts_a_reset_and_the_flow_reconnects() -
     assert stats.established and stats.sent == stats.received
     wire.run(16.0)  # 15 s without progress: the connection gives up
     assert stats.resets == 1 and not stats.established
+    # The book says when the stall began (the last progress), not only when it gave up.
+    (stalled,) = stats.reset_progress
+    assert dark[0] - 0.1 <= stalled <= dark[0]
     wire.run(20.0)
     sink = b.sink.flows["t1"]
     assert stats.resets == 1 and stats.connects == 2 and a.flows["t1"].finished
