@@ -30,7 +30,8 @@ def migrate(config: Config, vm: str, nic: str, wait_s: float = 5.0) -> dict[str,
     if nic not in nics:
         raise ValueError(f"{vm} is on host {host}, whose NICs are {', '.join(nics)}, not {nic!r}")
     ask = config.endpoint
-    before = control(ask(nic), "stats").get("sync", {}).get("committed", 0)
+    sync = control(ask(nic), "stats").get("sync", {})
+    before, boot = sync.get("committed", 0), sync.get("boot")
     result = control(ask(host), "migrate", {"vm": vm, "nic": nic})
     vpids = {m["vpid"] for m in result["moves"]}
 
@@ -42,7 +43,10 @@ def migrate(config: Config, vm: str, nic: str, wait_s: float = 5.0) -> dict[str,
         after = wait_for(f"{nic} to own VPIDs {sorted(vpids)}", owned, timeout=wait_s)
     except NotReady as e:
         raise ControlError(str(e)) from None
-    result["taken_over"] = after["sync"]["committed"] - before
+    # A target that restarted inside the move counts its commits from 0 again: no difference
+    # of two boots' counters means anything (it printed "took over -2" once).
+    same_boot = after["sync"].get("boot") == boot
+    result["taken_over"] = after["sync"]["committed"] - before if same_boot else None
     result["connections"] = _records(config, nic, vpids) if vpids else []
     return result
 
@@ -55,9 +59,13 @@ def format_migrate(r: dict[str, Any]) -> str:
         f"{r['vm']}: vpid {m['vpid']} {m['from']}/vf{m['from_ppid']} -> {m['to']}/vf{m['ppid']}"
         for m in r["moves"]
     ]
+    if r["taken_over"] is None:
+        took = f"{r['nic']} restarted during the move and carries {len(r['connections'])}"
+    else:
+        took = f"{r['nic']} took over {r['taken_over']}"
     lines.append(
-        f"map epoch {r['epoch']}; {r['nic']} took over {r['taken_over']} connections from its "
-        "replicated copies; flow entries rewritten: 0 (VPIDs unchanged)"
+        f"map epoch {r['epoch']}; {took} connections from its replicated copies; "
+        "flow entries rewritten: 0 (VPIDs unchanged)"
     )
     for c in r["connections"]:
         lines.append(

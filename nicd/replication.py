@@ -314,6 +314,7 @@ class Replicator:
     def stats(self) -> dict[str, Any]:
         """Our stream, what each sibling acked, and what we hold of each sibling's stream."""
         return {
+            "boot": self.origin.boot,
             "seq": self.origin.seq,
             "acked": dict(self.origin.acked),
             "resynced": self.resynced,

@@ -527,3 +527,14 @@ def test_entries_of_an_older_generation_are_stale() -> None:
     got = flow_rows(p, "eswitch", 3.0)
     assert got["total"] == 2
     assert [r["stale"] for r in got["flows"]] == [True, True]
+
+
+def test_a_migrate_whose_target_restarted_does_not_subtract_two_boots() -> None:
+    from ctl.migrate import format_migrate
+
+    move = {"vpid": 3, "from": "nic1", "from_ppid": 101, "to": "nic2", "ppid": 102}
+    r = {"vm": "app1", "nic": "nic2", "epoch": 4, "moves": [move], "connections": [],
+         "taken_over": None}  # fmt: skip
+    text = format_migrate(r)
+    assert "nic2 restarted during the move and carries 0 connections" in text
+    assert "took over -" not in format_migrate(r | {"taken_over": 2})
