@@ -65,8 +65,31 @@ def _compare(host: str, origin: str, holder: str, answers: dict[str, Any]) -> Pa
 
 
 def verify(config: Config, wait_s: float, every_s: float = 0.1) -> tuple[bool, list[Pair]]:
-    """Compare until every pair matched at a consistent cut (True) or `wait_s` is over."""
+    """Compare until every pair matched at a consistent cut and every copy then caught up
+    with where its origin was (True), or `wait_s` is over."""
     deadline = time.monotonic() + wait_s
+    ok, pairs = _settle(config, deadline, every_s)
+    if not ok:
+        return ok, pairs
+    # A pair that matched once may have stopped following since (a lost batch on a quiet
+    # stream, a channel that carries heartbeats but no data): every copy must still reach the
+    # sequence number its origin had once all pairs matched, or it is behind for good.
+    target = {(p.origin, p.holder): p.seq for p in pairs_now(config)}
+    while True:
+        now = pairs_now(config)
+        lagging = [p for p in now if p.status == "down" or p.held < target[(p.origin, p.holder)]]
+        if not lagging:
+            return True, pairs
+        if time.monotonic() >= deadline:
+            lag = {(p.origin, p.holder) for p in lagging}
+            return False, [p for p in now if (p.origin, p.holder) in lag] + [
+                p for p in pairs if (p.origin, p.holder) not in lag
+            ]
+        time.sleep(every_s)
+
+
+def _settle(config: Config, deadline: float, every_s: float) -> tuple[bool, list[Pair]]:
+    """Compare until every pair matched at a consistent cut (True) or the deadline passed."""
     settled: dict[tuple[str, str], Pair] = {}
     while True:
         pairs = pairs_now(config)

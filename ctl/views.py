@@ -49,6 +49,12 @@ def status(config: Config) -> dict[str, Any]:
                     "conntrack": s.get("conntrack", 0),
                     "epoch": s.get("epoch", 0),
                     "sync_lag_ms_p99": s.get("sync", {}).get("lag", {}).get("p99_ms"),
+                    # Siblings' channels that carry one half only (heartbeats xor data).
+                    "channels": {
+                        peer: state
+                        for peer, state in s.get("channels", {}).items()
+                        if state in ("no-data", "no-heartbeats")
+                    },
                 }
             nics.append(nic)
     return {"hosts": hosts, "nics": nics}
@@ -66,7 +72,19 @@ def format_status(st: dict[str, Any]) -> str:
         team = " ".join(n["uplinks"]) or "-"
         head = f"{n['name']:<6} {n['state']:<10} {n['epoch']:>5} {n['conntrack']:>9}"
         lines.append(f"{head}  {vpids:<14} {team}")
+    for n in st["nics"]:
+        for peer, state in sorted(n.get("channels", {}).items()):
+            lines.append(f"channel {n['name']} <- {peer}: {state}")
     return "\n".join(lines)
+
+
+def unreachable(config: Config, st: dict[str, Any]) -> str | None:
+    """Why the cluster cannot be read (no host daemon answers), or None."""
+    down = [h["name"] for h in st["hosts"] if not h["up"]]
+    if not down:
+        return None
+    where = ", ".join(f"{h} at {config.endpoint(h)}" for h in down)
+    return f"no answer from host daemon {where}: is the cluster up (nicteam up), with this run dir?"
 
 
 def vpid_map(config: Config) -> list[dict[str, Any]]:

@@ -153,16 +153,20 @@ class Replicator:
         if not self.resynced and all(c.synced for c in self.caches.values()):
             self._resync_done("all siblings")
 
-    def check_behind(self, peer: str, boot: int, seq: int) -> None:
-        """A sibling's heartbeat says where its stream is: ask for what we lack. A lost last
-        batch leaves no later batch to show the gap, so a quiet stream is repaired here."""
+    def check_behind(self, peer: str, boot: int, seq: int) -> bool:
+        """A sibling's heartbeat says where its stream is: ask for what we lack (True if we
+        lack some). A lost last batch leaves no later batch to show the gap, so a quiet stream
+        is repaired here."""
         cache = self.caches.get(peer)
         if cache is None or not boot or not cache.synced or cache.snapshot_progress:
-            return  # a resync (or a snapshot arriving) is under way: it ends behind nobody
+            return False  # a resync (or a snapshot arriving) is under way: it ends behind nobody
         if cache.boot == boot and cache.held < seq:
             self._ask(peer, cache.held + 1, got=seq)
-        elif cache.boot != boot and seq:
+            return True
+        if cache.boot != boot and seq:
             self._ask(peer, 0, got=seq)  # a new boot whose stream never reached us
+            return True
+        return False
 
     def _ask(self, peer: str, want: int, got: int) -> None:
         """Ask `peer` to resend from `want` (0: a snapshot), at most once per retry period."""

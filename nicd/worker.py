@@ -49,6 +49,7 @@ from bus.transport import BusNode
 from configs.loader import FABRICD as FABRIC
 from configs.loader import Config, NicSpec, timeouts_from_ms
 from nicd.capture import IN, OUT
+from nicd.channels import ChannelHealth
 from nicd.commands import Answer, InspectCommands
 from nicd.datapath.pipeline import DatapathConfig, Emit, Ingress, Out, Pipeline
 from nicd.datapath.rules import ruleset_from_config
@@ -107,6 +108,7 @@ class NicWorker:
         self._last_state = "booting"  # what our heartbeats said last
         self.log = structlog.get_logger().bind(nic=spec.name, host=spec.host)
         self.sync = Replicator(spec.name, self.siblings, node, self.log, self.now)
+        self.channels = ChannelHealth(self.siblings)
         timers = config.timers
         self.liveness = LivenessTracker(timers.heartbeat_s, timers.heartbeat_misses)
         self.not_ready_drops = 0
@@ -207,8 +209,10 @@ class NicWorker:
                 if self.captures.taps:
                     self.captures.see(ingress, IN, msg.frames, time.time())
             elif isinstance(msg, Handover) and msg.kind is HandoverKind.DELIVER:
+                self.channels.data(peer, made_at)
                 frames.extend((Ingress.PEER_DELIVER, port, f) for port, f in msg.frames)
             elif isinstance(msg, Handover):
+                self.channels.data(peer, made_at)
                 transmit += msg.frames
             else:
                 self._flush(frames)  # frames before a map or policy change see the old one
@@ -424,6 +428,7 @@ class NicWorker:
             self.sync.replicate(self.pipeline, made_at)
 
     def _on_sync_batch(self, peer: str, msg: SyncBatch) -> None:
+        self.channels.data(peer, time.monotonic())
         self.sync.on_batch(peer, msg, self.pipeline)
 
     def _on_sync_ack(self, peer: str, msg: SyncAck) -> None:
@@ -446,7 +451,8 @@ class NicWorker:
     def _on_heartbeat(self, peer: str, msg: Heartbeat) -> None:
         self.liveness.heard(peer, self.now())
         if peer in self.siblings:
-            self.sync.check_behind(peer, msg.sync_boot, msg.sync_seq)
+            behind = self.sync.check_behind(peer, msg.sync_boot, msg.sync_seq)
+            self.channels.heartbeat(peer, behind, time.monotonic())
             self._sibling_state[peer] = msg.state
             if self.pipeline is not None:
                 self._sibling_team_state(self.pipeline, peer, msg)
@@ -640,6 +646,7 @@ class NicWorker:
             "not_ready_drops": self.not_ready_drops,
             "fenced": self.fenced,
             "fenced_drops": self.fenced_drops,
+            "channels": self.channels.states(time.monotonic()),
         }
         bus = self.node.stats
         out["bus"] = {

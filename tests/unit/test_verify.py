@@ -51,3 +51,18 @@ def test_verify_waits_for_a_copy_that_is_behind(
     assert v.verify(config, wait_s=5, every_s=0.01)[0]
     rounds = iter([])
     assert not v.verify(config, wait_s=0.05, every_s=0.01)[0]  # never caught up
+
+
+def test_verify_fails_while_a_copy_that_once_matched_stays_behind(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The "nic3->nic1 behind seq 8 held 7" for good: a match at 7 earlier must not
+    # make verify agree while the copy never reaches 8.
+    config = load_default(tmp_path)
+    rounds = iter([("match", 7, 7)])
+    monkeypatch.setattr(v, "pairs_now", lambda _: [v.Pair("h1", "nic3", "nic1", *next(
+        rounds, ("behind", 8, 7)))])  # fmt: skip
+    ok, pairs = v.verify(config, wait_s=0.1, every_s=0.01)
+    assert not ok and (pairs[0].status, pairs[0].seq, pairs[0].held) == ("behind", 8, 7)
+    rounds = iter([("match", 7, 7), ("behind", 8, 7), ("behind", 9, 8)])  # it catches up
+    assert v.verify(config, wait_s=1.0, every_s=0.01)[0]
