@@ -52,6 +52,7 @@ from nicd.datapath.teaming import team_policy_from_str
 
 POLL_S = 0.005
 RECOVER_WAIT_S = 5.0  # NICs that say nothing for this long are recovered without
+RECOVER_LINK_S = 0.5  # ... or, after a restart, this long with no connection to them
 PORTS_PER_BOOT = 1024  # each boot's VMs start their ephemeral ports this much further
 
 
@@ -357,8 +358,12 @@ class HostDaemon:
         if not self.recovering:
             return
         waiting = self.supervisor.silent_since(self._recover_from)
-        if not waiting or self.now() >= self._recover_until:
-            self._end_recovery(waiting)
+        now = self.now()
+        if self.boot > 1 and now >= self._recover_until - RECOVER_WAIT_S + RECOVER_LINK_S:
+            # A restart: a NIC we cannot even connect to by now is dead, not slow to boot.
+            waiting = [n for n in waiting if self.node.is_connected(n)]
+        if not waiting or now >= self._recover_until:
+            self._end_recovery(self.supervisor.silent_since(self._recover_from))
         elif probe:
             seq = self.supervisor.next_probe()
             for nic in waiting:
