@@ -25,7 +25,13 @@ Books = dict[str, dict[str, Any]]  # flow name -> {"sender": stats, "sink": stat
 
 def books(config: Config) -> Books:
     """Every flow's books, from every host and from fabricd (the external peers)."""
-    hosts = [control(config.endpoint(h.name), "stats")["flows"] for h in config.hosts]
+    hosts = []
+    for h in config.hosts:
+        stats = control(config.endpoint(h.name), "stats")
+        for sides in stats["flows"].values():
+            for book in sides.values():
+                book["boot"] = stats.get("boot", 1)  # a restarted host's VMs count from 0
+        hosts.append(stats["flows"])
     return merge_books(hosts, control(config.endpoint(FABRICD), "stats")["peers"])
 
 
@@ -182,15 +188,25 @@ def rows(config: Config, got: Books | None = None) -> list[dict[str, Any]]:
                 "gaps": sink.get("gaps", 0),
                 "retransmits": sender.get("retransmits", 0),
                 "resets": sender.get("resets", 0),
+                "boots": (sender.get("boot", 1), sink.get("boot", 1)),
             }
         )
     return table
 
 
 def window(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of what happened between two readings of the same flows."""
+    """The rows of what happened between two readings of the same flows.
+
+    A flow whose books restarted in between (a host daemon's new boot) counts from 0 again:
+    its new books are the window, never a difference of two boots' counters.
+    """
     old = {r["flow"]: r for r in before}
-    return [r | {c: r[c] - old[r["flow"]][c] for c in COUNTS} for r in after]
+    out = []
+    for r in after:
+        prev = old[r["flow"]]
+        same = r.get("boots") == prev.get("boots")
+        out.append(r | {c: r[c] - prev[c] if same else r[c] for c in COUNTS})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -367,16 +367,26 @@ def test_window_is_the_difference_of_every_count(config: Config) -> None:
     assert [r["flow"] for r in table] == [f.name for f in config.flows]
     assert table[0] == {
         "flow": "web1-app1-http", "proto": "tcp", "expect": "deliver", "sent": 150,
-        "delivered": 140, "gaps": 0, "retransmits": 0, "resets": 0,
+        "delivered": 140, "gaps": 0, "retransmits": 0, "resets": 0, "boots": (1, 1),
     }  # fmt: skip
     assert table[1] == {
         "flow": "web1-web2-http", "proto": "tcp", "expect": "deliver", "sent": 150,
-        "delivered": 140, "gaps": 7, "retransmits": 5, "resets": 4,
+        "delivered": 140, "gaps": 7, "retransmits": 5, "resets": 4, "boots": (1, 1),
     }  # fmt: skip
+
     assert table[-1] == {
         "flow": "ext1-web1-telnet", "proto": "tcp", "expect": "deny", "sent": 150,
-        "delivered": 0, "gaps": 0, "retransmits": 0, "resets": 0,
+        "delivered": 0, "gaps": 0, "retransmits": 0, "resets": 0, "boots": (1, 1),
     }  # fmt: skip
+
+
+def test_a_window_across_a_host_restart_counts_the_new_books_only(config: Config) -> None:
+    before, after = books_at(config, 100, 90, gaps=2), books_at(config, 30, 25, gaps=1)
+    for sides in after.values():
+        for book in sides.values():
+            book["boot"] = 2
+    (first, *_) = window(rows(config, before), rows(config, after))
+    assert (first["sent"], first["delivered"], first["gaps"]) == (30, 25, 1)
 
 
 # -- nicd/inspect.py flow_rows, port_name --------------------------------------------------------
