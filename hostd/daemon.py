@@ -54,6 +54,10 @@ POLL_S = 0.005
 RECOVER_WAIT_S = 5.0  # NICs that say nothing for this long are recovered without
 RECOVER_LINK_S = 0.5  # ... or, after a restart, this long with no connection to them
 PORTS_PER_BOOT = 1024  # each boot's VMs start their ephemeral ports this much further
+# Each boot of the daemon numbers its epochs from (boot - 1) << EPOCH_BOOT_SHIFT: a restarted
+# daemon can never issue an epoch an earlier boot issued with another map (say to a NIC that
+# was silent while it recovered), so one epoch always means one map.
+EPOCH_BOOT_SHIFT = 32
 
 
 class HostDaemon:
@@ -380,6 +384,7 @@ class HostDaemon:
         else:
             self.log.info("host.recovered", epoch=self.fpag.epoch, source=None, silent=silent)
         self._recovered = None
+        self.fpag.raise_epoch((self.boot - 1) << EPOCH_BOOT_SHIFT)
         now = self.now()
         for nic in self.fpag.nics:
             # Judged only over time we run: a NIC silent from now on is declared down.

@@ -80,6 +80,11 @@ class Fpag:
         self._dirty = False
         return unknown
 
+    def raise_epoch(self, floor: int) -> int:
+        """Move the epoch up to at least `floor` (the map unchanged); returns the epoch."""
+        self.epoch = max(self.epoch, floor)
+        return self.epoch
+
     def entries(self) -> list[tuple[int, str, int]]:
         """The whole map as (VPID, NIC, PPID) rows, for `MapUpdate`."""
         return [(b.vpid, b.nic, b.ppid) for b in sorted(self._bindings.values(), key=_vpid)]

@@ -180,3 +180,19 @@ async def test_a_restarted_host_takes_the_newest_map_its_nics_hold_before_decidi
             update = await r.received(nic, MapUpdate)
             assert (update.epoch, update.entries) == (7, moved)
         assert (await r.control("map")).result["epoch"] == 7
+
+
+async def test_a_restarted_hosts_epochs_are_above_any_an_earlier_boot_issued(
+    tmp_path: Path,
+) -> None:
+    config = load_default(tmp_path)
+    net = MemoryNetwork()
+    daemon = HostDaemon(config, config.host("h1"), net.node("h1", config.endpoint("h1")), boot=3)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await until_recovered(daemon)  # no NIC answers: recovered without them after 0.5 s
+        assert daemon.fpag.epoch == 2 << 32
+        assert daemon.supervisor.probe_seq > 0  # it did ask
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, DEADLINE)
