@@ -103,6 +103,7 @@ class HostDaemon:
             lambda vpid: self.fpag.binding(vpid).nic,
             failback=spec.failback,
             confirm_s=config.timers.heartbeat_s,
+            first_probe=((boot - 1) << EPOCH_BOOT_SHIFT) + 1,  # above any earlier boot's
         )
         timers = config.timers
         self.liveness = LivenessTracker(timers.heartbeat_s, timers.heartbeat_misses)
@@ -116,9 +117,10 @@ class HostDaemon:
         # waiting for NICs that say nothing.
         self.recovering = True
         self._recovered: tuple[int, str, list[tuple[int, str, int]]] | None = None
-        self._recover_from = 0  # the first probe of this recovery
+        self._recover_from = self.supervisor.probe_seq + 1  # the first probe of this recovery
         self._recover_until = 0.0
         self.dropped_recovering = 0
+        self._started = False  # the workload starts after the first recovery
 
     def now(self) -> float:
         """The loop's monotonic clock."""
@@ -375,7 +377,7 @@ class HostDaemon:
 
     def _end_recovery(self, silent: list[str]) -> None:
         self.recovering = False
-        first = self._recover_from == 1
+        first = not self._started
         if self._recovered is not None and self._recovered[0] >= self.fpag.epoch:
             epoch, nic, entries = self._recovered
             unknown = self.fpag.restore(epoch, entries)
@@ -395,6 +397,7 @@ class HostDaemon:
         for nic in self.fpag.nics:
             self.node.send(nic, update)  # only a NIC behind applies it
         if first:
+            self._started = True
             self._start_flows(now)
 
     def _on_control(self, peer: str, msg: ControlRequest) -> None:

@@ -73,9 +73,12 @@ class Supervisor:
         *,
         failback: bool = True,
         confirm_s: float = 0.05,
+        first_probe: int = 1,
     ) -> None:
         """`configured`: each VPID's home in the config; `where`: its home in the map now;
-        `confirm_s`: how long a confirmation round waits for the candidates' answers."""
+        `confirm_s`: how long a confirmation round waits for the candidates' answers;
+        `first_probe`: the number of our first probe (NICs echo the highest they saw, so a
+        restarted daemon numbers above its earlier boot's)."""
         self.nics = list(nics)
         self.configured = dict(configured)
         self.where = where
@@ -83,7 +86,7 @@ class Supervisor:
         self.confirm_s = confirm_s
         self.down: set[str] = set()
         self.phase = Phase.STEADY
-        self.probe_seq = 0
+        self.probe_seq = first_probe - 1
         self._answered: dict[str, int] = {}  # the newest probe each NIC answered
         self._deadline = 0.0
         self._to_send: Step | None = None

@@ -72,7 +72,7 @@ async def until_recovered(daemon: HostDaemon) -> None:
 
 
 @asynccontextmanager
-async def rig(tmp_path: Path, recover: bool = True) -> AsyncIterator[Rig]:
+async def rig(tmp_path: Path, recover: bool = True, boot: int = 1) -> AsyncIterator[Rig]:
     """hostd and bare NIC nodes; with `recover`, the NICs (holding no map) answer its probes."""
     config = load_default(tmp_path)
     net = MemoryNetwork()
@@ -81,7 +81,7 @@ async def rig(tmp_path: Path, recover: bool = True) -> AsyncIterator[Rig]:
     ctl = net.node("ctl")
     for node in (*nics.values(), ctl):
         await node.start()
-    daemon = HostDaemon(config, config.host("h1"), net.node("h1", config.endpoint("h1")))
+    daemon = HostDaemon(config, config.host("h1"), net.node("h1", config.endpoint("h1")), boot)
     task = asyncio.create_task(daemon.run())
     try:
         for node in (*nics.values(), ctl):
@@ -196,3 +196,18 @@ async def test_a_restarted_hosts_epochs_are_above_any_an_earlier_boot_issued(
     finally:
         daemon.stop()
         await asyncio.wait_for(task, DEADLINE)
+
+
+async def test_a_beat_echoing_an_earlier_boots_probe_is_no_answer_to_recovery(
+    tmp_path: Path,
+) -> None:
+    # NICs echo the highest probe they saw: the earlier boot's. The new daemon must not take
+    # that for an answer and end its recovery with no map (it took the config's map once).
+    async with rig(tmp_path, recover=False, boot=2) as r:
+        for nic in ("nic1", "nic2"):
+            r.nics[nic].send("h1", Heartbeat(nic, 9, 2, "up", probe=7))
+        await r.answer_probe("nic1", 2, [(v, "nic2", 100 + v) for v in range(1, 6)])
+        assert r.daemon.recovering  # nic2 has answered no probe of this boot
+        await r.answer_probe("nic2", 2, [(v, "nic2", 100 + v) for v in range(1, 6)])
+        await until_recovered(r.daemon)
+        assert {nic for _, nic, _ in r.daemon.fpag.entries()} == {"nic2"}
