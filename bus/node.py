@@ -4,8 +4,21 @@ Theory of operation: a node has one inbox (on ZeroMQ a ROUTER bound at its own e
 outgoing link per peer (a DEALER whose identity is the node's name), so every received message
 carries the sender's name. ``BaseNode`` owns everything above the socket: encoding, counting,
 fault injection (drop/partition on send and receive, delay on send with order kept), decoding
-untrusted bytes, and peer connect/disconnect events. A transport subclass supplies four
-non-blocking primitives: ``_transmit``, ``_drain``, ``_recv_one`` and ``_close_transport``.
+untrusted bytes, names of the connections into the inbox, and peer connect/disconnect events. A
+transport subclass supplies the non-blocking primitives ``_transmit``, ``_reply``, ``_drain`` and
+``_recv_one``, and reports the inbox's connections as ``Sender`` objects.
+
+Names: every connection into the inbox claims a name (on ZeroMQ the ``X-Name`` handshake property
+a bus node's DEALER sets, else the routing id a plain client chose), and a bus node claims its
+name the moment each of its connections comes up. The first connection heard under a name speaks
+for it for as long as that connection stays open: anything from another connection claiming the
+same name is refused (counted in ``identity_refused``, logged once per connection as
+``bus.identity.refused``), and ``reply`` reaches only the connection that speaks for the name.
+Once that connection is closed (the process exited or was killed), the next connection heard
+under the name takes it over; for the peers this node links to, each new speaker is logged as
+``bus.identity.claimed`` (a warning if that connection had been refused before: it waited for
+the peer to go). Nothing here tells a restarted process from another local process that claims
+the name first: that takes keys (CURVE on tcp).
 
 Peer events: callbacks registered with ``on_peer_connect`` / ``on_peer_disconnect`` run on the
 event loop with the peer's name when the link to that peer completes its handshake or drops
@@ -37,7 +50,6 @@ DEFAULT_HWM = 1000  # the ZeroMQ default, in messages
 DRAIN_BYTES = 512 * 1024
 LinkT = TypeVar("LinkT")
 PeerCallback = Callable[[str], None]
-RawMessage = list[bytes]  # [sender identity, payload]: what a ROUTER hands over
 
 
 class BusClosed(RuntimeError):
@@ -53,7 +65,30 @@ class BusStats:
     dropped_full: int = 0  # peer queue at its high-water mark, or no live connection yet
     dropped_unknown_peer: int = 0  # sent to a name never passed to connect()
     dropped_fault: int = 0  # dropped by fault injection, either direction
+    # Received from a connection claiming a name another open connection speaks for (its
+    # connect-time claim included): see "Names" in the module docstring.
+    identity_refused: int = 0
     malformed: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+
+@dataclass(eq=False, slots=True)
+class Sender:
+    """One connection into a node's inbox, as its transport knows it (see "Names" above).
+
+    ``claimed`` is the name it speaks as (None if it gave no valid one); ``route`` is how the
+    transport answers it (the ROUTER's routing id on ZeroMQ); ``facts`` are what the logs say of
+    it (on ipc the connecting process's pid and uid, from the kernel); ``closed`` is set once the
+    transport has seen the connection close.
+    """
+
+    claimed: str | None
+    route: object
+    facts: dict[str, object] = field(default_factory=dict)
+    closed: bool = False
+    refused: int = 0  # its messages refused so far; the first is logged
+
+
+RawMessage = tuple[Sender, list[bytes]]  # who sent it, and the message parts after the envelope
 
 
 class BaseNode(ABC, Generic[LinkT]):
@@ -76,6 +111,7 @@ class BaseNode(ABC, Generic[LinkT]):
         self.faults = FaultTable()
         self._links: dict[str, LinkT] = {}
         self._connected: set[str] = set()
+        self._speakers: dict[str, Sender] = {}  # name -> the open connection that speaks for it
         self._on_connect: list[PeerCallback] = []
         self._on_disconnect: list[PeerCallback] = []
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -106,11 +142,13 @@ class BaseNode(ABC, Generic[LinkT]):
     def reply(self, peer: str, msg: Message) -> bool:
         """Answer ``peer`` on our own inbox socket (it need not be bound: a control client).
 
-        False, counted as unknown peer, if no such peer is connected to us.
+        Only the connection that speaks for ``peer`` (see "Names") gets it, never another one
+        claiming the name. False, counted as unknown peer, if no connection speaks for it.
         """
         if self._closed:
             raise BusClosed(self.name)
-        if self._reply(peer, encode(msg)):
+        speaker = self._speakers.get(peer)
+        if speaker is not None and self._reply(speaker, encode(msg)):
             self.stats.sent += 1
             return True
         self.stats.dropped_unknown_peer += 1
@@ -135,7 +173,7 @@ class BaseNode(ABC, Generic[LinkT]):
                     if self._closed and task is not None and not task.cancelling():
                         raise BusClosed(self.name) from None  # closed under us, not cancelled
                     raise
-                raw = [first, *self._drain(max_messages - 1, DRAIN_BYTES - len(first[-1]))]
+                raw = [first, *self._drain(max_messages - 1, DRAIN_BYTES - _payload_size(first))]
             batch = [got for got in map(self._accept, raw) if got is not None]
             if batch:
                 return batch
@@ -190,12 +228,12 @@ class BaseNode(ABC, Generic[LinkT]):
         """Close everything (idempotent); pending and later receives raise ``BusClosed``."""
 
     @abstractmethod
-    @abstractmethod
-    def _reply(self, peer: str, data: bytes) -> bool:
-        """Send ``data`` back to ``peer`` over the inbox socket; False if it cannot go."""
-
     def _transmit(self, link: LinkT, data: bytes) -> bool:
         """Queue ``data`` on ``link`` without blocking; False if it would block."""
+
+    @abstractmethod
+    def _reply(self, sender: Sender, data: bytes) -> bool:
+        """Send ``data`` back to ``sender``'s connection over the inbox; False if it cannot go."""
 
     @abstractmethod
     def _drain(self, max_messages: int, max_bytes: int) -> list[RawMessage]:
@@ -246,9 +284,19 @@ class BaseNode(ABC, Generic[LinkT]):
         self._connected.discard(peer)
         self._notify(self._on_disconnect, peer)
 
+    def _sender_closed(self, sender: Sender) -> None:
+        """The transport saw ``sender``'s connection close: the name it spoke for is free."""
+        sender.closed = True
+        if sender.claimed is not None and self._speakers.get(sender.claimed) is sender:
+            del self._speakers[sender.claimed]
+
+    def _refresh_senders(self) -> None:
+        """Report inbox connections closed since last asked (for transports that learn late)."""
+
     def _mark_closed(self) -> None:
         """Forget links, timers and waiters; the subclass then closes its sockets."""
         self._closed = True
+        self._speakers.clear()
         for peer in list(self._links):
             self._remove_link(peer)
 
@@ -314,15 +362,17 @@ class BaseNode(ABC, Generic[LinkT]):
             del self._delayed[peer]
 
     def _accept(self, raw: RawMessage) -> tuple[str, Message] | None:
-        if len(raw) != 2:
+        sender, parts = raw
+        if len(parts) != 1:
             return self._malformed("?", "parts")
-        identity, payload = raw
-        try:
-            peer = identity.decode()
-        except UnicodeDecodeError:
-            peer = ""
-        if not peer or peer[0] == "\x00":  # ZeroMQ's anonymous ids start with NUL: not a node
+        peer = sender.claimed
+        if peer is None:  # ZeroMQ's anonymous ids, an invalid name: not a node
             return self._malformed("?", "identity")
+        if self._speakers.get(peer) is not sender and not self._admit(peer, sender):
+            return None
+        payload = parts[0]
+        if not payload:  # a connection's claim of its name (see "Names"): nothing to deliver
+            return None
         if self.faults.active and not self.faults.decide(peer, self._running_loop().time())[0]:
             self.stats.dropped_fault += 1
             return None
@@ -333,9 +383,47 @@ class BaseNode(ABC, Generic[LinkT]):
         self.stats.received += 1
         return peer, msg
 
+    def _admit(self, name: str, sender: Sender) -> bool:
+        """Whether ``sender`` may speak as ``name`` (it then speaks for it); counts a refusal."""
+        speaker = self._speakers.get(name)
+        if speaker is not None:
+            self._refresh_senders()  # its connection may have closed since we last heard
+            speaker = self._speakers.get(name)
+        if speaker is not None:
+            self.stats.identity_refused += 1
+            sender.refused += 1
+            if sender.refused == 1:  # once per connection: a flood cannot fill the logs
+                log.warning(
+                    "bus.identity.refused",
+                    node=self.name,
+                    claimed=name,
+                    conn=sender.facts,
+                    speaker=speaker.facts,
+                )
+            return False
+        if sender.closed:  # the last messages of a connection already gone: it speaks for none
+            return True
+        self._speakers[name] = sender
+        if sender.refused:  # it claimed the name while the peer was up, and outlived it
+            log.warning(
+                "bus.identity.claimed",
+                node=self.name,
+                claimed=name,
+                conn=sender.facts,
+                refused=sender.refused,
+            )
+        elif name in self._links:  # who speaks for each of our peers, after every restart
+            log.info("bus.identity.claimed", node=self.name, claimed=name, conn=sender.facts)
+        return True
+
     def _malformed(self, peer: str, reason: str) -> None:
         counts = self.stats.malformed
         count = counts[reason] = counts.get(reason, 0) + 1
         if count & (count - 1) == 0:  # log the 1st, 2nd, 4th, 8th...: a flood cannot fill logs
             log.warning("bus.drop.malformed", node=self.name, peer=peer, reason=reason, count=count)
         return None
+
+
+def _payload_size(raw: RawMessage) -> int:
+    parts = raw[1]
+    return len(parts[-1]) if parts else 0

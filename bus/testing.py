@@ -5,6 +5,11 @@ Messages are still encoded and decoded (so codec bugs show), links come up and g
 the same peer events (one loop iteration later, as a socket monitor would report them), sends
 before a link is up are dropped as with ``IMMEDIATE``, and each inbox holds ``hwm`` messages.
 
+Each time a link comes up it is a new connection into the target's inbox that claims the linking
+node's name at once, as a bus node's DEALER does; the target applies the same rules to names as
+on ZeroMQ (``bus.node``, "Names"), so a second live node linking under a name already heard is
+refused and counted there, and gets the name only once the first one's connection is closed.
+
     net = MemoryNetwork()
     host, nic1 = net.node("h1"), net.node("nic1")
     await host.start(); await nic1.start()
@@ -19,9 +24,31 @@ import asyncio
 import random
 from collections import deque
 
-from bus.node import DEFAULT_HWM, BaseNode, BusClosed, BusStats, RawMessage
+from bus.node import DEFAULT_HWM, BaseNode, BusClosed, BusStats, RawMessage, Sender
 
 __all__ = ["BusClosed", "BusStats", "MemoryNetwork", "MemoryNode", "Scripted"]
+
+_CLAIM = [b""]  # the parts of a connection's claim: an empty message, told apart by identity
+
+
+class _Connection:
+    """One link's connection from ``src`` into the inbox of ``dst``, the node bound at its end.
+
+    ``sender`` is how ``dst`` sees ``src`` (its ``route`` is this connection, for replies);
+    ``replies`` is how ``src`` sees the replies ``dst`` sends back on it.
+    """
+
+    __slots__ = ("dst", "replies", "sender", "src")
+
+    def __init__(self, src: MemoryNode, dst: MemoryNode) -> None:
+        self.src = src
+        self.dst = dst
+        self.sender = Sender(src.name, self, {"endpoint": src.endpoint})
+        self.replies = Sender(dst.name, None, {"endpoint": dst.endpoint})
+
+    def close(self) -> None:
+        self.dst._sender_closed(self.sender)
+        self.src._sender_closed(self.replies)
 
 
 class MemoryNode(BaseNode[tuple[str, str]]):
@@ -34,7 +61,8 @@ class MemoryNode(BaseNode[tuple[str, str]]):
         self._network = network
         self._inbox: deque[RawMessage] = deque()
         self._readable = asyncio.Event()
-        self._identity = name.encode()
+        self._claims = 0  # claims in the inbox, which the high-water mark does not count
+        self._conns: dict[str, _Connection] = {}  # peer -> the connection its link has up
 
     async def start(self) -> None:
         """Bind this node's endpoint; links other nodes opened to it come up."""
@@ -61,29 +89,29 @@ class MemoryNode(BaseNode[tuple[str, str]]):
     # -- transport hooks -------------------------------------------------------------------
 
     def _transmit(self, link: tuple[str, str], data: bytes) -> bool:
-        peer, endpoint = link
-        target = self._network._bound.get(endpoint)
+        peer, _ = link
+        conn = self._conns.get(peer)
         # Like IMMEDIATE: nothing is queued towards a peer whose link is not up (yet).
-        if target is None or peer not in self._connected or len(target._inbox) >= target.hwm:
+        if conn is None or peer not in self._connected:
             return False
-        target._inbox.append([self._identity, data])
-        target._readable.set()
-        return True
+        return conn.dst._deliver(conn.sender, data)
 
-    def _reply(self, peer: str, data: bytes) -> bool:
-        target = self._network._nodes.get(peer)
-        if target is None or target._closed or len(target._inbox) >= target.hwm:
+    def _reply(self, sender: Sender, data: bytes) -> bool:
+        conn = sender.route
+        if not isinstance(conn, _Connection) or sender.closed:
             return False
-        target._inbox.append([self._identity, data])
-        target._readable.set()
-        return True
+        # On ZeroMQ the answer reaches the linking node's DEALER; here its inbox, as coming
+        # from us over our own link to it if we have one (one connection speaks for us there).
+        ours = self._conns.get(conn.src.name)
+        back = ours.sender if ours is not None and ours.dst is conn.src else conn.replies
+        return conn.src._deliver(back, data)
 
     def _drain(self, max_messages: int, max_bytes: int) -> list[RawMessage]:
         inbox = self._inbox
         out: list[RawMessage] = []
         while inbox and len(out) < max_messages and max_bytes > 0:
-            out.append(inbox.popleft())
-            max_bytes -= len(out[-1][-1])
+            out.append(self._pop())
+            max_bytes -= len(out[-1][1][-1])
         return out
 
     async def _recv_one(self) -> RawMessage:
@@ -92,9 +120,30 @@ class MemoryNode(BaseNode[tuple[str, str]]):
             await self._readable.wait()
             if self._closed:
                 raise BusClosed(self.name)
-        return self._inbox.popleft()
+        return self._pop()
 
     # -- used by MemoryNetwork -------------------------------------------------------------
+
+    def _deliver(self, sender: Sender, data: bytes) -> bool:
+        if self._closed or len(self._inbox) - self._claims >= self.hwm:
+            return False
+        self._inbox.append((sender, [data]))
+        self._readable.set()
+        return True
+
+    def _deliver_claim(self, sender: Sender) -> None:
+        # Not held to the high-water mark: on ZeroMQ it is one tiny message, and counting it
+        # here would shift every inbox limit a test sets by one.
+        if not self._closed:
+            self._inbox.append((sender, _CLAIM))
+            self._claims += 1
+            self._readable.set()
+
+    def _pop(self) -> RawMessage:
+        raw = self._inbox.popleft()
+        if raw[1] is _CLAIM:
+            self._claims -= 1
+        return raw
 
     def _shutdown(self) -> None:
         if self._closed:
@@ -105,6 +154,7 @@ class MemoryNode(BaseNode[tuple[str, str]]):
             self._network._unlink(self, peer, endpoint)
         self._network._unbind(self)
         self._inbox.clear()
+        self._claims = 0
         self._readable.set()  # wake a pending recv_batch so it raises BusClosed
 
     def _schedule(self, up: bool, peer: str) -> None:
@@ -113,25 +163,32 @@ class MemoryNode(BaseNode[tuple[str, str]]):
 
 
 class MemoryNetwork:
-    """Endpoints and links of in-memory nodes; ``kill(name)`` simulates a process crash."""
+    """Endpoints and links of in-memory nodes; ``kill(name)`` simulates a process crash.
+
+    Several live nodes may share a name (a test's impostor): the network does not stop them,
+    the nodes they link to do (see the module docstring).
+    """
 
     def __init__(self) -> None:
-        self._nodes: dict[str, MemoryNode] = {}
+        self._nodes: dict[str, list[MemoryNode]] = {}
         self._bound: dict[str, MemoryNode] = {}
         self._links: dict[str, set[tuple[MemoryNode, str]]] = {}  # endpoint -> (node, peer)
 
     def node(self, name: str, endpoint: str | None = None, *, hwm: int = DEFAULT_HWM) -> MemoryNode:
         """Create a node named ``name``, bound (once started) at ``endpoint`` or ``mem://name``."""
-        current = self._nodes.get(name)
-        if current is not None and not current._closed:
-            raise ValueError(f"a live node named {name!r} exists")
         node = MemoryNode(name, endpoint or f"mem://{name}", self, hwm=hwm)
-        self._nodes[name] = node
+        live = [other for other in self._nodes.get(name, []) if not other._closed]
+        self._nodes[name] = [*live, node]
         return node
 
+    def nodes(self) -> list[MemoryNode]:
+        """Every node made that is not closed yet."""
+        return [node for made in self._nodes.values() for node in made if not node._closed]
+
     def kill(self, name: str) -> None:
-        """Crash node ``name`` at once: unbound, inbox lost, peers told it disconnected."""
-        self._nodes[name]._shutdown()
+        """Crash every node named ``name`` at once: unbound, inbox lost, peers told."""
+        for node in self._nodes[name]:
+            node._shutdown()
 
     def _bind(self, node: MemoryNode) -> None:
         current = self._bound.get(node.endpoint)
@@ -139,21 +196,33 @@ class MemoryNetwork:
             raise OSError(f"endpoint {node.endpoint} already bound by {current.name}")
         self._bound[node.endpoint] = node
         for linked, peer in self._links.get(node.endpoint, ()):
-            linked._schedule(True, peer)
+            self._open(linked, peer, node)
 
     def _unbind(self, node: MemoryNode) -> None:
         if self._bound.get(node.endpoint) is node:
             del self._bound[node.endpoint]
             for linked, peer in self._links.get(node.endpoint, ()):
+                conn = linked._conns.pop(peer, None)
+                if conn is not None:
+                    conn.close()
                 linked._schedule(False, peer)
 
     def _link(self, node: MemoryNode, peer: str, endpoint: str) -> None:
         self._links.setdefault(endpoint, set()).add((node, peer))
-        if endpoint in self._bound:
-            node._schedule(True, peer)
+        target = self._bound.get(endpoint)
+        if target is not None:
+            self._open(node, peer, target)
 
     def _unlink(self, node: MemoryNode, peer: str, endpoint: str) -> None:
         self._links.get(endpoint, set()).discard((node, peer))
+        conn = node._conns.pop(peer, None)
+        if conn is not None:
+            conn.close()  # at once, as the kernel closes a dead process's sockets
+
+    def _open(self, node: MemoryNode, peer: str, target: MemoryNode) -> None:
+        conn = node._conns[peer] = _Connection(node, target)
+        target._deliver_claim(conn.sender)  # as a bus node's DEALER does on each handshake
+        node._schedule(True, peer)
 
 
 class Scripted(random.Random):

@@ -7,11 +7,30 @@ Socket choices (libzmq docs, pyzmq source):
 - The ZeroMQ fd is edge-triggered: ``recv_batch`` awaits one message on the asyncio ROUTER, then
   drains with synchronous ``NOBLOCK`` reads until ``Again`` (one awaited recv per message is
   about ten times slower).
-- ``LINGER=0`` on every socket so close never blocks on unsent data; ``ROUTER_HANDOVER`` so a
-  restarted peer that reconnects under the same name replaces its dead connection;
-  ``MAXMSGSIZE`` disconnects a peer sending more than the codec accepts, before we allocate it.
+- ``LINGER=0`` on every socket so close never blocks on unsent data; ``MAXMSGSIZE`` disconnects
+  a peer sending more than the codec accepts, before we allocate it.
 - Disconnects come from a socket monitor (``EVENT_DISCONNECTED``) on each DEALER; the link is up
   from ``EVENT_HANDSHAKE_SUCCEEDED``, which is when ``IMMEDIATE`` starts accepting messages.
+
+Names (the policy is ``BaseNode``'s, "Names"; libzmq 4.3 ``router.cpp``, ``identify_peer``):
+- With ``ROUTER_HANDOVER`` a second connection under a routing id in use takes the id over and
+  the first one's pipe is renamed and terminated while its TCP/unix connection stays up: the
+  real peer is cut off for good and never told. Without it, the second connection's routing id
+  frame is read and dropped and its pipe is parked as anonymous, never read again (even after
+  the first one leaves) and reported by nothing: no monitor event, and ``ROUTER_NOTIFY`` is a
+  draft option (EINVAL in this build) whose notice would sit unread in that parked pipe too.
+- So a bus node's DEALER sets no routing id: the ROUTER gives each connection its own, and the
+  name travels as the ``X-Name`` handshake property (``ZMQ_METADATA``), which every received
+  message carries. The inbox sees every connection and its claim, and decides itself. A plain
+  client (the control client) that sets a routing id claims that id. ``ROUTER_HANDOVER`` stays
+  off, so two connections that set one routing id still cannot take each other's route (the
+  second is parked by libzmq, unseen).
+- Which connection a message came from, and when it closed: each message's metadata has the
+  connection's fd (``ZMQ_SRCFD``) and ``Peer-Address`` (on ipc with the kernel's
+  ``SO_PEERCRED`` uid, gid and pid appended); a monitor on the ROUTER reports ``ACCEPTED`` and
+  ``DISCONNECTED`` with the fd. libzmq emits ``DISCONNECTED`` before it closes the fd, so read
+  in order the events say which connection holds each fd; they are read up to date before any
+  decision that depends on them.
 - With ``curve`` keys, tcp endpoints use CURVE: the ROUTER is a CURVE server whose ZAP handler
   (``AsyncioAuthenticator``, one per context, so the node owns its context) admits only keys in
   the key directory, under the ``ZAP_DOMAIN`` domain; a DEALER to a tcp peer is a CURVE client
@@ -23,6 +42,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
+import struct
 from pathlib import Path
 
 import structlog
@@ -33,7 +54,8 @@ from zmq.utils.monitor import parse_monitor_message
 
 from bus.codec import MAX_MESSAGE_BYTES
 from bus.curve import ZAP_DOMAIN, CurveKeys
-from bus.node import DEFAULT_HWM, BaseNode, BusClosed, BusStats, RawMessage
+from bus.messages import InvalidField, check_name
+from bus.node import DEFAULT_HWM, BaseNode, BusClosed, BusStats, RawMessage, Sender
 
 __all__ = ["BusClosed", "BusNode", "BusStats", "ipc_path"]
 
@@ -42,6 +64,9 @@ log = structlog.get_logger(__name__)
 _MONITOR_EVENTS = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
+_INBOX_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+NAME_PROPERTY = "X-Name"  # the handshake property a bus node's connections claim its name with
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _MAX_IPC_PATH = 107  # sun_path is 108 bytes on Linux, including the NUL
 
 
@@ -55,13 +80,17 @@ def ipc_path(endpoint: str) -> Path | None:
 class _Link:
     """One outgoing connection: the DEALER, its sync shadow for sends, its monitor task."""
 
-    __slots__ = ("dealer", "monitor", "sender", "task")
+    __slots__ = ("dealer", "monitor", "sender", "task", "up")
 
     def __init__(self, dealer: zmq.asyncio.Socket, monitor: zmq.asyncio.Socket) -> None:
         self.dealer = dealer
         self.monitor = monitor
         self.sender = zmq.Socket.shadow(dealer.underlying)  # non-blocking sends without futures
         self.task: asyncio.Task[None] | None = None
+        # As the monitor last said. libzmq alone is not enough: a send within about 1 ms of the
+        # previous one skips its pending commands, so it can still queue into a pipe whose
+        # connection is gone (and the message is lost, not counted).
+        self.up = False
 
 
 class BusNode(BaseNode[_Link]):
@@ -94,6 +123,12 @@ class BusNode(BaseNode[_Link]):
         self._ipc_inode: int | None = None
         self._curve = curve
         self._auth: AsyncioAuthenticator | None = None
+        self._ipc = bind_endpoint.startswith("ipc://")
+        self._events: zmq.asyncio.Socket | None = None  # the ROUTER's monitor
+        self._event_reader: zmq.Socket[bytes] | None = None
+        self._events_task: asyncio.Task[None] | None = None
+        self._open: dict[int, list[Sender]] = {}  # fd -> senders heard on its open connection
+        self._senders: dict[bytes, Sender] = {}  # routing id -> its sender, while open
 
     async def start(self) -> None:
         """Bind the ROUTER inbox (creating an ipc socket's parent directories)."""
@@ -109,7 +144,7 @@ class BusNode(BaseNode[_Link]):
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.RCVHWM, self.hwm)
         router.setsockopt(zmq.SNDHWM, self.hwm)
-        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        router.setsockopt(zmq.ROUTER_HANDOVER, 0)  # never hand a routing id in use over
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # reply() to an unknown peer fails loudly
         router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         if self._curve is not None and _is_tcp(self.bind_endpoint):
@@ -121,6 +156,9 @@ class BusNode(BaseNode[_Link]):
             router.setsockopt(zmq.CURVE_SERVER, 1)
             router.setsockopt(zmq.CURVE_PUBLICKEY, public)
             router.setsockopt(zmq.CURVE_SECRETKEY, secret)
+        # Monitored before bind, so no connection is accepted unseen.
+        self._events = router.get_monitor_socket(_INBOX_EVENTS)
+        self._event_reader = zmq.Socket.shadow(self._events.underlying)
         path = ipc_path(self.bind_endpoint)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +167,9 @@ class BusNode(BaseNode[_Link]):
         if path is not None:
             self._ipc_inode = path.stat().st_ino
         self._receiver = zmq.Socket.shadow(router.underlying)
+        self._events_task = asyncio.create_task(
+            self._watch_inbox(self._events), name=f"bus-inbox-{self.name}"
+        )
 
     def connect(self, peer: str, endpoint: str) -> None:
         """Open the link to ``peer`` at ``endpoint``; it comes up asynchronously (see events)."""
@@ -138,7 +179,8 @@ class BusNode(BaseNode[_Link]):
             raise RuntimeError("start() the node before connect()")
         dealer = self._ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
-        dealer.setsockopt(zmq.IDENTITY, self.name.encode())
+        # No routing id (see "Names"): the peer's ROUTER gives each connection its own.
+        dealer.setsockopt(zmq.METADATA, f"{NAME_PROPERTY}:{self.name}".encode())
         dealer.setsockopt(zmq.IMMEDIATE, 1)
         dealer.setsockopt(zmq.SNDHWM, self.hwm)
         dealer.setsockopt(zmq.RCVHWM, self.hwm)
@@ -156,7 +198,7 @@ class BusNode(BaseNode[_Link]):
             _close_link(link)
             raise
         dealer.connect(endpoint)
-        link.task = asyncio.create_task(self._watch(peer, monitor), name=f"bus-monitor-{peer}")
+        link.task = asyncio.create_task(self._watch(peer, link), name=f"bus-monitor-{peer}")
 
     def disconnect(self, peer: str) -> None:
         """Close the link to ``peer``; later sends to it count as unknown peer."""
@@ -173,9 +215,18 @@ class BusNode(BaseNode[_Link]):
         tasks = [link.task for link in links if link.task is not None]
         for link in links:
             _close_link(link)
+        if self._events_task is not None:
+            self._events_task.cancel()
+            tasks.append(self._events_task)
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._router is not None:
+            if self._events is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    self._router.disable_monitor()
+                self._events.close(linger=0)
             self._router.close(linger=0)
+        self._open.clear()
+        self._senders.clear()
         if self._auth is not None:
             self._auth.stop()
         if self._own_context and self._ctx is not None:
@@ -185,19 +236,21 @@ class BusNode(BaseNode[_Link]):
     # -- transport hooks -------------------------------------------------------------------
 
     def _transmit(self, link: _Link, data: bytes) -> bool:
+        if not link.up:
+            return False
         try:
             link.sender.send(data, zmq.DONTWAIT, copy=False)
         except zmq.Again:
             return False
         return True
 
-    def _reply(self, peer: str, data: bytes) -> bool:
+    def _reply(self, sender: Sender, data: bytes) -> bool:
         receiver = self._receiver
-        if receiver is None:
+        if receiver is None or not isinstance(sender.route, bytes):
             return False
         try:
-            receiver.send_multipart([peer.encode(), data], zmq.DONTWAIT, copy=False)
-        except zmq.ZMQError:  # EHOSTUNREACH (unknown peer, ROUTER_MANDATORY) or Again (full)
+            receiver.send_multipart([sender.route, data], zmq.DONTWAIT, copy=False)
+        except zmq.ZMQError:  # EHOSTUNREACH (gone, ROUTER_MANDATORY) or Again (full)
             return False
         return True
 
@@ -208,28 +261,119 @@ class BusNode(BaseNode[_Link]):
         out: list[RawMessage] = []
         while len(out) < max_messages and max_bytes > 0:
             try:
-                msg = receiver.recv_multipart(zmq.NOBLOCK)
+                envelope = receiver.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            out.append(msg)
-            max_bytes -= len(msg[-1])
+            raw = self._take(envelope)
+            out.append(raw)
+            max_bytes -= len(raw[1][-1]) if raw[1] else 0
         return out
 
     async def _recv_one(self) -> RawMessage:
         assert self._router is not None  # _drain checked start() already
-        return await self._router.recv_multipart()
+        return self._take(await self._router.recv(copy=False))
+
+    def _refresh_senders(self) -> None:
+        reader = self._event_reader
+        if reader is None or self._closed:
+            return
+        while True:
+            try:
+                event = reader.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:  # Again: up to date (or the monitor closed: the node is closing)
+                return
+            self._on_inbox_event(event)
 
     # -- internals -------------------------------------------------------------------------
 
-    async def _watch(self, peer: str, monitor: zmq.asyncio.Socket) -> None:
+    def _take(self, envelope: zmq.Frame) -> RawMessage:
+        """The rest of the message ``envelope`` (its routing id) starts, and who sent it."""
+        assert self._receiver is not None
+        parts: list[bytes] = []
+        frame = envelope
+        while frame.more:  # the parts of one message arrive together: no waiting here
+            frame = self._receiver.recv(zmq.NOBLOCK, copy=False)
+            parts.append(frame.bytes)
+        route = envelope.bytes
+        sender = self._senders.get(route)
+        if sender is None:
+            sender = self._identify(route, envelope)
+        return sender, parts
+
+    def _identify(self, route: bytes, frame: zmq.Frame) -> Sender:
+        """A ``Sender`` for a connection heard from for the first time, from its metadata."""
+        self._refresh_senders()  # its connection's ACCEPTED was emitted before its messages
+        claimed = _property(frame, NAME_PROPERTY)
+        if claimed is None and route[:1] not in (b"", b"\x00"):  # a routing id it chose itself
+            with contextlib.suppress(UnicodeDecodeError):
+                claimed = route.decode()
+        if claimed is not None:
+            try:
+                check_name("name", claimed)
+            except InvalidField:
+                claimed = None
+        fd = _source_fd(frame)
+        facts: dict[str, object] = {"fd": fd}
+        address = _property(frame, "Peer-Address") or ""
+        pid: int | None = None
+        if self._ipc:  # "<address>:<uid>:<gid>:<pid>", from SO_PEERCRED when it was accepted
+            _, uid, _, pid_field = (":::" + address).rsplit(":", 3)
+            if uid.isdigit() and pid_field.isdigit():
+                pid = int(pid_field)
+                facts |= {"pid": pid, "uid": int(uid)}
+        else:
+            facts["address"] = address
+        senders = self._open.get(fd) if fd is not None else None
+        # Its first message can be read after its connection closed and another took the fd:
+        # the kernel says whose the fd is now (ipc; tcp has no such check until CURVE).
+        if senders is not None and pid is not None and fd is not None and _peer_pid(fd) != pid:
+            senders = None
+        sender = Sender(claimed, route, facts, closed=senders is None)
+        if senders is not None:
+            senders.append(sender)
+            self._senders[route] = sender
+        return sender
+
+    def _on_inbox_event(self, event: list[bytes]) -> None:
+        parsed = parse_monitor_message(event)
+        fd = int(parsed["value"])
+        if parsed["event"] == zmq.EVENT_ACCEPTED:
+            gone = self._open.get(fd)  # its DISCONNECTED never came (libzmq closed it quietly)
+            self._open[fd] = []
+        else:
+            gone = self._open.pop(fd, None)
+        for sender in gone or ():
+            route = sender.route
+            if isinstance(route, bytes) and self._senders.get(route) is sender:
+                del self._senders[route]
+            self._sender_closed(sender)
+
+    async def _watch_inbox(self, events: zmq.asyncio.Socket) -> None:
+        # Keeps names freed and the fd table small while nothing is received. It only waits:
+        # an awaited recv would take an event off the socket in a loop callback, out of sight
+        # of a _refresh_senders() that runs before this task resumes.
         while True:
             try:
-                event = parse_monitor_message(await monitor.recv_multipart())["event"]
+                await events.poll()
+            except zmq.ZMQError:
+                return  # closed under us: the node is closing
+            self._refresh_senders()
+
+    async def _watch(self, peer: str, link: _Link) -> None:
+        while True:
+            try:
+                event = parse_monitor_message(await link.monitor.recv_multipart())["event"]
             except zmq.ZMQError:
                 return  # the monitor socket was closed under us: the link is going away
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                # Claim our name on the new connection at once (an empty message), so that a
+                # connection claiming it later is refused even while we have nothing to say.
+                with contextlib.suppress(zmq.Again):
+                    link.sender.send(b"", zmq.DONTWAIT)
+                link.up = True
                 self._peer_up(peer)
             elif event == zmq.EVENT_DISCONNECTED:
+                link.up = False
                 self._peer_down(peer)
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 log.warning("bus.auth.failed", node=self.name, peer=peer)
@@ -246,6 +390,36 @@ class BusNode(BaseNode[_Link]):
 
 def _is_tcp(endpoint: str) -> bool:
     return endpoint.startswith("tcp://")
+
+
+def _property(frame: zmq.Frame, name: str) -> str | None:
+    """A metadata property of a received message, None if it has none (or not UTF-8)."""
+    try:
+        return frame.get(name)
+    except (zmq.ZMQError, UnicodeDecodeError):
+        return None
+
+
+def _source_fd(frame: zmq.Frame) -> int | None:
+    """The fd of the connection a message came in on (deprecated in libzmq, still there)."""
+    try:
+        fd = frame.get(zmq.SRCFD)
+    except zmq.ZMQError:
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _peer_pid(fd: int) -> int | None:
+    """The pid the kernel recorded for the unix socket at ``fd`` (None: gone, or not one)."""
+    try:
+        # fromfd dups: libzmq keeps its own fd, and closing ours leaves the connection alone.
+        with socket.fromfd(fd, socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            pid, _, _ = _UCRED.unpack(
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+            )
+    except OSError:
+        return None
+    return int(pid)
 
 
 def _close_link(link: _Link) -> None:

@@ -654,6 +654,7 @@ class NicWorker:
             "received": bus.received,
             "dropped_full": bus.dropped_full,
             "dropped_unknown_peer": bus.dropped_unknown_peer,
+            "identity_refused": bus.identity_refused,
             "malformed": dict(bus.malformed),
         }
         p = self.pipeline

@@ -6,7 +6,7 @@ Waiting is always an awaited condition under ``asyncio.wait_for``; nothing sleep
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,12 +43,14 @@ class Harness:
             return f"mem://{name}"
         return f"ipc://{self.tmp_path}/{name}.sock"
 
-    async def node(self, name: str, **kwargs: int) -> Node:
+    async def node(self, name: str, endpoint: str | None = None, **kwargs: int) -> Node:
+        """A started node ``name``, bound at ``endpoint`` (by default its own)."""
         node: Node
+        endpoint = endpoint or self.endpoint(name)
         if self.kind == "memory":
-            node = self.network.node(name, self.endpoint(name), **kwargs)
+            node = self.network.node(name, endpoint, **kwargs)
         else:
-            node = BusNode(name, self.endpoint(name), **kwargs)
+            node = BusNode(name, endpoint, **kwargs)
         self.nodes.append(node)
         await node.start()
         return node
@@ -79,6 +81,17 @@ async def receive(
     while sum(map(len, batches)) < count:
         batches.append(await within(node.recv_batch(max_messages)))
     return batches
+
+
+async def pump(src: Node, dst: Node, until: Callable[[], bool] = lambda: True) -> None:
+    """Send ``src`` -> ``dst`` one Hello at a time until ``until()``; each must arrive as
+    ``src``'s, and be the only thing that does. Wrap in ``within``."""
+    hello = Hello(src.name, "nic")
+    while True:
+        assert src.send(dst.name, hello)
+        assert await within(dst.recv_batch()) == [(src.name, hello)]
+        if until():
+            return
 
 
 def seqs(batches: list[Batch]) -> list[int]:
@@ -240,3 +253,29 @@ async def test_a_receive_batch_stops_at_its_byte_budget(bus: Harness) -> None:
     # however many have arrived.
     assert sum(map(len, batches)) == 6
     assert max(map(len, batches)) <= 2
+
+
+async def test_a_second_node_under_a_live_name_is_refused(bus: Harness) -> None:
+    host, nic1 = await bus.node("h1"), await bus.node("nic1")
+    await bus.link(nic1, host)
+    await within(pump(nic1, host))  # h1 has heard nic1: that connection speaks for "nic1"
+    impostor = await bus.node("nic1", endpoint=bus.endpoint("impostor"))
+    with structlog.testing.capture_logs() as logs:
+        await bus.link(impostor, host)  # its link comes up like any other...
+        assert impostor.send("h1", Hello("nic1", "impostor"))
+        # ...but h1 refuses its connection's claim and its message, and still hears nic1.
+        await within(pump(nic1, host, until=lambda: host.stats.identity_refused == 2))
+    refused = [(e["node"], e["claimed"]) for e in logs if e["event"] == "bus.identity.refused"]
+    assert refused == [("h1", "nic1")]  # once per connection
+    assert host.stats.malformed == {}
+
+
+async def test_the_name_is_free_once_its_connection_is_closed(bus: Harness) -> None:
+    host, nic1 = await bus.node("h1"), await bus.node("nic1")
+    await bus.link(nic1, host)
+    await within(pump(nic1, host))
+    await nic1.close()  # as a crash closes its sockets
+    again = await bus.node("nic1")  # restarted, under the same name and endpoint
+    await bus.link(again, host)
+    await within(pump(again, host))
+    assert host.stats.identity_refused == 0

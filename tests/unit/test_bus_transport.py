@@ -14,7 +14,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from bus.codec import encode
 from bus.curve import generate_keys
-from bus.messages import Hello
+from bus.messages import ControlReply, Hello
 from bus.node import BaseNode, BusClosed
 from bus.testing import MemoryNetwork, MemoryNode
 from bus.transport import BusNode
@@ -129,7 +129,7 @@ async def test_bad_envelopes_are_counted(nodes: list[BusNode], tmp_path: Path) -
 async def net() -> AsyncIterator[MemoryNetwork]:
     network = MemoryNetwork()
     yield network
-    for node in list(network._nodes.values()):
+    for node in network.nodes():
         await node.close()
 
 
@@ -164,8 +164,11 @@ async def test_memory_inbox_high_water_mark(net: MemoryNetwork) -> None:
 async def test_memory_endpoint_and_name_rules(net: MemoryNetwork) -> None:
     a = net.node("a")
     await a.start()
-    with pytest.raises(ValueError, match="live node"):
-        net.node("a")
+    # A second live node may take a name in use (an impostor: its peers refuse it, the network
+    # does not), but not an endpoint in use.
+    again = net.node("a", endpoint="mem://elsewhere")
+    await again.start()
+    assert net.nodes() == [a, again]
     b = net.node("b", endpoint=a.endpoint)
     with pytest.raises(OSError, match="already bound"):
         await b.start()
@@ -173,6 +176,24 @@ async def test_memory_endpoint_and_name_rules(net: MemoryNetwork) -> None:
         with pytest.raises(ValueError, match="bad node name"):
             net.node(bad)
     assert isinstance(a, BaseNode)
+
+
+async def test_memory_reply_reaches_the_speaker_not_an_impostor(net: MemoryNetwork) -> None:
+    host, nic1 = net.node("h1"), net.node("nic1")
+    impostor = net.node("nic1", endpoint="mem://impostor")
+    for node in (host, nic1, impostor):
+        await node.start()
+    for node in (nic1, impostor):
+        node.connect("h1", host.endpoint)
+        await within(node.wait_connected("h1"))
+        assert node.send("h1", Hello("nic1", "nic" if node is nic1 else "impostor"))
+    # In order, as one inbox: nic1's claim and hello, then the impostor's, refused.
+    assert await within(host.recv_batch()) == [("nic1", Hello("nic1", "nic"))]
+    assert host.stats.identity_refused == 2
+    answer = ControlReply(1, True, {}, "")
+    assert host.reply("nic1", answer)
+    assert await within(nic1.recv_batch()) == [("h1", answer)]
+    assert not impostor._inbox
 
 
 # -- CURVE on tcp -------------------------------------------------------------------------------
