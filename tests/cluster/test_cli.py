@@ -24,6 +24,11 @@ pytestmark = pytest.mark.cluster
 
 def test_status_map_and_conntrack_read_the_running_cluster(cluster: Cluster) -> None:
     c = cluster
+    # The workload starts once the host knows its map: give it its first connections.
+    wait_for(
+        "connections on both NICs",
+        lambda: all(c.control(n, "stats")["conntrack"] >= 1 for n in ("nic1", "nic2")),
+    )
     st = json.loads(nicteam(c, "status", "--json"))
     nics = {n["name"]: n for n in st["nics"]}
     assert set(nics) == {"nic1", "nic2"}
