@@ -118,6 +118,11 @@ class HostDaemon:
         self.recovering = True
         self._recovered: tuple[int, str, list[tuple[int, str, int]]] | None = None
         self._recover_from = self.supervisor.probe_seq + 1  # the first probe of this recovery
+        # Each NIC's answer: the epoch its answering heartbeat named, and the newest map it sent.
+        # An answer counts once its map is in (a reply can overtake a map the NIC sent before
+        # its link to us was up, which the bus drops).
+        self._answers: dict[str, int] = {}
+        self._maps: dict[str, int] = {}
         self._recover_until = 0.0
         self.dropped_recovering = 0
         self._started = False  # the workload starts after the first recovery
@@ -263,6 +268,8 @@ class HostDaemon:
         if msg.epoch > self.fpag.epoch and not self.recovering:
             self._begin_recovery()  # a NIC holds a newer map than ours: learn it first
         if self.recovering:
+            if msg.probe >= self._recover_from:
+                self._answers[peer] = msg.epoch
             self._recover(probe=False)  # done once every NIC has answered
             return
         if msg.state == "up" and peer in self.supervisor.down:
@@ -348,6 +355,8 @@ class HostDaemon:
     def _begin_recovery(self) -> None:
         self.recovering = True
         self._recover_from = self.supervisor.probe_seq + 1
+        self._answers.clear()
+        self._maps.clear()
         self._recover_until = self.now() + RECOVER_WAIT_S
         self.log.info("host.recover.start", epoch=self.fpag.epoch, boot=self.boot)
         self._recover()
@@ -356,6 +365,7 @@ class HostDaemon:
         """A NIC's answer to a recovery probe: the map it holds."""
         if peer not in self.fpag.nics or not self.recovering:
             return
+        self._maps[peer] = max(msg.epoch, self._maps.get(peer, 0))
         if self._recovered is None or msg.epoch > self._recovered[0]:
             self._recovered = (msg.epoch, peer, list(msg.entries))
 
@@ -363,17 +373,25 @@ class HostDaemon:
         """Probe every NIC for its map until each has answered (or the wait is over)."""
         if not self.recovering:
             return
-        waiting = self.supervisor.silent_since(self._recover_from)
+        waiting = self._unanswered()
         now = self.now()
         if self.boot > 1 and now >= self._recover_until - RECOVER_WAIT_S + RECOVER_LINK_S:
             # A restart: a NIC we cannot even connect to by now is dead, not slow to boot.
             waiting = [n for n in waiting if self.node.is_connected(n)]
         if not waiting or now >= self._recover_until:
-            self._end_recovery(self.supervisor.silent_since(self._recover_from))
+            self._end_recovery(self._unanswered())
         elif probe:
             seq = self.supervisor.next_probe()
             for nic in waiting:
                 self.node.send(nic, Probe(self.spec.name, seq, want_map=True))
+
+    def _unanswered(self) -> list[str]:
+        """NICs that have not answered this recovery, map included (none held counts too)."""
+        return [
+            n
+            for n in self.fpag.nics
+            if n not in self._answers or self._maps.get(n, 0) < self._answers[n]
+        ]
 
     def _end_recovery(self, silent: list[str]) -> None:
         self.recovering = False

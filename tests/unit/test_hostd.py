@@ -211,3 +211,17 @@ async def test_a_beat_echoing_an_earlier_boots_probe_is_no_answer_to_recovery(
         await r.answer_probe("nic2", 2, [(v, "nic2", 100 + v) for v in range(1, 6)])
         await until_recovered(r.daemon)
         assert {nic for _, nic, _ in r.daemon.fpag.entries()} == {"nic2"}
+
+
+async def test_an_answer_whose_map_was_lost_is_asked_again(tmp_path: Path) -> None:
+    # A NIC answers a probe before its link to the restarted host is up: the map it sent
+    # first is dropped, the heartbeat after it arrives. The host must ask again, not recover
+    # with no map (it took the config's once).
+    async with rig(tmp_path, recover=False, boot=2) as r:
+        moved = [(v, "nic2", 100 + v) for v in range(1, 6)]
+        probe = await r.received("nic1", Probe)
+        r.nics["nic1"].send("h1", Heartbeat("nic1", 3, 5, "up", probe=probe.seq))  # no map
+        await r.answer_probe("nic2", 5, moved)
+        await r.answer_probe("nic1", 5, moved)  # asked again: this time the map arrives
+        await until_recovered(r.daemon)
+        assert r.daemon.fpag.entries() == moved
