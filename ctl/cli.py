@@ -7,6 +7,7 @@ config and run directory the cluster was launched with (``--config``, ``NICTEAM_
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -24,9 +25,11 @@ from ctl import summary, top
 from ctl.capture import as_dict as capture_dict
 from ctl.capture import capture
 from ctl.chaos import Chaos, ChaosError, note
+from ctl.checker import check_logs, format_verdict
 from ctl.client import ControlError, control
-from ctl.cluster import NotReady, wait_for
+from ctl.cluster import NotReady, procfile, wait_for
 from ctl.migrate import format_migrate, migrate
+from ctl.nemesis import DEFAULT_FAULTS, KINDS, Topology, parse_faults, plan, run_and_check
 from ctl.pcap import PcapWriter
 from ctl.pcap import summary as pcap_summary
 from ctl.plot import plot
@@ -34,7 +37,15 @@ from ctl.progress import Update, progress
 from ctl.report import format_report, report
 from ctl.session import SessionError, down, launched_config, selftest, up, wait_up
 from ctl.verify import format_pairs, verify
-from ctl.views import format_conntrack, format_flows, format_map, format_status, status, vpid_map
+from ctl.views import (
+    format_conntrack,
+    format_flows,
+    format_map,
+    format_status,
+    status,
+    unreachable,
+    vpid_map,
+)
 from nicd.datapath.teaming import TeamPolicy
 from nicd.datapath.trace import format_trace
 
@@ -242,6 +253,10 @@ def status_command(obj: Context, as_json: bool) -> None:
     """Hosts, NICs (up/resyncing/fenced/down), their team uplinks, epoch, VPIDs, conntrack."""
     st = status(obj.config)
     _emit(st, as_json, format_status(st))
+    why = unreachable(obj.config, st)
+    if why is not None:
+        click.echo(f"Error: {why}", err=True)
+        sys.exit(1)
 
 
 @main.command("top")
@@ -384,7 +399,7 @@ def report_command(obj: Context, logs: Path, as_json: bool, plot_to: Path | None
     """How each fault in a run's logs went: timeline, frames lost, connections reset."""
     if not any(logs.glob("*.jsonl")):
         raise click.ClickException(f"{logs}: no *.jsonl logs here (give RUNDIR/logs)")
-    rep = report(logs)
+    rep = report(logs, obj.config)
     _emit(rep, as_json, format_report(rep))
     if plot_to is not None:
         try:
@@ -475,6 +490,78 @@ def down_command(obj: Context) -> None:
         click.echo(f"cluster in {obj.run_dir} stopped ({n} processes)")
     else:
         click.echo(f"no cluster running in {obj.run_dir}")
+
+
+@main.group("chaos")
+def chaos_group() -> None:
+    """Seeded random faults against the running cluster (a nemesis), and a checker's verdict."""
+
+
+@chaos_group.command("run")
+@click.option("--seconds", type=click.FloatRange(1.0, 86400.0), default=60.0, show_default=True,
+              help="How long to play faults.")  # fmt: skip
+@click.option("--seed", type=click.IntRange(0), help="The schedule's seed [default: random].")
+@click.option("--faults", default=",".join(DEFAULT_FAULTS), show_default=True,
+              help=f"Fault kinds, comma-separated, from {','.join(KINDS)}.")  # fmt: skip
+@click.option("--quiet-timeout", type=click.FloatRange(1.0, 600.0), default=60.0,
+              show_default=True, help="Seconds to wait for the cluster to settle.")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="Print the schedule only; inject nothing.")
+@click.option("--json", "as_json", is_flag=True, help="The verdict as JSON.")
+@click.pass_obj
+def chaos_run_command(
+    obj: Context, seconds: float, seed: int | None, faults: str, quiet_timeout: float,
+    dry_run: bool, as_json: bool,
+) -> None:  # fmt: skip
+    """Play faults from a seeded schedule, heal, wait for quiet, judge; exit 1 if invalid.
+
+    Kills (kill2: two NICs of a host in one instant), pauses, partitions of the private
+    channel, cable pulls, migrates, host-daemon pauses and kills, overlapping on purpose.
+    The same --seed, --seconds and --faults play the same schedule again.
+    """
+    try:
+        kinds = parse_faults(faults)
+    except ValueError as e:
+        raise click.ClickException(f"--faults: {e}") from None
+    seed = secrets.randbelow(1_000_000) if seed is None else seed
+    if dry_run:
+        for step in plan(seed, seconds, kinds, Topology.from_config(obj.config)):
+            click.echo(str(step))
+        return
+    click.echo(f"chaos: seed {seed}", err=True)
+    try:
+        verdict = run_and_check(obj.config, seed, seconds, kinds, quiet_timeout,
+                                lambda line: click.echo(f"chaos: {line}", err=True))  # fmt: skip
+    except (ChaosError, ControlError) as e:
+        raise click.ClickException(f"{e} (is the cluster up? nicteam status)") from None
+    _emit(verdict, as_json, format_verdict(verdict))
+    if not verdict["valid"]:
+        sys.exit(1)
+
+
+@chaos_group.command("check")
+@click.argument("logs", required=False,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="The verdict as JSON.")
+@click.pass_obj
+def chaos_check_command(obj: Context, logs: Path | None, as_json: bool) -> None:
+    """Judge the latest `chaos run` in a run's logs again (default: RUNDIR/logs)."""
+    verdict = check_logs(obj.config, logs)
+    if verdict["seed"] is None:
+        raise click.ClickException(f"{logs or obj.run_dir / 'logs'}: no chaos run in these logs")
+    _emit(verdict, as_json, format_verdict(verdict))
+    if not verdict["valid"]:
+        sys.exit(1)
+
+
+@main.command("procfile")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="Of this config instead (default: as for every command).")  # fmt: skip
+@click.pass_obj
+def procfile_command(obj: Context, config_path: str | None) -> None:
+    """Print the Procfile of the config's cluster: fabricd, hostd per host, a card per NIC."""
+    if config_path is not None:
+        obj.config_path, obj._config = str(Path(config_path).absolute()), None
+    click.echo(procfile(obj.config), nl=False)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,17 @@
 """A Procfile cluster in its own run directory, launched and always stopped cleanly.
 
 Used by the cluster tests and the benchmarks (and `nicteam up`): `running_cluster()` starts
-honcho on the repository's Procfile with a run directory of its own, waits until every NIC is
-up, and on the way out stops everything it started, found by an environment tag.
+honcho with a run directory of its own, waits until every NIC is up, and on the way out stops
+everything it started, found by an environment tag. The default config runs the repository's
+Procfile; any other config runs the Procfile `procfile()` generates from it into the run
+directory: fabricd, hostd per host, a card per NIC, with the top-level Procfile's command lines.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,7 +28,14 @@ from ctl.client import ControlError, control
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+DEFAULT_CONFIG = REPO / "configs/default.toml"
 T = TypeVar("T")
+# Command lines when the top-level Procfile has no line to copy for a role.
+_FALLBACK = {
+    "fabric": "python -m fabricd --config ${NICTEAM_CONFIG:-configs/default.toml}",
+    "host": "python -m hostd --config ${NICTEAM_CONFIG:-configs/default.toml} --host h1",
+    "nic": "python -m nicd --config ${NICTEAM_CONFIG:-configs/default.toml} --nic nic1",
+}
 
 
 class NotReady(TimeoutError):
@@ -126,9 +136,63 @@ def stop(
     return None
 
 
+def _templates(text: str) -> dict[str, str]:
+    """The top-level Procfile's command line per role: fabric, host (`--host`), NIC (`--nic`)."""
+    out = dict(_FALLBACK)
+    lines = [line.partition(":") for line in text.splitlines() if not line.startswith("#")]
+    for _, sep, command in lines:
+        command = command.strip()
+        if not sep or not command:
+            continue
+        if re.search(r"--host\s+\S", command):
+            out["host"] = command
+        elif re.search(r"--nic\s+\S", command):
+            out["nic"] = command
+        elif "fabricd" in command:
+            out["fabric"] = command
+    return out
+
+
+def procfile(config: Config, template: str | None = None) -> str:
+    """The Procfile of `config`'s cluster: fabricd, hostd per host, a card per NIC.
+
+    Each line copies the top-level Procfile's line for its role (`template`, default the
+    repository's), with the process's own name and this config as the default `--config`.
+    """
+    if template is None:
+        template = (REPO / "Procfile").read_text()
+    roles = _templates(template)
+    lines = [("fabric", roles["fabric"])]
+    lines += [(h.name, re.sub(r"--host\s+\S+", f"--host {h.name}", roles["host"]))
+              for h in config.hosts]  # fmt: skip
+    lines += [(n.name, re.sub(r"--nic\s+\S+", f"--nic {n.name}", roles["nic"]))
+              for n in config.nics]  # fmt: skip
+    return "".join(f"{name}: {_config_default(cmd, config.path)}\n" for name, cmd in lines)
+
+
+def _config_default(command: str, path: Path) -> str:
+    # A function replacement: a path is not a regex replacement template.
+    default = f"${{NICTEAM_CONFIG:-{path}}}"
+    return re.sub(r"\$\{NICTEAM_CONFIG:-[^}]*\}", lambda _: default, command)
+
+
+def procfile_for(config: Config) -> Path:
+    """The Procfile to start: the top-level one for the default config, else one generated
+    into the run directory (0700, the file 0600, like everything a run writes)."""
+    if config.path.resolve() == DEFAULT_CONFIG.resolve():
+        return REPO / "Procfile"
+    config.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = config.run_dir / "Procfile"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(procfile(config))
+    return path
+
+
 def launch(config_path: Path, run_dir: Path, tag: str, output: Path) -> Cluster:
     """Start honcho on the Procfile for `config_path` in `run_dir`, every process tagged `tag`."""
     config = load_config(config_path, run_dir)
+    procfile_path = procfile_for(config)
     env = os.environ | {
         "NICTEAM_CONFIG": str(config_path),
         "NICTEAM_RUN_DIR": str(run_dir),
@@ -139,7 +203,7 @@ def launch(config_path: Path, run_dir: Path, tag: str, output: Path) -> Cluster:
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("wb") as out:
         proc = subprocess.Popen(
-            [str(BIN / "honcho"), "start", "-f", str(REPO / "Procfile")],
+            [str(BIN / "honcho"), "start", "-f", str(procfile_path)],
             cwd=REPO,
             env=env,
             stdout=out,
@@ -183,8 +247,7 @@ def running_cluster(
     if config_text is not None:
         config_path = top / "cluster.toml"
         config_path.write_text(config_text)
-    c = launch(config_path or REPO / "configs/default.toml", top / "run", top.name,
-               top / "honcho.out")  # fmt: skip
+    c = launch(config_path or DEFAULT_CONFIG, top / "run", top.name, top / "honcho.out")
     try:
         wait_ready(c, on_up=on_up)
         yield c

@@ -1,0 +1,47 @@
+"""A seeded nemesis against real clusters: 90 s of overlapping faults, then the checker's verdict.
+
+Each run plays the fixed seed's schedule (kills, two NICs killed at once on four NICs, pauses,
+partitions, cable pulls, migrates, host-daemon pauses) under the config's workload, heals,
+waits for quiet, and must come out `valid`. On failure the message has the seed, the command
+that replays the schedule, the whole verdict, and where the run's logs were kept
+(`nicteam --config CONFIG chaos check LOGS` judges them again). `NICTEAM_NEMESIS_SEED` and
+`NICTEAM_NEMESIS_SECONDS` override the seed and the length, to chase a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from ctl.checker import format_verdict
+from ctl.nemesis import DEFAULT_FAULTS, run_and_check
+from tests.cluster.conftest import REPO, running_cluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
+
+SECONDS = float(os.environ.get("NICTEAM_NEMESIS_SECONDS", "90"))
+SEED = os.environ.get("NICTEAM_NEMESIS_SEED")
+
+
+@pytest.mark.timeout(SECONDS + 300)
+@pytest.mark.parametrize(
+    ("config", "seed"), [("default.toml", 11), ("four-nics.toml", 12)], ids=["default", "four-nics"]
+)
+def test_a_seeded_nemesis_run_comes_out_valid(config: str, seed: int) -> None:
+    seed = int(SEED) if SEED is not None else seed
+    path = REPO / "configs" / config
+    with running_cluster(config_path=path) as c:
+        verdict = run_and_check(c.config, seed, SECONDS, DEFAULT_FAULTS, say=print)
+        if not verdict["valid"]:  # kept outside pytest's rotating temporary directories
+            kept = tempfile.mkdtemp(prefix=f"nt-nemesis-{path.stem}-{seed}-")
+            shutil.copytree(c.run_dir / "logs", kept, dirs_exist_ok=True)
+    print(format_verdict(verdict))
+    assert verdict["played"] >= SECONDS / 3, "the nemesis played too few faults"
+    assert verdict["valid"], (
+        f"INVALID run: seed {seed}; replay: {verdict['command']}\n"
+        f"logs kept in {kept}: nicteam --config {path} chaos check {kept}\n"
+        + format_verdict(verdict)
+    )
