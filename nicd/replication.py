@@ -158,8 +158,14 @@ class Replicator:
         lack some). A lost last batch leaves no later batch to show the gap, so a quiet stream
         is repaired here."""
         cache = self.caches.get(peer)
-        if cache is None or not boot or not cache.synced or cache.snapshot_progress:
-            return False  # a resync (or a snapshot arriving) is under way: it ends behind nobody
+        if cache is None or not boot or cache.snapshot_progress:
+            return False  # a snapshot is arriving: it ends behind nobody
+        if not cache.synced:
+            if not self.resynced:
+                return False  # our resync asks for its snapshot itself
+            # Our resync ended without it (it was cut off, or silent too long): ask now.
+            self._ask(peer, 0, got=seq)
+            return True
         if cache.boot == boot and cache.held < seq:
             self._ask(peer, cache.held + 1, got=seq)
             return True

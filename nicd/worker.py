@@ -565,7 +565,7 @@ class NicWorker:
         epoch = self.pipeline.map.epoch if self.pipeline else 0
         # A sibling never heard since we booted may be cut off from us, not dead: the resync
         # waits for it (up to RESYNC_WAIT_S) rather than rejoin without its state.
-        self.sync.poll_resync(lambda sib: self.liveness.peers().get(sib) is Liveness.DOWN)
+        self.sync.poll_resync(self._gone)
         state = self._state(self.pipeline)
         if state != self._last_state:
             self._state_changed(self._last_state, state)
@@ -590,6 +590,17 @@ class NicWorker:
         for peer in (self.host, *self.siblings):
             self.node.send_raw(peer, data)
         self._check_liveness()
+
+    def _gone(self, sib: str) -> bool:
+        """A sibling a resync need not wait for: silent to us, and holding no VPID in the map.
+
+        Silent alone is not enough: cut off from us by a partition, it still serves VMs the
+        host gave it, and rejoining without its state would take them back with no records.
+        A sibling that really died loses its VPIDs to a failover, and is not waited for then.
+        """
+        p = self.pipeline
+        silent = self.liveness.peers().get(sib, Liveness.DOWN) is Liveness.DOWN
+        return silent and (p is None or not p.map.vpids_of(sib))
 
     def _state_changed(self, old: str, new: str) -> None:
         self._last_state = new

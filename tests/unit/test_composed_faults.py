@@ -146,3 +146,22 @@ async def test_a_failback_racing_the_old_homes_adoption_keeps_every_copy(tmp_pat
         n2._on_map("h1", moved(base + 3, "nic2", 170))
         assert n2.sync.committed - committed >= len(mine)
         assert mine <= tracked(n2, APP1)
+
+
+async def test_a_resync_waits_for_a_sibling_cut_off_by_a_partition_that_serves_vms(
+    tmp_path: Path,
+) -> None:
+    # The nemesis found it: a rebooted NIC resyncing, partitioned from its sibling, ended its
+    # resync as "siblings down" with nothing, and the host failed its VMs back to an empty
+    # table. A sibling that holds VPIDs is alive to the host: it must be waited for.
+    async with rig(tmp_path) as r:
+        n2 = r.nics["nic2"]
+        await holding(r, "nic2", ["nic1"])
+        n2.node.apply_fault(Fault(FaultKind.PARTITION, "nic1", 1.5))
+        n2.sync.start_resync()  # as a rebooted NIC does
+        await until("nic2 finds nic1 down", lambda: n2.liveness.state("nic1").value == "down")
+        beat = n2.hb_seq
+        await until("nic2 beats 8 more times", lambda: n2.hb_seq >= beat + 8)  # > retry period
+        assert not n2.sync.resynced, "resynced without the sibling that owns VPIDs"
+        await until("nic2 resynced once the partition healed", lambda: n2.sync.resynced)
+        assert n2.sync.caches["nic1"].synced

@@ -66,3 +66,16 @@ def test_a_copy_that_holds_everything_or_awaits_a_snapshot_asks_nothing() -> Non
     assert node.out == []
     sync.check_behind("nic1", origin.boot + 1, 3)  # a new boot we never heard from
     assert node.out == [("nic1", SyncRequest("nic2", 0))]
+
+
+def test_a_copy_our_resync_ended_without_is_asked_for_when_its_origin_speaks() -> None:
+    clock = [100.0]
+    sync, node = replicator(clock)
+    sync.start_resync()
+    node.out.clear()
+    sync.poll_resync(lambda sib: True)  # nic1 silent: the resync ends without it ...
+    clock[0] += 1.0
+    sync.poll_resync(lambda sib: True)
+    assert sync.resynced and not sync.caches["nic1"].synced
+    assert sync.check_behind("nic1", 77, 12)  # ... so its first beat after brings a snapshot
+    assert node.out == [("nic1", SyncRequest("nic2", 0))]
