@@ -33,13 +33,9 @@ from typing import Any
 from configs.loader import Config
 from ctl.logs import Event, load
 from ctl.report import EVENT_OF, GIVE_UP_S, analyse
-from ctl.report import FAULTS as REPORT_FAULTS
 from ctl.report import NAMES as REPORT_EVENTS
 
-# The faults `ctl.report` does not know yet: their windows are ours, with nothing charged to them.
-OWN_WINDOWS = {"chaos.migrate": "migrate", "chaos.hostd_pause": "hostd-pause",
-               "chaos.hostd_kill": "hostd-kill"}  # fmt: skip
-EVENTS = REPORT_EVENTS | set(OWN_WINDOWS) | {
+EVENTS = REPORT_EVENTS | {
     "chaos.nemesis.start", "chaos.nemesis.stop", "chaos.quiet", "chaos.skip", "chaos.error",
     "chaos.resume", "chaos.link_up", "chaos.hostd_resume", "host.start", "host.failover",
     "host.failback", "host.migrate", "host.nic.down", "host.nic.state", "map.epoch",
@@ -257,18 +253,6 @@ def windows(events: list[Event], ix: Index, params: Params, t0: float, t1: float
                "lost_per_flow": dict(f.tally.lost_per_flow)}  # fmt: skip
         key = (step,) if step is not None else (w.id,)
         out[key] = _merge(out[key], row) if key in out else row
-    for e in ix.all:
-        kind = OWN_WINDOWS.get(e["event"]) if e["event"] not in REPORT_FAULTS else None
-        if kind is None or not t0 <= e["t"] <= t1:
-            continue
-        if kind == "migrate" and _migrated(ix, e) is None:
-            continue  # refused (its target was not up) or never reached the host daemon
-        targets = [str(e.get("vm")), str(e.get("nic"))] if kind == "migrate" else [e["host"]]
-        end = _recovery(ix, e, kind, t1)
-        out[("own", e["t"])] = {"step": e.get("step"), "kind": kind, "targets": targets,
-                                "start": e["t"], "end": end, "healed": end < t1,
-                                "detect_ms": None, "takeover_ms": None, "lost": None,
-                                "resets": None, "lost_per_flow": {}}  # fmt: skip
     rows = sorted(out.values(), key=lambda r: r["start"])
     for r in rows:
         r["at_s"], r["window_ms"] = round(r["start"] - t0, 3), _ms(r["end"] - r["start"])
@@ -290,25 +274,6 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
-
-
-def _migrated(ix: Index, e: Event) -> Event | None:
-    """The host daemon's `host.migrate` that carried out the nemesis' `chaos.migrate` `e`."""
-    return ix.first("host.migrate", e["t"], e["t"] + 5.0, nic=e.get("nic"))
-
-
-def _recovery(ix: Index, e: Event, kind: str, t1: float) -> float:
-    """When a migrate, host-daemon pause or kill was over (`t1`: not in the logs)."""
-    t = e["t"]
-    if kind == "migrate":  # the target NIC holds the map that moved the VM
-        moved = _migrated(ix, e)
-        held = moved and ix.first("map.epoch", moved["t"], t + 5.0, proc=e.get("nic"))
-        return (held or moved or e)["t"]
-    if kind == "hostd-pause":
-        back = ix.first("chaos.hostd_resume", t, host=e.get("host"))
-    else:  # hostd-kill: its restarted daemon recovered the map from the NICs
-        back = ix.first("host.recovered", t, proc=e.get("host"))
-    return back["t"] if back else t1
 
 
 # ------------------------------------------------------------------------------- invariants

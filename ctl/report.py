@@ -62,12 +62,17 @@ FAULTS = {
     "chaos.pause": "pause",
     "chaos.partition": "partition",
     "chaos.link_down": "link-down",
+    "chaos.migrate": "migrate",
+    "chaos.hostd_pause": "hostd-pause",
+    "chaos.hostd_kill": "hostd-kill",
 }
+HOST_FAULTS = ("hostd-pause", "hostd-kill")
 STEPS = {
     "host.nic.down", "nic.peer.down", "team.uplink.down", "host.failover", "ct.commit",
     "team.first_frame", "sync.resync.start", "sync.resync.done", "nic.rejoin", "host.failback",
     "nic.fenced", "nic.unfenced", "chaos.resume", "chaos.link_up", "nic.peer.up",
-    "team.uplink.up", "chaos.unpartition",
+    "team.uplink.up", "chaos.unpartition", "host.migrate", "team.takeover",
+    "chaos.hostd_resume", "host.stalled", "host.recovered", "host.worker.exit",
 }  # fmt: skip
 NAMES = set(FAULTS) | STEPS | set(BOOKS)
 GIVE_UP_S = TcpConfig().give_up  # hostd's TCP senders give up after this long without progress
@@ -236,10 +241,11 @@ def windows(events: list[Event], timers: Timers) -> list[Window]:
     """Each `chaos.*` fault's window, in order of injection (see the module docstring)."""
     last = _last(events)
     out = []
-    for i, f in enumerate((e for e in events if e["event"] in FAULTS), 1):
+    faults = [e for e in events if e["event"] in FAULTS and _happened(e, events)]
+    for i, f in enumerate(faults, 1):
         kind = FAULTS[f["event"]]
         end, heal = _ENDS[kind](f, events, timers)
-        nics = f.get("nics") or [f.get("nic")]
+        nics = [f.get("host")] if kind in HOST_FAULTS else f.get("nics") or [f.get("nic")]
         targets = frozenset(str(x) for x in nics if x) or frozenset({str(f.get("port", ""))})
         healed = end is not None
         out.append(
@@ -248,12 +254,27 @@ def windows(events: list[Event], timers: Timers) -> list[Window]:
     return out
 
 
+def _happened(f: Event, events: list[Event]) -> bool:
+    """A migrate the host refused (its target was not up) changed nothing: no fault."""
+    return f["event"] != "chaos.migrate" or _decision(f, events) is not None
+
+
+def _decision(f: Event, events: list[Event]) -> Event | None:
+    """The host's `host.migrate` that carried out the migrate `f` (within 5 s)."""
+    found = _first(events, "host.migrate", f["t"], nic=f.get("nic"))
+    return found if found is not None and found["t"] <= f["t"] + 5.0 else None
+
+
 def _last(events: list[Event]) -> float:
     """The time of the last event the report reads: the end of the logs."""
     return max((e["t"] for e in events if e["event"] in NAMES), default=0.0)
 
 
 def _what(f: Event) -> str:
+    if f["event"] in ("chaos.hostd_pause", "chaos.hostd_kill"):
+        return str(f.get("host", ""))
+    if f["event"] == "chaos.migrate":
+        return f"{f.get('vm')}->{f.get('nic')}"
     return f.get("nic") or ",".join(f.get("nics", [])) or str(f.get("port", ""))
 
 
@@ -337,11 +358,38 @@ def _end_link(f: Event, events: list[Event], timers: Timers) -> tuple[float | No
     return (up["t"], up["t"]) if up else (None, None)
 
 
+def _end_migrate(f: Event, events: list[Event], timers: Timers) -> tuple[float | None, None]:
+    """The target's takeover of the moved VPIDs (the host's decision if it took none)."""
+    decided = _decision(f, events)
+    if decided is None:
+        return None, None
+    taken = _first(events, "team.takeover", decided["t"], nic=f.get("nic"), epoch=decided["epoch"])
+    return (taken or decided)["t"], None
+
+
+def _end_hostd_pause(
+    f: Event, events: list[Event], timers: Timers
+) -> tuple[float | None, float | None]:
+    resume = _first(events, "chaos.hostd_resume", f["t"], host=f.get("host"))
+    return (resume["t"], resume["t"]) if resume else (None, None)
+
+
+def _end_hostd_kill(
+    f: Event, events: list[Event], timers: Timers
+) -> tuple[float | None, float | None]:
+    """The restarted daemon has its map back (its VMs start from there)."""
+    back = [e for e in select(events, "host.recovered", f["t"]) if e.get("host") == f.get("host")]
+    return (back[0]["t"], back[0]["t"]) if back else (None, None)
+
+
 _ENDS = {
     "kill": _end_kill,
     "pause": _end_pause,
     "partition": _end_partition,
     "link-down": _end_link,
+    "migrate": _end_migrate,
+    "hostd-pause": _end_hostd_pause,
+    "hostd-kill": _end_hostd_kill,
 }
 
 
@@ -353,6 +401,12 @@ def _detects(w: Window, e: Event) -> bool:
         return e["event"] == "host.nic.down" and e.get("nic") in w.targets
     if w.kind == "partition":
         return e["event"] == "nic.peer.down" and _about(e, w.targets)
+    if w.kind == "migrate":  # planned: "detected" is the host's decision
+        return e["event"] == "host.migrate" and f"->{e.get('nic')}" in w.what
+    if w.kind == "hostd-pause":  # the daemon sees its own stall once it runs again
+        return e["event"] == "host.stalled" and e.get("host") in w.targets
+    if w.kind == "hostd-kill":  # its card sees it exit
+        return e["event"] == "host.worker.exit" and e.get("host") in w.targets
     return e["event"] == "team.uplink.down" and e.get("uplink") in w.targets
 
 
@@ -409,8 +463,8 @@ def _timeline(w: Window, events: list[Event], detected: Event | None) -> Fault:
         fault.detect_ms = _ms(detected["t"], t0)
         note(detected, str(detected.get("nic") or detected.get("peer") or ""))
     for e in (x for x in inside if x["event"] == "host.failover" and w.kind in NIC_FAULTS):
-        if e.get("nic") not in w.targets:
-            continue
+        if not set(e.get("nics") or [e.get("nic")]) & w.targets:
+            continue  # (NICs lost together are failed over in one epoch)
         note(e, f"epoch {e['epoch']}: " + " ".join(f"{v}->{n}" for v, n in e["moves"]))
         for c in (x for x in inside if x["event"] == "ct.commit" and x.get("epoch") == e["epoch"]):
             note(c, f"{c['nic']} commits {c['records']} records of {c['origin']}")
@@ -438,6 +492,9 @@ NIC_STEPS = (
 )
 
 
+HOST_STEPS = ("chaos.hostd_resume", "host.recovered")
+
+
 def _step(w: Window, e: Event) -> str | None:
     """The timeline detail of a recovery step of `w`, None if `e` is not one."""
     name, nic = e["event"], e.get("nic")
@@ -449,6 +506,10 @@ def _step(w: Window, e: Event) -> str | None:
         return f"{nic} hears {e.get('peer')}"
     if name == "chaos.unpartition" and frozenset(e.get("nics", [])) == w.targets:
         return "healed early"
+    if w.kind in HOST_FAULTS and e.get("host") in w.targets and name in HOST_STEPS:
+        return str(e.get("epoch", e.get("stalled_ms", "")))
+    if name == "team.takeover" and w.kind == "migrate" and f"->{nic}" in w.what:
+        return f"{nic} takes {e.get('records')} records"
     if name in ("chaos.link_up", "team.uplink.up") and w.kind == "link-down":
         port = e.get("port") if name == "chaos.link_up" else e.get("uplink")
         return str(nic or port) if port in w.targets else None

@@ -349,3 +349,33 @@ def test_a_restart_is_never_subtracted_across(tmp_path: Path) -> None:
     assert f["lost_per_flow"] == {"u": 4 + 1 + 2, "e": 1}
     assert rep["no_fault"]["lost_per_flow"] == {"e": 2}  # before the kill
     assert rep["totals"]["frames_lost"] == 10
+
+
+def test_host_daemon_faults_and_migrates_have_windows_and_take_their_losses(
+    tmp_path: Path,
+) -> None:
+    logs = tmp_path / "logs"
+    write(logs, "ctl", [
+        {"ts": at(1000), "event": "chaos.hostd_kill", "host": "h1", "pid": 9},
+        {"ts": at(4000), "event": "chaos.migrate", "host": "h1", "vm": "app1", "nic": "nic2"},
+        {"ts": at(6000), "event": "chaos.migrate", "host": "h1", "vm": "app1", "nic": "nic9"},
+        {"ts": at(7000), "event": "chaos.hostd_pause", "host": "h1", "pid": 10},
+        {"ts": at(9000), "event": "chaos.hostd_resume", "host": "h1", "pid": 10},
+    ])  # fmt: skip
+    write(logs, "h1-card", [{"ts": at(1002), "event": "host.worker.exit", "host": "h1"}])
+    write(logs, "h1", [
+        book(500, {"u": (0, 0)}, boot=1),
+        {"ts": at(1800), "event": "host.recovered", "host": "h1", "epoch": 4},
+        book(2500, {"u": (3, 0)}, boot=2),  # the new boot's first books: counted from 0
+        {"ts": at(4010), "event": "host.migrate", "nic": "nic2", "epoch": 5, "moves": []},
+        {"ts": at(9020), "event": "host.stalled", "host": "h1", "stalled_ms": 2000.0},
+        book(9500, {"u": (3, 0)}, boot=2),
+    ])  # fmt: skip
+    write(logs, "nic2", [{"ts": at(4030), "event": "team.takeover", "nic": "nic2", "epoch": 5,
+                          "vpids": [3], "records": 4}])  # fmt: skip
+    rep = report(logs)
+    kinds = [(f["kind"], f["nic"], f["window_ms"], f["detect_ms"]) for f in rep["faults"]]
+    # The migrate to nic9 was refused by the host: no decision, no fault.
+    assert kinds == [("hostd-kill", "h1", 800.0, 2.0), ("migrate", "app1->nic2", 30.0, 10.0),
+                     ("hostd-pause", "h1", 2000.0, 2020.0)]  # fmt: skip
+    assert rep["faults"][0]["frames_lost"] == 3  # the restart's losses are the kill's
