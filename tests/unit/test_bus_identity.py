@@ -37,17 +37,6 @@ async def within(awaitable: Awaitable[T]) -> T:
 
 
 @pytest.fixture
-async def nodes() -> AsyncIterator[list[BusNode]]:
-    """Collects the BusNodes a test makes and closes them all (linger 0) even on failure."""
-    made: list[BusNode] = []
-    try:
-        yield made
-    finally:
-        for node in made:
-            await node.close()
-
-
-@pytest.fixture
 async def ctx() -> AsyncIterator[zmq.asyncio.Context]:
     """A context for the test's own raw sockets; every socket is closed with linger 0."""
     context = zmq.asyncio.Context()

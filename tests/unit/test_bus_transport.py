@@ -27,17 +27,6 @@ async def within(awaitable: Awaitable[T]) -> T:
     return await asyncio.wait_for(awaitable, DEADLINE)
 
 
-@pytest.fixture
-async def nodes() -> AsyncIterator[list[BusNode]]:
-    """Collects the BusNodes a test makes and closes them all (linger 0) even on failure."""
-    made: list[BusNode] = []
-    try:
-        yield made
-    finally:
-        for node in made:
-            await node.close()
-
-
 async def started(nodes: list[BusNode], name: str, endpoint: str) -> BusNode:
     node = BusNode(name, endpoint)
     nodes.append(node)
