@@ -599,8 +599,10 @@ class NicWorker:
         A sibling that really died loses its VPIDs to a failover, and is not waited for then.
         """
         p = self.pipeline
+        if p is None or not p.map.epoch:
+            return False  # no map yet: whether it serves VMs is not known
         silent = self.liveness.peers().get(sib, Liveness.DOWN) is Liveness.DOWN
-        return silent and (p is None or not p.map.vpids_of(sib))
+        return silent and not p.map.vpids_of(sib)
 
     def _state_changed(self, old: str, new: str) -> None:
         self._last_state = new

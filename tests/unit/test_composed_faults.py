@@ -165,3 +165,18 @@ async def test_a_resync_waits_for_a_sibling_cut_off_by_a_partition_that_serves_v
         assert not n2.sync.resynced, "resynced without the sibling that owns VPIDs"
         await until("nic2 resynced once the partition healed", lambda: n2.sync.resynced)
         assert n2.sync.caches["nic1"].synced
+
+
+async def test_a_rebooted_nic_with_no_map_yet_waits_for_every_silent_sibling(
+    tmp_path: Path,
+) -> None:
+    # The nemesis again: the rebooted NIC's resync ended "siblings down" before hostd's map
+    # had even told it who serves which VMs.
+    async with rig(tmp_path) as r:
+        config = r.host.config
+        fresh = NicWorker(config, config.nic("nic2"), r.net.node("nic2b", "inproc-nic2b"))
+        assert fresh.pipeline is None
+        assert not fresh._gone("nic1")  # silent, but it may serve VMs: wait for it
+        r.nics["nic2"].liveness.disconnected("nic1", 0.0)
+        r.nics["nic2"].liveness.poll(0.0)
+        assert not r.nics["nic2"]._gone("nic1")  # it serves VMs in the map: wait
