@@ -88,7 +88,7 @@ class HostDaemon:
                 vpid = self.fpag.attach(vm.name, i, vm.nic)
                 name = vm.name if len(vm.interfaces) == 1 else f"{vm.name}/{i}"
                 ep = Endpoint(name, iface.mac, list(iface.ips), seed=seed_of(name),
-                              first_port=first_port)  # fmt: skip
+                              first_port=first_port, stream=boot - 1)  # fmt: skip
                 for port in vm.tcp_listen:
                     ep.listen_tcp(port)
                 for port in vm.udp_listen:

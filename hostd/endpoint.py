@@ -125,11 +125,13 @@ class Endpoint:
         tcp_config: TcpConfig | None = None,
         seed: int | str | None = None,
         first_port: int = EPHEMERAL[0],
+        stream: int = 0,
     ) -> None:
         """`ips` may carry a prefix (IPv4Interface); a bare address is a /24 or a /64.
 
         `first_port`: the first ephemeral port to use (a restarted host starts elsewhere, so
-        its new connections do not reuse tuples the network still tracks)."""
+        its new connections do not reuse tuples the network still tracks); `stream`: which
+        life of the sender this is (its flows number their messages from a new stream)."""
         if len(mac) != 6 or (gateway_mac is not None and len(gateway_mac) != 6):
             raise ValueError("MAC addresses are 6 bytes")
         self.name = name
@@ -153,6 +155,7 @@ class Endpoint:
         if not EPHEMERAL[0] <= first_port <= EPHEMERAL[1]:
             raise ValueError(f"first_port must be an ephemeral port {EPHEMERAL}")
         self._next_port = first_port
+        self.stream = stream
 
     # --- configuration ----------------------------------------------------------------------
 
@@ -181,10 +184,10 @@ class Endpoint:
         self._source_for(spec.dst)  # fail now, not at the first send
         flow: TcpClientFlow | UdpClientFlow
         if spec.proto == "tcp":
-            flow = TcpClientFlow(spec, now, self._open_connection)
+            flow = TcpClientFlow(spec, now, self._open_connection, stream=self.stream)
         else:
             sport = self._ephemeral_port()
-            flow = UdpClientFlow(spec, sport, now)
+            flow = UdpClientFlow(spec, sport, now, stream=self.stream)
             self._udp_flows[sport] = flow
         self.flows[spec.name] = flow
         return flow.stats

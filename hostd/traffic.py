@@ -38,6 +38,10 @@ _HDR = struct.Struct("!HHQB")  # magic, message length, application seq, name le
 MAX_MESSAGE = 0xFFFF
 MAX_UDP_PAYLOAD = 1452  # IPv6 + UDP headers in a 1500-byte MTU: no fragmentation
 _SEQ_MASK = (1 << 64) - 1
+# A sender numbers its messages from `stream << STREAM_BITS`: a restarted sender (a host daemon's
+# new boot) starts a new stream, which its sink tells from a straggler of the old one, instead
+# of reading its small numbers as late arrivals that fill old gaps.
+STREAM_BITS = 40
 
 
 @dataclass(slots=True)
@@ -199,6 +203,7 @@ class StreamReader:
 class _RxState:
     next: int = 0  # one past the highest sequence seen
     missing: set[int] = field(default_factory=set)
+    stream: int = 0  # the sender's stream (restart) being received
 
 
 class SinkBook:
@@ -221,6 +226,15 @@ class SinkBook:
             st = self.flows[name] = FlowStats()
             self._rx[name] = _RxState()
         rx = self._rx[name]
+        stream = seq >> STREAM_BITS
+        if stream != rx.stream:
+            if stream < rx.stream:
+                st.dup += 1  # a straggler of the sender's previous life
+                return
+            # The sender restarted: its old stream's missing messages are lost for good (they
+            # stay in `gaps`); the new one is numbered from its own start.
+            rx.stream, rx.next = stream, stream << STREAM_BITS
+            rx.missing.clear()
         if st.last_rx is not None:
             st.max_silence_ms = max(st.max_silence_ms, (now - st.last_rx) * 1000)
         st.last_rx = now
@@ -306,14 +320,16 @@ class Pacer:
 class UdpClientFlow:
     """The sending side of a UDP flow: paced datagrams; echoes count as received."""
 
-    def __init__(self, spec: FlowSpec, sport: int, now: float, burst: int = 32) -> None:
+    def __init__(
+        self, spec: FlowSpec, sport: int, now: float, burst: int = 32, stream: int = 0
+    ) -> None:
         self.spec = spec
         self.sport = sport
         self.start = now
         self.stats = FlowStats()
         self.pacer = Pacer(spec.rate, now, spec.duration, burst)
         self.finished = False
-        self._seq = 0
+        self._seq = stream << STREAM_BITS
 
     def poll(self, now: float) -> list[bytes]:
         """Payloads of the datagrams due now."""
@@ -359,6 +375,7 @@ class TcpClientFlow:
         burst: int = 32,
         reconnect_delay: float = 1.0,
         send_buffer: int = 256,
+        stream: int = 0,
     ) -> None:
         self.spec = spec
         self.start = now
@@ -371,7 +388,7 @@ class TcpClientFlow:
         self._send_buffer = send_buffer  # segments queued before the application blocks
         self._reconnect_at = now
         self._closing = False
-        self._seq = 0
+        self._seq = stream << STREAM_BITS
         self._ends: deque[int] = deque()  # stream offset where each unacked message ends
         self._written = 0  # bytes written on the current connection
         self._retx_before = 0  # retransmits of earlier connections

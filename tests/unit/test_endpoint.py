@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hostd.endpoint import ARP_TRIES, Endpoint
 from hostd.tcp import TRANSITIONS, Segment, TcpConnection, TcpEvent, TcpState
 from hostd.traffic import (
+    STREAM_BITS,
     FlowSpec,
     Pacer,
     SinkBook,
@@ -487,3 +488,15 @@ def test_random_segments_never_raise(segs: list[tuple[int, int, int, bytes, int]
 def test_encode_message_round_trip() -> None:
     msg = encode_message("flow", 42, 100)
     assert len(msg) == 100 and decode_datagram_untrusted(msg) == ("flow", 42, 100)
+
+
+def test_a_restarted_senders_new_stream_fills_no_old_gap() -> None:
+    sink = SinkBook()
+    for seq in (0, 1, 2, 5, 6):  # 3 and 4 lost
+        sink.record("f", seq, 10, 0.0)
+    new = 1 << STREAM_BITS  # the sender's host daemon restarted: its messages from 0 again
+    for seq in (new, new + 1, new + 3):  # new + 2 lost
+        sink.record("f", seq, 10, 1.0)
+    sink.record("f", 4, 10, 1.1)  # a straggler of the old life: not a fill, a duplicate
+    st = sink.flows["f"]
+    assert (st.delivered, st.gaps, st.dup, st.reordered) == (8, 3, 1, 0)
