@@ -34,8 +34,7 @@ from ctl.client import ControlError
 from ctl.verify import verify
 
 KINDS = ("kill", "kill2", "pause", "partition", "link", "migrate", "hostd-pause", "hostd-kill")
-# A killed hostd stops the whole cluster until a host card restarts it: opt-in for now.
-DEFAULT_FAULTS = tuple(k for k in KINDS if k != "hostd-kill")
+DEFAULT_FAULTS = KINDS
 WEIGHTS = {"kill": 3, "kill2": 1, "pause": 2, "partition": 2, "link": 2, "migrate": 2,
            "hostd-pause": 1, "hostd-kill": 1}  # fmt: skip
 MEAN_GAP_S = 1.5  # between two independent faults (exponential, clipped)

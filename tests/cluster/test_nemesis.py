@@ -1,7 +1,7 @@
 """A seeded nemesis against real clusters: 90 s of overlapping faults, then the checker's verdict.
 
 Each run plays the fixed seed's schedule (kills, two NICs killed at once on four NICs, pauses,
-partitions, cable pulls, migrates, host-daemon pauses) under the config's workload, heals,
+partitions, cable pulls, migrates, host-daemon pauses and kills) under the config's workload, heals,
 waits for quiet, and must come out `valid`. On failure the message has the seed, the command
 that replays the schedule, the whole verdict, and where the run's logs were kept
 (`nicteam --config CONFIG chaos check LOGS` judges them again). `NICTEAM_NEMESIS_SEED` and
