@@ -1,18 +1,9 @@
 """`nicteam report RUNDIR/logs`: what each fault did, rebuilt from every process's JSON log.
 
-A fault is a `chaos.*` event the CLI logged (kill, pause, partition, link-down). Its **window**
-runs from the injection to the recovery, so windows may overlap (each fault lists the others it
-overlaps); a fault with no recovery in the logs runs to the end of the logs (`healed` false):
-
-- kill: the NIC's `nic.rejoin` after it, extended to the `host.failback` of that NIC that
-  follows (before its next rejoin); lacking a rejoin, its `host.failback`.
-- pause: its `chaos.resume`; if the NIC was declared down (`host.nic.down`) or fenced itself
-  (`nic.fenced`) before resume + detection time, its recovery as for a kill (else its
-  `nic.unfenced`) after the resume.
-- partition: injection + `seconds` (it heals itself; a `chaos.unpartition` of the pair heals it
-  sooner), extended to the siblings' `nic.peer.up` (each direction that went down; before the
-  next fault on either NIC).
-- link-down: the `chaos.link_up` of that port.
+A fault is a `chaos.*` event the CLI or the nemesis logged (kill, pause, partition, link-down,
+migrate, host daemon pause and kill). Its **window** runs from the injection to the recovery
+(`ctl.windows` says what ends each kind), so windows may overlap (each fault lists the others
+it overlaps); a fault with no recovery in the logs runs to the end of the logs (`healed` false).
 
 In the window the report finds, by their stable event names: detection (`host.nic.down`; for a
 partition the siblings' `nic.peer.down` of each other; for a cable `team.uplink.down`), the
@@ -55,18 +46,18 @@ from typing import Any
 from configs.loader import Config, Timers
 from ctl.logs import Event, load, select
 from ctl.summary import BOOKS, Booked, booked, deny_flows
+from ctl.windows import (
+    EVENT_OF,
+    FAULTS,
+    HOST_FAULTS,
+    NIC_FAULTS,
+    Window,
+    about,
+    detection,
+    windows,
+)
 from hostd.tcp import TcpConfig
 
-FAULTS = {
-    "chaos.kill": "kill",
-    "chaos.pause": "pause",
-    "chaos.partition": "partition",
-    "chaos.link_down": "link-down",
-    "chaos.migrate": "migrate",
-    "chaos.hostd_pause": "hostd-pause",
-    "chaos.hostd_kill": "hostd-kill",
-}
-HOST_FAULTS = ("hostd-pause", "hostd-kill")
 STEPS = {
     "host.nic.down", "nic.peer.down", "team.uplink.down", "host.failover", "ct.commit",
     "team.first_frame", "sync.resync.start", "sync.resync.done", "nic.rejoin", "host.failback",
@@ -78,32 +69,6 @@ NAMES = set(FAULTS) | STEPS | set(BOOKS)
 GIVE_UP_S = TcpConfig().give_up  # hostd's TCP senders give up after this long without progress
 LEAD_S = 1.0  # a stall may begin this long before the fault that caused it (the last ACK)
 FOLLOW_S = 2.0  # hostd's reconnect delay after a reset (1 s), plus a margin
-BOOKED_LATE_S = 0.5  # a loss is booked when the flow's next message arrives: a little later
-EVENT_OF = {kind: name for name, kind in FAULTS.items()}
-NIC_FAULTS = ("kill", "pause")
-INF = float("inf")
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """One fault from its injection to its recovery (`healed` False: to the end of the logs)."""
-
-    id: int  # 1, 2, ... in order of injection
-    kind: str
-    what: str  # "nic1", "nic1,nic2", "nic1/p0"
-    targets: frozenset[str]  # the NICs, or the port
-    start: float
-    end: float
-    healed: bool
-    heal: float | None = None  # when the fault itself stopped (resume, partition over, cable)
-
-    def overlap(self, a: float, b: float) -> float:
-        """Seconds the interval (a, b] shares with this window as charged (to end + late)."""
-        return max(0.0, min(b, self.end + BOOKED_LATE_S) - max(a, self.start))
-
-    def touches(self, a: float, b: float) -> bool:
-        """The interval (a, b] (or the instant a, when a == b) meets this window as charged."""
-        return self.start <= a <= self.end + BOOKED_LATE_S if a == b else self.overlap(a, b) > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +158,9 @@ def report(logs: Path, config: Config | None = None) -> dict[str, Any]:
 def analyse(events: list[Event], config: Config | None = None) -> Analysis:
     """Windows, detections and timelines, then every book delta charged to one bucket."""
     timers = config.timers if config is not None else Timers()
-    wins = windows(events, timers)
-    faults = _faults(wins, events, timers, _last(events))
+    last = _last(events)
+    wins = windows(events, timers, last)
+    faults = _faults(wins, events, timers, last)
     no_fault = Tally()
     tally = {f.id: f.tally for f in faults} | {None: no_fault}
     excluded = deny_flows(config)
@@ -237,183 +203,12 @@ def _reset_dict(r: Reset) -> dict[str, Any]:
 # -- windows -----------------------------------------------------------------------------------
 
 
-def windows(events: list[Event], timers: Timers) -> list[Window]:
-    """Each `chaos.*` fault's window, in order of injection (see the module docstring)."""
-    last = _last(events)
-    out = []
-    faults = [e for e in events if e["event"] in FAULTS and _happened(e, events)]
-    for i, f in enumerate(faults, 1):
-        kind = FAULTS[f["event"]]
-        end, heal = _ENDS[kind](f, events, timers)
-        nics = [f.get("host")] if kind in HOST_FAULTS else f.get("nics") or [f.get("nic")]
-        targets = frozenset(str(x) for x in nics if x) or frozenset({str(f.get("port", ""))})
-        healed = end is not None
-        out.append(
-            Window(i, kind, _what(f), targets, f["t"], end if healed else last, healed, heal)
-        )
-    return out
-
-
-def _happened(f: Event, events: list[Event]) -> bool:
-    """A migrate the host refused (its target was not up) changed nothing: no fault."""
-    return f["event"] != "chaos.migrate" or _decision(f, events) is not None
-
-
-def _decision(f: Event, events: list[Event]) -> Event | None:
-    """The host's `host.migrate` that carried out the migrate `f` (within 5 s)."""
-    found = _first(events, "host.migrate", f["t"], nic=f.get("nic"))
-    return found if found is not None and found["t"] <= f["t"] + 5.0 else None
-
-
 def _last(events: list[Event]) -> float:
     """The time of the last event the report reads: the end of the logs."""
     return max((e["t"] for e in events if e["event"] in NAMES), default=0.0)
 
 
-def _what(f: Event) -> str:
-    if f["event"] in ("chaos.hostd_pause", "chaos.hostd_kill"):
-        return str(f.get("host", ""))
-    if f["event"] == "chaos.migrate":
-        return f"{f.get('vm')}->{f.get('nic')}"
-    return f.get("nic") or ",".join(f.get("nics", [])) or str(f.get("port", ""))
-
-
-def _first(events: list[Event], name: str, after: float, **fields: Any) -> Event | None:
-    found = select(events, name, after, **fields)
-    return found[0] if found else None
-
-
-def _recovered(nic: str, after: float, events: list[Event]) -> float | None:
-    """When `nic` was back after `after`: rejoin (then its failback), failback, or unfence."""
-    rejoins = select(events, "nic.rejoin", after, nic=nic)
-    since = rejoins[0]["t"] if rejoins else after
-    until = rejoins[1]["t"] if len(rejoins) > 1 else INF
-    backs = [e for e in select(events, "host.failback", since, nic=nic) if e["t"] < until]
-    if backs:
-        return backs[0]["t"]
-    if rejoins:
-        return rejoins[0]["t"]
-    unfenced = _first(events, "nic.unfenced", after, nic=nic)
-    return unfenced["t"] if unfenced else None
-
-
-def _end_kill(f: Event, events: list[Event], timers: Timers) -> tuple[float | None, None]:
-    return _recovered(f.get("nic", ""), f["t"], events), None
-
-
-def _end_pause(f: Event, events: list[Event], timers: Timers) -> tuple[float | None, float | None]:
-    nic = f.get("nic", "")
-    resume = _first(events, "chaos.resume", f["t"], nic=nic)
-    if resume is None:
-        return None, None
-    heal = resume["t"]
-    troubled = _went_down(nic, f["t"], heal + timers.down_after_s, events)
-    return (_recovered(nic, heal, events) if troubled else heal), heal
-
-
-def _went_down(nic: str, t0: float, t1: float, events: list[Event]) -> bool:
-    """In [t0, t1] the host declared `nic` down, or `nic` fenced itself."""
-    down = ("host.nic.down", "nic.fenced")
-    return any(e["event"] in down and e.get("nic") == nic and t0 <= e["t"] <= t1 for e in events)
-
-
-def _end_partition(
-    f: Event, events: list[Event], timers: Timers
-) -> tuple[float | None, float | None]:
-    seconds = f.get("seconds")
-    if not isinstance(seconds, int | float):
-        return None, None
-    pair, heal = frozenset(f.get("nics", [])), f["t"] + seconds
-    cleared = [e["t"] for e in events if e["event"] == "chaos.unpartition"
-               and f["t"] <= e["t"] < heal and frozenset(e.get("nics", [])) == pair]  # fmt: skip
-    heal = min(cleared, default=heal)
-    stop = min((e["t"] for e in events if e["t"] > heal and _hits(e, pair)), default=INF)
-    end = heal
-    for down in _between(events, "nic.peer.down", pair, f["t"], heal + timers.down_after_s):
-        ups = _between(events, "nic.peer.up", pair, down["t"], stop)
-        up = next((u for u in ups if (u["nic"], u["peer"]) == (down["nic"], down["peer"])), None)
-        end = max(end, up["t"]) if up else end
-    return end, heal
-
-
-def _hits(e: Event, nics: frozenset[str]) -> bool:
-    """`e` is a fault injected on one of `nics`."""
-    return e["event"] in FAULTS and bool(nics & {e.get("nic"), *e.get("nics", [])})
-
-
-def _about(e: Event, pair: frozenset[str]) -> bool:
-    """`e` is logged by one NIC of `pair` about the other."""
-    return e.get("nic") in pair and e.get("peer") in pair - {e.get("nic")}
-
-
-def _between(
-    events: list[Event], name: str, pair: frozenset[str], t0: float, t1: float
-) -> list[Event]:
-    """The `name` events in [t0, t1] of one NIC of `pair` about the other."""
-    return [e for e in events if e["event"] == name and t0 <= e["t"] <= t1 and _about(e, pair)]
-
-
-def _end_link(f: Event, events: list[Event], timers: Timers) -> tuple[float | None, float | None]:
-    up = _first(events, "chaos.link_up", f["t"], port=f.get("port"))
-    return (up["t"], up["t"]) if up else (None, None)
-
-
-def _end_migrate(f: Event, events: list[Event], timers: Timers) -> tuple[float | None, None]:
-    """The target's takeover of the moved VPIDs (the host's decision if it took none)."""
-    decided = _decision(f, events)
-    if decided is None:
-        return None, None
-    taken = _first(events, "team.takeover", decided["t"], nic=f.get("nic"), epoch=decided["epoch"])
-    return (taken or decided)["t"], None
-
-
-def _end_hostd_pause(
-    f: Event, events: list[Event], timers: Timers
-) -> tuple[float | None, float | None]:
-    resume = _first(events, "chaos.hostd_resume", f["t"], host=f.get("host"))
-    return (resume["t"], resume["t"]) if resume else (None, None)
-
-
-def _end_hostd_kill(
-    f: Event, events: list[Event], timers: Timers
-) -> tuple[float | None, float | None]:
-    """The restarted daemon has its map back (its VMs start from there)."""
-    back = [e for e in select(events, "host.recovered", f["t"]) if e.get("host") == f.get("host")]
-    return (back[0]["t"], back[0]["t"]) if back else (None, None)
-
-
-_ENDS = {
-    "kill": _end_kill,
-    "pause": _end_pause,
-    "partition": _end_partition,
-    "link-down": _end_link,
-    "migrate": _end_migrate,
-    "hostd-pause": _end_hostd_pause,
-    "hostd-kill": _end_hostd_kill,
-}
-
-
 # -- detection and timelines -------------------------------------------------------------------
-
-
-def _detects(w: Window, e: Event) -> bool:
-    if w.kind in NIC_FAULTS:
-        return e["event"] == "host.nic.down" and e.get("nic") in w.targets
-    if w.kind == "partition":
-        return e["event"] == "nic.peer.down" and _about(e, w.targets)
-    if w.kind == "migrate":  # planned: "detected" is the host's decision
-        return e["event"] == "host.migrate" and f"->{e.get('nic')}" in w.what
-    if w.kind == "hostd-pause":  # the daemon sees its own stall once it runs again
-        return e["event"] == "host.stalled" and e.get("host") in w.targets
-    if w.kind == "hostd-kill":  # its card sees it exit
-        return e["event"] == "host.worker.exit" and e.get("host") in w.targets
-    return e["event"] == "team.uplink.down" and e.get("uplink") in w.targets
-
-
-def _detection(w: Window, events: list[Event], timers: Timers) -> Event | None:
-    """The first detection event of `w`, up to its end (or its heal + the detection time)."""
-    until = max(w.end, (w.heal if w.heal is not None else w.end) + timers.down_after_s)
-    return next((e for e in events if w.start <= e["t"] <= until and _detects(w, e)), None)
 
 
 def _why_undetected(
@@ -434,7 +229,7 @@ def _why_undetected(
 
 def _faults(wins: list[Window], events: list[Event], timers: Timers, last: float) -> list[Fault]:
     """Each window's fault: detection (or why none), overlaps, timeline."""
-    found = {w.id: _detection(w, events, timers) for w in wins}
+    found = {w.id: detection(w, events, timers) for w in wins}
     detected = {i: e is not None for i, e in found.items()}
     out = []
     for w in wins:
@@ -502,7 +297,7 @@ def _step(w: Window, e: Event) -> str | None:
         return str(nic)
     if name == "sync.resync.done" and nic in w.targets:
         return f"{nic}: {e.get('records')} records in {e.get('ms')} ms"
-    if name == "nic.peer.up" and w.kind == "partition" and _about(e, w.targets):
+    if name == "nic.peer.up" and w.kind == "partition" and about(e, w.targets):
         return f"{nic} hears {e.get('peer')}"
     if name == "chaos.unpartition" and frozenset(e.get("nics", [])) == w.targets:
         return "healed early"
