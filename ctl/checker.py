@@ -505,6 +505,9 @@ def judge(events: Iterable[Event], params: Params) -> dict[str, Any]:
     totals = {
         "established": sum(r["established"] for r in rows),
         "resets": sum(r["resets"] for r in deliver),
+        # of which excused: a host daemon crash (its built-in VMs die with it) or a host that
+        # lost every NIC at once (no failover survives that)
+        "resets_excused": excused,
         "lost": sum(r["lost"] for r in deliver),
         "longest_stall_ms": max((r["stall_ms"] for r in deliver), default=0.0),
     }
