@@ -85,12 +85,22 @@ class Card:
     def _wait(self) -> int:
         worker = self._worker
         assert worker is not None
+        kill_at: float | None = None
         while True:
+            # Short waits, not one endless one: a SIGTERM handler returns into wait(), which
+            # would resume with no timeout, and a hung (SIGSTOPped) worker would never stop.
             try:
-                return worker.wait(timeout=STOP_GRACE_S if self._stopping else None)
+                return worker.wait(timeout=0.1)
             except subprocess.TimeoutExpired:
+                pass
+            if not self._stopping:
+                continue
+            if kill_at is None:
+                kill_at = time.monotonic() + STOP_GRACE_S
+            elif time.monotonic() >= kill_at:
                 self.log.warning(f"{self.role}.worker.kill", pid=worker.pid)
                 worker.kill()
+                kill_at = float("inf")
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds

@@ -107,6 +107,13 @@ class LivenessTracker:
             if state.state is not _DOWN:
                 state.last_heard = max(state.last_heard, now)
 
+    def shift(self, seconds: float, now: float) -> None:
+        """We stood still for `seconds`: that time is nobody's silence, so every peer not
+        already DOWN is judged as if it had not passed (never heard later than `now`)."""
+        for state in self._peers.values():
+            if state.state is not _DOWN:
+                state.last_heard = min(now, state.last_heard + seconds)
+
     def state(self, peer: str) -> Liveness:
         """Current belief about ``peer`` (DOWN if never heard)."""
         state = self._peers.get(peer)

@@ -32,6 +32,18 @@ async def every(period: float, action: Callable[[], None]) -> None:
         action()
 
 
+def crash_on_error(task: asyncio.Task[Any], on_crash: Callable[[BaseException], None]) -> None:
+    """A background task (a timer, a receive loop) that dies of our own bug must not die
+    silently, leaving a process that looks alive: `on_crash(error)` (crash-only: its card
+    restarts it)."""
+
+    def done(t: asyncio.Task[Any]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            on_crash(t.exception())  # type: ignore[arg-type]
+
+    task.add_done_callback(done)
+
+
 async def run_until_signalled(daemon: Daemon) -> None:
     """Run `daemon`; SIGTERM or SIGINT asks it to stop cleanly."""
     loop = asyncio.get_running_loop()

@@ -18,6 +18,7 @@ ephemeral ports start elsewhere each boot so new connections never reuse a track
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from bus.messages import (
     Probe,
 )
 from bus.node import BaseNode, BusClosed
-from bus.runtime import daemon_args, every, run_loop, run_until_signalled
+from bus.runtime import crash_on_error, daemon_args, every, run_loop, run_until_signalled
 from bus.transport import BusNode
 from configs.loader import Config, HostSpec
 from hostd.endpoint import EPHEMERAL, Endpoint
@@ -126,6 +127,7 @@ class HostDaemon:
         self._recover_until = 0.0
         self.dropped_recovering = 0
         self._started = False  # the workload starts after the first recovery
+        self.crashed = False
 
     def now(self) -> float:
         """The loop's monotonic clock."""
@@ -168,6 +170,8 @@ class HostDaemon:
             # Polled 5x per heartbeat: a hang is seen soon after the last miss, not a beat later.
             asyncio.create_task(every(self.config.timers.heartbeat_s / 5, self._check_liveness)),
         ]
+        for task in tasks:
+            crash_on_error(task, self._crash)
         await self._stopping.wait()
         for task in tasks:
             task.cancel()
@@ -179,6 +183,11 @@ class HostDaemon:
     def stop(self) -> None:
         """Ask the loop to finish."""
         self._stopping.set()
+
+    def _crash(self, error: BaseException) -> None:
+        self.log.error("host.crash", error=repr(error), exc_info=error)
+        self.crashed = True
+        self.stop()
 
     # ------------------------------------------------------------------ workload
 
@@ -232,9 +241,6 @@ class HostDaemon:
                 self._send(out)
         except BusClosed:
             self.stop()
-        except Exception:
-            self.log.exception("host.crash")
-            raise
 
     def _on_frames(self, peer: str, msg: FrameBatch, out: dict[int, list[bytes]]) -> None:
         if self.recovering:
@@ -306,7 +312,9 @@ class HostDaemon:
         last, self._alive_at = self._alive_at, now
         if now - last >= self.stall_after:
             self.stalls += 1
-            self.liveness.excuse(self.now())
+            # Only the time we stood still is discounted: a NIC silent before the stall
+            # keeps what it had used of its detection window.
+            self.liveness.shift(now - last, self.now())
             self.log.warning("host.stalled", stalled_ms=round((now - last) * 1000, 1))
 
     def _check_liveness(self) -> None:
@@ -332,8 +340,8 @@ class HostDaemon:
             for nic in step.targets:
                 self.node.send(nic, probe)
             self.log.info("host.probe", probe=step.probe, nics=step.targets, lost=lost)
-        if step.moves is not None:
-            gone = sorted({self.fpag.binding(v).nic for v, _ in step.moves}) or lost
+        gone = sorted({self.fpag.binding(v).nic for v, _ in step.moves or []}) or lost
+        if step.moves is not None and gone:  # (nothing lost: the NIC came back in the round)
             self._remap("failover", gone[0], step.moves, nics=gone)
 
     def _remap(self, why: str, nic: str, moves: list[tuple[int, str]], **fields: Any) -> None:
@@ -366,6 +374,10 @@ class HostDaemon:
         if peer not in self.fpag.nics or not self.recovering:
             return
         self._maps[peer] = max(msg.epoch, self._maps.get(peer, 0))
+        problem = self.fpag.check_map(msg.entries)
+        if problem is not None:
+            self.log.warning("host.recover.bad_map", nic=peer, epoch=msg.epoch, error=problem)
+            return
         if self._recovered is None or msg.epoch > self._recovered[0]:
             self._recovered = (msg.epoch, peer, list(msg.entries))
 
@@ -407,9 +419,14 @@ class HostDaemon:
         self.fpag.raise_epoch((self.boot - 1) << EPOCH_BOOT_SHIFT)
         now = self.now()
         for nic in self.fpag.nics:
-            # Judged only over time we run: a NIC silent from now on is declared down.
-            if self.liveness.state(nic) is Liveness.DOWN and nic not in self.supervisor.down:
+            # Every NIC gets a fresh detection window now: its transitions while we recovered
+            # went unjudged, so one that hung meanwhile is declared down 150 ms from here.
+            if nic not in self.supervisor.down:
                 self.liveness.heard(nic, now)
+            # A NIC that holds nothing and is not up (rebooting, resyncing) is no failover
+            # target; it gets its VPIDs back when it says it is up (failback).
+            if self.nic_state.get(nic) != "up" and not self.fpag.vpids_on(nic):
+                self.supervisor.down.add(nic)
         self.liveness.poll(now)  # those "heard" transitions are ours, not news
         update = MapUpdate(self.fpag.epoch, self.fpag.entries())
         for nic in self.fpag.nics:
@@ -563,6 +580,8 @@ def main(argv: list[str] | None = None) -> None:
     node = BusNode(host, config.endpoint(host))
     daemon = HostDaemon(config, config.host(host), node, boot=boot_number())
     run_loop(run_until_signalled(daemon))
+    if daemon.crashed:
+        sys.exit(70)  # EX_SOFTWARE: the card restarts us
 
 
 if __name__ == "__main__":

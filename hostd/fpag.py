@@ -80,6 +80,18 @@ class Fpag:
         self._dirty = False
         return unknown
 
+    def check_map(self, entries: list[tuple[int, str, int]]) -> str | None:
+        """Why a map a NIC holds cannot be this host's (None if it can): every VPID we allocated
+        exactly once, on a NIC of ours, no VF port twice."""
+        vpids = [vpid for vpid, _, _ in entries]
+        if sorted(vpids) != sorted(self._bindings):
+            return f"VPIDs {sorted(vpids)} are not this host's {sorted(self._bindings)}"
+        if any(nic not in self.nics for _, nic, _ in entries):
+            return "a NIC that is not this host's"
+        if len({(nic, ppid) for _, nic, ppid in entries}) != len(entries):
+            return "a VF port given twice"
+        return None
+
     def raise_epoch(self, floor: int) -> int:
         """Move the epoch up to at least `floor` (the map unchanged); returns the epoch."""
         self.epoch = max(self.epoch, floor)

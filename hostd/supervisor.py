@@ -14,9 +14,11 @@ remaining NIC a `Probe` and moves VPIDs only to NICs that answer it, that is, th
 is asked of the others), and all the VPIDs lost in one round move in one epoch, each exactly
 once, to NICs that answered. The round ends when every candidate has answered or been declared
 down, or at its deadline (one heartbeat interval: a hung NIC never answers, and is left out).
-If nobody answered by then, the round starts again: the VPIDs wait rather than go to a NIC
-nobody has heard from. With ``failback``, a NIC that returns gets back the VPIDs the config
-(or an operator's migrate) homes on it.
+An answer counts whenever it comes, to any probe sent since the loss: a slow NIC (a loaded
+machine, a loop busy with a snapshot) is slow, not dead. If nobody answered by the deadline,
+the probe goes out again: the VPIDs wait rather than go to a NIC nobody has heard from. With
+``failback``, a NIC that returns gets back the VPIDs the config (or an operator's migrate) homes
+on it.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class Supervisor:
         self.probe_seq = first_probe - 1
         self._answered: dict[str, int] = {}  # the newest probe each NIC answered
         self._deadline = 0.0
+        self._bar = 0  # the first probe of the round: answers to it or later ones count
         self._to_send: Step | None = None
 
     # ------------------------------------------------------------------ inputs
@@ -122,6 +125,8 @@ class Supervisor:
         self.down.discard(nic)
         # It just spoke, so it is proof of life for a round under way too.
         self._answered[nic] = self.probe_seq
+        if self.phase is Phase.CONFIRMING and not self.lost():
+            self._fire(Event.SETTLED)  # what was lost is back: nothing left to decide
         mine = [v for v, home in self.configured.items() if home == nic and self.where(v) != nic]
         mine = mine if self.failback else []
         if self.phase is Phase.CONFIRMING:
@@ -141,14 +146,14 @@ class Supervisor:
         if self.phase is not Phase.CONFIRMING:
             return step
         candidates = self.candidates()
-        alive = [n for n in candidates if self._answered.get(n, 0) >= self.probe_seq]
+        alive = [n for n in candidates if self._answered.get(n, 0) >= self._bar]
         if len(alive) == len(candidates):
             self._fire(Event.SETTLED)
         elif now >= self._deadline and alive:
             self._fire(Event.EXPIRED)
         elif now >= self._deadline:
             self._fire(Event.NOBODY)
-            self._new_round(now)
+            self._new_round(now, raise_bar=False)
             return self._merge(step)
         else:
             return step
@@ -170,9 +175,12 @@ class Supervisor:
             return []  # every NIC is down: the VPIDs stay, unreachable, until one returns
         return [(vpid, alive[i % len(alive)]) for i, vpid in enumerate(self.lost())]
 
-    def _new_round(self, now: float) -> None:
+    def _new_round(self, now: float, raise_bar: bool = True) -> None:
         self._deadline = now + self.confirm_s
-        self._to_send = Step(self.next_probe(), self.candidates())
+        seq = self.next_probe()
+        if raise_bar:
+            self._bar = seq  # a loss: proof of life from after it
+        self._to_send = Step(seq, self.candidates())
 
     def _merge(self, step: Step) -> Step:
         fresh, self._to_send = self._to_send, None

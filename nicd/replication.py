@@ -34,6 +34,7 @@ from nicd.statesync import (
 RESYNC_RETRY_S = 0.25  # a resync request unanswered (the sibling's link to us not up yet)
 RESYNC_WAIT_S = 10.0  # a sibling silent for this long is taken as having nothing for us
 LAG_SAMPLES = 8192
+MAX_SEQ = 1 << 62  # a stream numbered past this is not one of ours (and would overflow acks)
 
 
 class Replicator:
@@ -133,6 +134,8 @@ class Replicator:
             return
         try:
             check_changes(msg.changes)
+            if msg.first_seq + len(msg.changes) > MAX_SEQ:
+                raise ValueError(f"first_seq: {msg.first_seq} past {MAX_SEQ}")
         except ValueError as e:
             self.malformed += 1
             self.log.warning("sync.malformed", peer=peer, error=str(e))
@@ -178,8 +181,8 @@ class Replicator:
         """Ask `peer` to resend from `want` (0: a snapshot), at most once per retry period."""
         now = self.now()
         last = self._asked.get(peer)
-        if last is not None and last[0] == want and now - last[1] < RESYNC_RETRY_S:
-            return
+        if last is not None and now - last[1] < RESYNC_RETRY_S and (last[0] == want or want == 0):
+            return  # asked lately: a snapshot (0) most of all is not asked for twice in a row
         self._asked[peer] = (want, now)
         self.log.info("sync.gap", origin=peer, want=want, got=got)
         self.node.send(peer, SyncRequest(self.name, want))

@@ -39,6 +39,7 @@ DELETE = 2
 LEARN = 3  # [LEARN, segment, MAC as a 48-bit int, IPv4 as an int (0: none known)]
 KEY_FIELDS = 9  # zone, family, proto, src hi/lo, dst hi/lo, sport, dport: the key in wire form
 RECORD_FIELDS = 18
+RESEND_MAX = 8192  # changes in one resend batch (a bus batch holds at most 32768)
 
 Change = list[Any]
 WireKey = tuple[int, ...]
@@ -115,8 +116,8 @@ class Origin:
             return Batch(self.seq + 1, [], boot=self.boot)
         if from_seq < 1 or not self._log or self._log[0][0] > from_seq:
             return None
-        if self._log[-1][0] != self.seq:
-            return None  # numbers a snapshot skipped ahead are in no log: a snapshot again
+        if self.seq - from_seq >= RESEND_MAX:
+            return None  # one batch that large is past what a sibling accepts: a snapshot
         start = from_seq - self._log[0][0]
         return Batch(from_seq, [c for _, c in list(self._log)[start:]], boot=self.boot)
 
@@ -130,8 +131,10 @@ class Origin:
         total = len(records) + len(macs)
         if total > self.seq:
             # More rows than numbers given out (state held before numbering began): skip
-            # ahead, so the snapshot's numbers stay >= 1; live holders see a gap and ask.
+            # ahead, so the snapshot's numbers stay >= 1; live holders see a gap and ask. The
+            # log cannot resend the skipped numbers: it starts again after them.
             self.seq = total
+            self._log.clear()
         first = self.seq + 1 - total
         if not total:
             yield Batch(first, [], reset=True, boot=self.boot, until=self.seq)

@@ -44,7 +44,7 @@ from bus.messages import (
     trusted,
 )
 from bus.node import BaseNode, BusClosed
-from bus.runtime import daemon_args, every, run_loop, run_until_signalled
+from bus.runtime import crash_on_error, daemon_args, every, run_loop, run_until_signalled
 from bus.transport import BusNode
 from configs.loader import FABRICD as FABRIC
 from configs.loader import Config, NicSpec, timeouts_from_ms
@@ -169,6 +169,8 @@ class NicWorker:
             asyncio.create_task(self._hello_until_ready()),
         ]
         receiver = asyncio.create_task(self._receive())
+        for task in timers:
+            crash_on_error(task, self._crash)
         await self._stopping.wait()
         for task in [*timers, receiver]:
             task.cancel()
@@ -179,6 +181,12 @@ class NicWorker:
     def stop(self) -> None:
         """Ask the loop to finish (signal handlers call this)."""
         self._stopping.set()
+
+    def _crash(self, error: BaseException) -> None:
+        # A dead heartbeat timer would leave a NIC forwarding that nobody hears: exit instead.
+        self.log.error("nic.crash", error=repr(error), exc_info=error)
+        self.crashed = True
+        self.stop()
 
     async def _receive(self) -> None:
         try:
@@ -327,6 +335,9 @@ class NicWorker:
         p = self.pipeline
         if peer != self.host or p is None:
             return
+        # Changes made under the old map go out first: sent after a release, they would reach
+        # siblings that filed the zone under its new home already, as a copy nobody deletes.
+        self._replicate(time.monotonic())
         if msg.epoch <= p.map.epoch:
             if self.fenced and msg.epoch == p.map.epoch:
                 self._unfence(p)  # the host never remapped: what we own is still ours

@@ -706,8 +706,15 @@ class Pipeline:
         return gone
 
     def _evict(self, rec: CtRecord) -> None:
-        """Remove every fast-tier entry that depends on this record."""
+        """Remove every fast-tier entry that depends on this record, its hits read back first
+        (or the record would age as if those packets never came, and expire while in use)."""
         for key in self._keys_of.pop(id(rec), ()):
+            for table in (self.eswitch, self.cache):
+                entry = table.entries.get(key)
+                if entry is not None and entry.packets:
+                    for r in entry.records:
+                        self.ct.touch(r, entry.last_hit, entry.packets, entry.bytes)
+                    entry.packets = entry.bytes = 0
             self.eswitch.evict(key, rec)
             self.cache.evict(key, rec)
         rec.tier = Tier.SLOW

@@ -118,3 +118,14 @@ def test_our_own_stall_is_excused_but_a_down_peer_stays_down() -> None:
     assert t.poll(5.0) == []
     assert t.peers() == {"a": Liveness.UP, "b": Liveness.DOWN}
     assert t.poll(5.2) == [("a", Liveness.UP, Liveness.DOWN)]
+
+
+def test_a_stall_of_ours_is_discounted_not_forgiven() -> None:
+    t = LivenessTracker(0.05, 3)
+    t.heard("a", 0.0)
+    t.heard("b", 0.1)
+    t.poll(0.1)
+    t.shift(1.0, now=1.1)  # we stood still from 0.1 to 1.1
+    assert all(new is not Liveness.DOWN for _, _, new in t.poll(1.1))  # a used 0.1 s, b none
+    down = [p for p, _, new in t.poll(1.151) if new is Liveness.DOWN]
+    assert down == ["a"] and t.state("b") is Liveness.SUSPECT

@@ -225,3 +225,13 @@ async def test_an_answer_whose_map_was_lost_is_asked_again(tmp_path: Path) -> No
         await r.answer_probe("nic1", 5, moved)  # asked again: this time the map arrives
         await until_recovered(r.daemon)
         assert r.daemon.fpag.entries() == moved
+
+
+async def test_a_nic_map_that_cannot_be_this_hosts_is_not_recovered_from(tmp_path: Path) -> None:
+    async with rig(tmp_path, recover=False, boot=2) as r:
+        good = [(v, "nic1", 100 + v) for v in range(1, 6)]
+        bad = [(1, "nic1", 100), (2, "nic2", 100), (9, "nic2", 100)]  # a port twice, VPID 9
+        await r.answer_probe("nic2", 8, bad)
+        await r.answer_probe("nic1", 5, good)
+        await until_recovered(r.daemon)
+        assert r.daemon.fpag.entries() == good

@@ -144,3 +144,23 @@ def test_a_nic_back_during_a_round_is_a_candidate_of_that_round(failback: bool) 
     assert sup.nic_up("nic3") == []  # its own VPIDs: none away from it
     moves = sup.poll(2.001).moves
     assert moves is not None and {n for _, n in moves} == {"nic2", "nic3"}
+
+
+def test_a_slow_answer_to_an_earlier_probe_of_the_round_still_counts() -> None:
+    # A survivor whose round trip is longer than the round (a loaded box) must not livelock it.
+    sup, _ = make(nics=["nic1", "nic2"], where={1: "nic1", 2: "nic2"})
+    sup.nic_down("nic1", 10.0)
+    first = sup.poll(10.0)
+    for t in (10.05, 10.10, 10.15):
+        assert sup.poll(t).moves is None  # nobody yet: asked again
+    sup.answered("nic2", first.probe)  # the answer to the first probe, 160 ms late
+    assert sup.poll(10.16).moves == [(1, "nic2")]
+
+
+def test_the_lost_nic_back_inside_the_round_ends_it_with_nothing_to_move() -> None:
+    sup, _ = make()
+    sup.nic_down("nic3", 10.0)  # only slow: it beats "up" 20 ms later
+    sup.poll(10.0)
+    assert sup.nic_up("nic3") == []
+    assert sup.phase is Phase.STEADY
+    assert sup.poll(10.1).moves is None
