@@ -31,7 +31,8 @@ START = "nic.start"
 GAP = 2.5  # a silence this many times a NIC's usual stats interval is a gap, not a slow sample
 TIERS = ("eswitch", "cache", "slow path")  # where frames were handled, fastest first
 STYLES = {"eswitch": "-", "cache": "--", "slow path": ":"}
-SHADES = {"kill": "crimson", "pause": "darkorange", "partition": "purple", "link-down": "teal"}
+SHADES = {"kill": "crimson", "pause": "darkorange", "partition": "purple", "link-down": "teal",
+          "migrate": "steelblue", "hostd-pause": "olive", "hostd-kill": "saddlebrown"}  # fmt: skip
 ALPHA = 0.15  # translucent: where two windows overlap, the shades add up
 
 

@@ -168,3 +168,10 @@ def test_plot_shades_windows_and_marks_resets(tmp_path: Path) -> None:
     # Pure red (the reset crosses) is drawn somewhere; no line or shade is that colour
     red = (pixels[..., 0] > 0.9) & (pixels[..., 1] < 0.1) & (pixels[..., 2] < 0.1)
     assert red.any()
+
+
+def test_every_fault_kind_has_a_shade() -> None:
+    from ctl.plot import SHADES
+    from ctl.windows import FAULTS
+
+    assert set(FAULTS.values()) <= set(SHADES)
