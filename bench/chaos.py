@@ -61,6 +61,24 @@ def summary(verdicts: list[dict[str, Any]]) -> dict[str, Any]:
         **figures("detect", detect, "ms"),
         **figures("takeover", takeover, "ms"),
         "takeover_samples": len(takeover),
+        # The slowest takeovers, to be explained rather than averaged away.
+        "takeover_slowest": sorted(
+            (
+                {
+                    "config": v["config"],
+                    "seed": v["seed"],
+                    "kind": w["kind"],
+                    "targets": w["targets"],
+                    "at_s": w["at_s"],
+                    "takeover_ms": w["takeover_ms"],
+                    "overlapped": w.get("overlapped"),
+                }
+                for v in verdicts
+                for w in v["windows"]
+                if w["takeover_ms"] is not None
+            ),
+            key=lambda r: -r["takeover_ms"],
+        )[:5],
         "longest_stall_ms": max((v["totals"]["longest_stall_ms"] for v in verdicts), default=0),
         "valid": sum(v["valid"] for v in verdicts),
         "invalid": sum(not v["valid"] for v in verdicts),
@@ -126,7 +144,10 @@ def show(r: dict[str, Any], title: str) -> None:
          "fault -> host.nic.down"),
         ("takeover p50 / p99", f"{r['takeover_ms_p50']} / {r['takeover_ms_p99']} ms",
          "fault -> first frame on the new path"),
-        ("takeover max", f"{r.get('takeover_ms_max')} ms", f"{r['takeover_samples']} takeovers"),
+        ("takeover max", f"{r.get('takeover_ms_max')} ms", f"{r['takeover_samples']} takeovers"
+         + "".join(f"; slowest: {w['kind']} {','.join(w['targets'])} at {w['at_s']} s "
+                   f"({w['config']} seed {w['seed']}{', overlapping' if w['overlapped'] else ''})"
+                   for w in r["takeover_slowest"][:1])),
         ("verdicts", f"{r['valid']} valid", f"{r['invalid']} invalid"),
     ]  # fmt: skip
     print_table(f"nicteam chaos ({title})", rows)

@@ -250,7 +250,8 @@ def windows(events: list[Event], ix: Index, params: Params, t0: float, t1: float
                "targets": sorted(w.targets), "start": w.start, "end": w.end,
                "healed": w.healed, "detect_ms": f.detect_ms, "takeover_ms": f.takeover_ms,
                "lost": f.tally.frames_lost, "resets": f.tally.connections_reset,
-               "lost_per_flow": dict(f.tally.lost_per_flow)}  # fmt: skip
+               "lost_per_flow": dict(f.tally.lost_per_flow),
+               "overlapped": bool(f.overlaps)}  # fmt: skip
         key = (step,) if step is not None else (w.id,)
         out[key] = _merge(out[key], row) if key in out else row
     rows = sorted(out.values(), key=lambda r: r["start"])
