@@ -110,7 +110,7 @@ class HostDaemon:
         self.liveness = LivenessTracker(timers.heartbeat_s, timers.heartbeat_misses)
         self._map_sent: dict[str, float] = {}
         # Liveness is judged only over time this loop was running: after a stall (SIGSTOP, a
-        # long GC, a slow disk) every NIC gets a fresh detection window.
+        # long GC, a slow disk) the stalled time is discounted from every NIC's silence.
         self.stall_after = timers.heartbeat_s
         self._alive_at = time.monotonic()
         self.stalls = 0
@@ -304,7 +304,7 @@ class HostDaemon:
             self._check_liveness()
 
     def _check_stall(self) -> None:
-        """After our own loop stood still, nobody's silence counts: re-arm every NIC's window.
+        """After our own loop stood still, that time is nobody's silence: it is discounted.
 
         CLOCK_MONOTONIC, not the loop clock: the loop's time does not move inside a callback.
         """
