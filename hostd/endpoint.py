@@ -141,7 +141,7 @@ class Endpoint:
         self.ips: list[IPAddress] = [i.ip for i in self.interfaces]
         self.tcp_config = tcp_config or TcpConfig()
         self.stats = EndpointStats()
-        self.sink = SinkBook()
+        self.sink = SinkBook(midstream=stream > 0)
         self.arp_cache: dict[IPv4Address, bytes] = {}
         self.flows: dict[str, TcpClientFlow | UdpClientFlow] = {}
         self._own = set(self.ips)

@@ -209,8 +209,13 @@ class _RxState:
 class SinkBook:
     """Per-flow receive accounting: delivered, gaps, duplicates, reordering."""
 
-    def __init__(self, max_missing: int = 65536, max_flows: int = 4096) -> None:
+    def __init__(
+        self, max_missing: int = 65536, max_flows: int = 4096, midstream: bool = False
+    ) -> None:
+        """`midstream`: this sink starts while its senders are under way (a restarted host's
+        VMs): what they sent before its first message was never this sink's to count."""
         self.flows: dict[str, FlowStats] = {}
+        self._midstream = midstream
         self.overflow = 0  # messages of flows beyond `max_flows`, not booked
         self._rx: dict[str, _RxState] = {}
         self._max_missing = max_missing
@@ -225,6 +230,8 @@ class SinkBook:
                 return
             st = self.flows[name] = FlowStats()
             self._rx[name] = _RxState()
+            if self._midstream:
+                self._rx[name].stream, self._rx[name].next = seq >> STREAM_BITS, seq
         rx = self._rx[name]
         stream = seq >> STREAM_BITS
         if stream != rx.stream:

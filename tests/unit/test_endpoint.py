@@ -500,3 +500,16 @@ def test_a_restarted_senders_new_stream_fills_no_old_gap() -> None:
     sink.record("f", 4, 10, 1.1)  # a straggler of the old life: not a fill, a duplicate
     st = sink.flows["f"]
     assert (st.delivered, st.gaps, st.dup, st.reordered) == (8, 3, 1, 0)
+
+
+def test_a_restarted_hosts_sink_counts_from_the_first_message_it_gets() -> None:
+    # A VM of a restarted host daemon joins a long-running sender mid-stream: the 5000
+    # messages before its birth are not its losses.
+    sink = SinkBook(midstream=True)
+    for seq in (5000, 5001, 5003):
+        sink.record("f", seq, 10, 0.0)
+    st = sink.flows["f"]
+    assert (st.delivered, st.gaps) == (3, 1)
+    fresh = SinkBook()  # a sink there from the start does count what never came
+    fresh.record("f", 3, 10, 0.0)
+    assert fresh.flows["f"].gaps == 3
