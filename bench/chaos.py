@@ -7,7 +7,8 @@ the configs taken in turn (seed 1 on the first, seed 2 on the second, ...). From
 checker's verdicts: faults played, connections reset (goal: 0), frames lost per fault window
 (p50/p99), detection and takeover (p50/p99/max: the fault to `team.first_frame` of the
 failover epoch, for the kills and pauses that caused one) and every run's verdict with the
-command that replays it. The logs of an invalid run are kept (their path is in the JSON).
+command that replays it. The logs of an invalid run, or of one with a takeover over 2 s, are
+kept (their path is in the JSON).
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ from bench.failover import pct
 from ctl.cluster import REPO, running_cluster
 from ctl.nemesis import DEFAULT_FAULTS, parse_faults, run_and_check
 
+SLOW_TAKEOVER_MS = 2000.0
+
 
 def one(config: str, seed: int, seconds: float, faults: tuple[str, ...]) -> dict[str, Any]:
     """One seed on a fresh cluster of `config`: the checker's verdict, logs kept if invalid."""
     path = REPO / "configs" / f"{config}.toml"
     with running_cluster(config_path=path) as c:
         verdict = run_and_check(c.config, seed, seconds, faults)
-        if not verdict["valid"]:
+        slow = any((w["takeover_ms"] or 0) > SLOW_TAKEOVER_MS for w in verdict["windows"])
+        if not verdict["valid"] or slow:  # a takeover that slow is worth reading the logs of
             kept = tempfile.mkdtemp(prefix=f"nt-bench-chaos-{config}-{seed}-")
             verdict["logs"] = shutil.copytree(c.run_dir / "logs", kept, dirs_exist_ok=True)
     return verdict
