@@ -17,14 +17,16 @@ import tracemalloc
 from ipaddress import IPv4Address, IPv4Network
 
 from bench.common import bus_ceiling_fps, print_table, rate, write_results
-from nicd.datapath import build
 from nicd.datapath.classifier import Classifier
 from nicd.datapath.conntrack import ConntrackTable, Timeouts
-from nicd.datapath.frames import TCP_ACK, TCP_SYN, mac_bytes, parse_frame_untrusted
 from nicd.datapath.pipeline import DatapathConfig, Ingress, Pipeline
 from nicd.datapath.rules import Action, Direction, Rule, RuleSet, ruleset_from_config
 from nicd.datapath.teaming import TeamPolicy, Uplink
 from nicd.datapath.vswitch import Interface, Segment
+from wire import build
+from wire.addr import mac_bytes
+from wire.frames import parse_frame_untrusted
+from wire.protocols import TCP_ACK, TCP_SYN
 
 BATCH = 32
 FLOWS = 256

@@ -43,8 +43,8 @@ from ctl.logs import load, select
 from ctl.session import resync_progress
 from ctl.summary import books, losses
 from hostd.daemon import HostDaemon
-from nicd.datapath.build import udp_frame
-from nicd.datapath.frames import mac_bytes
+from wire.addr import mac_bytes
+from wire.build import udp_frame
 
 NICS = ("nic1", "nic2")
 

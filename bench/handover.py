@@ -28,8 +28,9 @@ from bus.transport import BusNode
 from configs import DEFAULT_CONFIG
 from configs.loader import FABRICD, Config, load_config
 from hostd.daemon import HostDaemon
-from nicd.datapath import build
-from nicd.datapath.frames import TCP_ACK, mac_bytes
+from wire import build
+from wire.addr import mac_bytes
+from wire.protocols import TCP_ACK
 
 BATCH = 32
 SENDER, RECEIVER, HOST = "nic1", "nic2", "h1"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import signal
@@ -10,8 +9,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 import uvloop
-
-from configs.loader import Config, load_config
 
 
 class Daemon(Protocol):
@@ -50,18 +47,6 @@ async def run_until_signalled(daemon: Daemon) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop)
     await daemon.run()
-
-
-def daemon_args(
-    prog: str, doc: str | None, role: str, argv: list[str] | None
-) -> tuple[Config, str]:
-    """Parse `--config FILE --<role> NAME [--run-dir DIR]`; returns the config and the name."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc)
-    parser.add_argument("--config", required=True)
-    parser.add_argument(f"--{role}", required=True, dest="name")
-    parser.add_argument("--run-dir")
-    args = parser.parse_args(argv)
-    return load_config(args.config, args.run_dir), args.name
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -52,12 +52,12 @@ from ipaddress import (
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from hostd.traffic import MAX_MESSAGE, MAX_UDP_PAYLOAD, FlowSpec, message_length
+from hoststack.traffic import MAX_MESSAGE, MAX_UDP_PAYLOAD, FlowSpec, message_length
 from nicd.datapath.conntrack import Timeouts
-from nicd.datapath.frames import mac_bytes, mac_str
 from nicd.datapath.rules import RuleError, RuleSet, ruleset_from_config
 from nicd.datapath.teaming import team_policy_from_str
 from nicd.datapath.vswitch import Segment, segment_from_dict
+from wire.addr import mac_bytes, mac_str
 
 __all__ = [
     "FABRICD",
@@ -286,7 +286,7 @@ class Config:
         return target
 
     def flow_spec(self, flow: WorkloadFlow) -> FlowSpec:
-        """``flow`` as the sender's hostd.traffic.FlowSpec (runs until stopped)."""
+        """``flow`` as the sender's hoststack.traffic.FlowSpec (runs until stopped)."""
         return FlowSpec(
             name=flow.name,
             proto=flow.proto,

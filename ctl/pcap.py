@@ -11,8 +11,9 @@ from datetime import datetime
 from ipaddress import ip_address
 from typing import BinaryIO
 
-from nicd.datapath.frames import ETH_ARP, MalformedFrame, mac_str, parse_frame_untrusted
-from nicd.inspect import PROTO_NAMES
+from wire.addr import mac_str
+from wire.frames import MalformedFrame, parse_frame_untrusted
+from wire.protocols import ETH_ARP, PROTO_NAMES
 
 MAGIC = 0xA1B2C3D4  # microsecond resolution, written in our byte order (readers swap)
 LINKTYPE_ETHERNET = 1

@@ -56,7 +56,7 @@ from ctl.windows import (
     detection,
     windows,
 )
-from hostd.tcp import TcpConfig
+from hoststack.tcp import TcpConfig
 
 STEPS = {
     "host.nic.down", "nic.peer.down", "team.uplink.down", "host.failover", "ct.commit",

@@ -43,8 +43,8 @@ from bus.messages import (
 from bus.node import BaseNode, BusClosed
 from bus.transport import BusNode
 from fabricd.switch import DEFAULT_AGING, MacMove, PortMode, Switch
-from hostd.endpoint import Endpoint
-from hostd.traffic import wall_times
+from hoststack.endpoint import Endpoint
+from hoststack.traffic import wall_times
 
 __all__ = ["NAME", "Fabric", "FabricDaemon", "FabricStats", "serve"]
 

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
-from nicd.datapath.frames import ETH_VLAN, MalformedFrame, mac_str
+from wire.addr import mac_str
+from wire.frames import MalformedFrame
+from wire.protocols import ETH_VLAN
 
 __all__ = ["DEFAULT_AGING", "MacMove", "MacRow", "PortMode", "Switch", "SwitchStats"]
 

@@ -13,8 +13,8 @@ import sys
 
 from bus.card import Card, run_card
 from bus.log import configure_logging
-from bus.runtime import daemon_args
 from bus.transport import ipc_path
+from configs.cmdline import daemon_args
 
 RESTART_DELAY_S = 0.1  # the host's VMs and decisions wait on it: no reboot_delay here
 

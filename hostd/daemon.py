@@ -41,15 +41,16 @@ from bus.messages import (
     Probe,
 )
 from bus.node import BaseNode, BusClosed
-from bus.runtime import crash_on_error, daemon_args, every, run_loop, run_until_signalled
+from bus.runtime import crash_on_error, every, run_loop, run_until_signalled
 from bus.transport import BusNode
+from configs.cmdline import daemon_args
 from configs.loader import Config, HostSpec
-from hostd.endpoint import EPHEMERAL, Endpoint
 from hostd.fpag import Fpag
 from hostd.supervisor import Supervisor
-from hostd.traffic import FlowSpec, wall_times
-from nicd.datapath.frames import mac_str
+from hoststack.endpoint import EPHEMERAL, Endpoint
+from hoststack.traffic import FlowSpec, wall_times
 from nicd.datapath.teaming import team_policy_from_str
+from wire.addr import mac_str
 
 POLL_S = 0.005
 RECOVER_WAIT_S = 5.0  # NICs that say nothing for this long are recovered without

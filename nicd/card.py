@@ -9,8 +9,8 @@ import sys
 
 from bus.card import Card, run_card
 from bus.log import configure_logging
-from bus.runtime import daemon_args
 from bus.transport import ipc_path
+from configs.cmdline import daemon_args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,8 +13,8 @@ from nicd.datapath.conntrack import ConntrackTable, CtRecord
 from nicd.datapath.pipeline import Pipeline
 from nicd.datapath.tiers import Action as PathAction
 from nicd.datapath.tiers import Tier
+from wire.protocols import PROTO_NAMES
 
-PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 MAX_ROWS = 10_000  # a control reply stays well under the bus's message size
 
 

@@ -44,8 +44,9 @@ from bus.messages import (
     trusted,
 )
 from bus.node import BaseNode, BusClosed
-from bus.runtime import crash_on_error, daemon_args, every, run_loop, run_until_signalled
+from bus.runtime import crash_on_error, every, run_loop, run_until_signalled
 from bus.transport import BusNode
+from configs.cmdline import daemon_args
 from configs.loader import FABRICD as FABRIC
 from configs.loader import Config, NicSpec, timeouts_from_ms
 from nicd.capture import IN, OUT

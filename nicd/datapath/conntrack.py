@@ -36,7 +36,9 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
-from nicd.datapath.frames import (
+from nicd.datapath.rules import Direction
+from wire.frames import Packet
+from wire.protocols import (
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_TCP,
@@ -45,9 +47,7 @@ from nicd.datapath.frames import (
     TCP_FIN,
     TCP_RST,
     TCP_SYN,
-    Packet,
 )
-from nicd.datapath.rules import Direction
 
 CtKey = tuple[int, int, int, int, int, int, int]  # zone, family, proto, src, dst, sport, dport
 

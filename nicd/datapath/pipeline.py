@@ -23,26 +23,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from operator import itemgetter
 
-from nicd.datapath import build
 from nicd.datapath.classifier import Classifier
 from nicd.datapath.conntrack import ConntrackTable, CtRecord, Timeouts
 from nicd.datapath.eswitch import DEFAULT_ESWITCH_CAPACITY, ESwitch
 from nicd.datapath.flowcache import DEFAULT_CACHE_CAPACITY, FlowCache
-from nicd.datapath.frames import (
-    ETH_ARP,
-    ETH_VLAN,
-    PROTO_TCP,
-    PROTO_UDP,
-    MalformedFrame,
-    Packet,
-    parse_frame_untrusted,
-)
 from nicd.datapath.rules import Action, Direction, Rule, RuleSet
 from nicd.datapath.teaming import Team, TeamPolicy, Uplink, flow_hash
 from nicd.datapath.tiers import Action as PathAction
 from nicd.datapath.tiers import FastKey, PathEntry, Tier, TierStats, fast_key
 from nicd.datapath.vpidmap import MapChange, VpidMap
 from nicd.datapath.vswitch import Interface, Segment, VSwitch
+from wire import build
+from wire.frames import MalformedFrame, Packet, parse_frame_untrusted
+from wire.protocols import ETH_ARP, ETH_VLAN, PROTO_TCP, PROTO_UDP
 
 
 class Ingress(enum.IntEnum):

@@ -31,26 +31,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
-from nicd.datapath import build
 from nicd.datapath.conntrack import ConntrackTable, CtRecord
-from nicd.datapath.frames import (
-    ETH_ARP,
-    ETH_VLAN,
-    PROTO_ICMP,
-    PROTO_ICMPV6,
-    PROTO_TCP,
-    PROTO_UDP,
-    TCP_ACK,
-    TCP_FIN,
-    TCP_PSH,
-    TCP_RST,
-    TCP_SYN,
-    MalformedFrame,
-    Packet,
-    mac_bytes,
-    mac_str,
-    parse_frame_untrusted,
-)
 from nicd.datapath.pipeline import (
     Decision,
     Emit,
@@ -69,7 +50,24 @@ from nicd.datapath.rules import Action, Direction
 from nicd.datapath.teaming import Team, TeamPolicy, Uplink, flow_hash
 from nicd.datapath.tiers import FastKey, PathEntry, Tier, fast_key
 from nicd.datapath.vswitch import Interface, Segment, VSwitch, VSwitchStats
-from nicd.inspect import PROTO_NAMES, conntrack_row
+from nicd.inspect import conntrack_row
+from wire import build
+from wire.addr import mac_bytes, mac_str
+from wire.frames import MalformedFrame, Packet, parse_frame_untrusted
+from wire.protocols import (
+    ETH_ARP,
+    ETH_VLAN,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_NAMES,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_PSH,
+    TCP_RST,
+    TCP_SYN,
+)
 
 __all__ = [
     "Egress",

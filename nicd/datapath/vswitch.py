@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
-from nicd.datapath.build import arp_frame
-from nicd.datapath.frames import ETH_ARP, Packet, mac_bytes
+from wire.addr import mac_bytes
+from wire.build import arp_frame
+from wire.frames import Packet
+from wire.protocols import ETH_ARP
 
 __all__ = [
     "Interface",

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from configs import DEFAULT_CONFIG
-from nicd.datapath.frames import mac_str, parse_frame_untrusted
 from tests.cluster.conftest import BIN, REPO, Cluster, tagged_pids, wait_for
 from tests.cluster.test_chaos import lost_and_resets
 from tests.cluster.test_cluster import delivered, wait_until_flowing
 from tests.cluster.test_teaming import nicteam
+from wire.addr import mac_str
+from wire.frames import parse_frame_untrusted
 
 pytestmark = pytest.mark.cluster
 

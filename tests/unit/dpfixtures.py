@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-from nicd.datapath import build
 from nicd.datapath.conntrack import Timeouts
-from nicd.datapath.frames import mac_bytes
 from nicd.datapath.pipeline import DatapathConfig, Pipeline
 from nicd.datapath.rules import RuleSet, ruleset_from_config
 from nicd.datapath.teaming import TeamPolicy, Uplink
 from nicd.datapath.vswitch import Interface, Segment
+from wire import build
+from wire.addr import mac_bytes
 
 SEGMENTS = [Segment("web", 10), Segment("db", None)]
 

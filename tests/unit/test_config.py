@@ -23,10 +23,10 @@ from configs import (
 )
 from nicd.datapath.classifier import Classifier
 from nicd.datapath.conntrack import Timeouts
-from nicd.datapath.frames import mac_bytes
 from nicd.datapath.rules import PROTO_NAMES, Action, Direction, Rule, ruleset_from_config
 from nicd.datapath.teaming import team_policy_from_str
 from nicd.datapath.vswitch import interface_from_dict, segment_from_dict
+from wire.addr import mac_bytes
 
 # A small valid cluster; error cases edit it by exact text replacement or by appending.
 BASE = """\

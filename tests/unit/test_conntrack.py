@@ -10,8 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nicd.datapath import build
-from nicd.datapath.build import IPAddress
 from nicd.datapath.conntrack import (
     HORIZON,
     TCP_TRANSITIONS,
@@ -23,16 +21,11 @@ from nicd.datapath.conntrack import (
     Timeouts,
     classify,
 )
-from nicd.datapath.frames import (
-    TCP_ACK,
-    TCP_FIN,
-    TCP_PSH,
-    TCP_RST,
-    TCP_SYN,
-    Packet,
-    parse_frame_untrusted,
-)
 from nicd.datapath.rules import Direction
+from wire import build
+from wire.build import IPAddress
+from wire.frames import Packet, parse_frame_untrusted
+from wire.protocols import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN
 
 MAC_VM = b"\x02\x00\x00\x00\x00\x01"
 MAC_PEER = b"\x02\x00\x00\x00\x00\x02"

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hostd.endpoint import ARP_TRIES, Endpoint
-from hostd.tcp import TRANSITIONS, Segment, TcpConnection, TcpEvent, TcpState
-from hostd.traffic import (
+from hoststack.endpoint import ARP_TRIES, Endpoint
+from hoststack.tcp import TRANSITIONS, Segment, TcpConnection, TcpEvent, TcpState
+from hoststack.traffic import (
     STREAM_BITS,
     FlowSpec,
     Pacer,
@@ -22,8 +22,10 @@ from hostd.traffic import (
     decode_datagram_untrusted,
     encode_message,
 )
-from nicd.datapath import build
-from nicd.datapath.frames import (
+from wire import build
+from wire.addr import mac_bytes
+from wire.frames import Packet, parse_frame_untrusted
+from wire.protocols import (
     ETH_ARP,
     ETH_IPV6,
     PROTO_TCP,
@@ -32,9 +34,6 @@ from nicd.datapath.frames import (
     TCP_FIN,
     TCP_RST,
     TCP_SYN,
-    Packet,
-    mac_bytes,
-    parse_frame_untrusted,
 )
 
 MAC_A, MAC_B = mac_bytes("02:00:00:00:00:0a"), mac_bytes("02:00:00:00:00:0b")

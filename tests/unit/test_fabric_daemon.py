@@ -29,18 +29,11 @@ from bus.testing import MemoryNetwork
 from bus.transport import BusNode
 from fabricd.daemon import Fabric, FabricDaemon, serve
 from fabricd.switch import Switch
-from hostd.traffic import FlowSpec
-from nicd.datapath.build import arp_frame, gratuitous_arp, tcp_frame, udp_frame
-from nicd.datapath.frames import (
-    BROADCAST_MAC,
-    ETH_ARP,
-    PROTO_UDP,
-    TCP_ACK,
-    TCP_SYN,
-    Packet,
-    mac_bytes,
-    parse_frame_untrusted,
-)
+from hoststack.traffic import FlowSpec
+from wire.addr import mac_bytes
+from wire.build import arp_frame, gratuitous_arp, tcp_frame, udp_frame
+from wire.frames import Packet, parse_frame_untrusted
+from wire.protocols import BROADCAST_MAC, ETH_ARP, PROTO_UDP, TCP_ACK, TCP_SYN
 
 DEADLINE = 5.0
 PEER_MAC = mac_bytes("02:ee:00:00:00:01")

@@ -9,8 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fabricd.switch import MacRow, PortMode, Switch
-from nicd.datapath.build import gratuitous_arp, rarp_frame, udp_frame
-from nicd.datapath.frames import BROADCAST_MAC, mac_bytes, parse_frame_untrusted
+from wire.addr import mac_bytes
+from wire.build import gratuitous_arp, rarp_frame, udp_frame
+from wire.frames import parse_frame_untrusted
+from wire.protocols import BROADCAST_MAC
 
 A, B, C = (mac_bytes(f"02:00:00:00:00:0{i}") for i in (1, 2, 3))
 IP_A, IP_B = IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2")

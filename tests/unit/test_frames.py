@@ -10,8 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nicd.datapath import build
-from nicd.datapath.frames import (
+from wire import build
+from wire.addr import mac_bytes, mac_str
+from wire.frames import MalformedFrame, parse_frame_untrusted
+from wire.protocols import (
     ETH_ARP,
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -20,10 +22,6 @@ from nicd.datapath.frames import (
     TCP_ACK,
     TCP_RST,
     TCP_SYN,
-    MalformedFrame,
-    mac_bytes,
-    mac_str,
-    parse_frame_untrusted,
 )
 
 A = mac_bytes("02:00:00:00:00:01")

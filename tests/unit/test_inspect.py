@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address
 
-from nicd.datapath import build
 from nicd.datapath.conntrack import ConntrackTable, Timeouts
-from nicd.datapath.frames import TCP_SYN, mac_bytes, parse_frame_untrusted
 from nicd.inspect import conntrack_rows
+from wire import build
+from wire.addr import mac_bytes
+from wire.frames import parse_frame_untrusted
+from wire.protocols import TCP_SYN
 
 A, B = mac_bytes("02:00:00:00:00:01"), mac_bytes("02:00:00:00:00:02")
 

@@ -24,8 +24,6 @@ from ctl.pcap import PcapWriter, summary
 from ctl.session import judge
 from ctl.summary import rows, window
 from ctl.top import counters, format_top, rates
-from nicd.datapath import build
-from nicd.datapath.frames import TCP_ACK, TCP_PSH, TCP_SYN, mac_bytes
 from nicd.datapath.pipeline import Ingress, Pipeline
 from nicd.inspect import flow_rows, port_name
 from tests.unit.dpfixtures import (
@@ -37,6 +35,9 @@ from tests.unit.dpfixtures import (
     tcp_out,
     vm,
 )
+from wire import build
+from wire.addr import mac_bytes
+from wire.protocols import TCP_ACK, TCP_PSH, TCP_SYN
 
 A, B = mac_bytes("02:00:00:00:00:01"), mac_bytes("02:00:00:00:00:02")
 TCP4 = build.tcp_frame(

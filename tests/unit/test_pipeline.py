@@ -15,25 +15,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from nicd.datapath import build
 from nicd.datapath.conntrack import CtRecord, PseudoState, TcpState, Timeouts
-from nicd.datapath.frames import (
-    BROADCAST_MAC,
-    ETH_ARP,
-    ETH_IPV4,
-    ETH_IPV6,
-    ETH_RARP,
-    PROTO_ICMP,
-    PROTO_TCP,
-    PROTO_UDP,
-    TCP_ACK,
-    TCP_FIN,
-    TCP_PSH,
-    TCP_RST,
-    TCP_SYN,
-    Packet,
-    parse_frame_untrusted,
-)
 from nicd.datapath.pipeline import Decision, Emit, Ingress, Out, Pipeline, Verdict
 from nicd.datapath.rules import RuleSet, ruleset_from_config
 from nicd.datapath.tiers import Tier
@@ -53,6 +35,23 @@ from tests.unit.dpfixtures import (
     udp_in,
     udp_out,
     vm,
+)
+from wire import build
+from wire.frames import Packet, parse_frame_untrusted
+from wire.protocols import (
+    BROADCAST_MAC,
+    ETH_ARP,
+    ETH_IPV4,
+    ETH_IPV6,
+    ETH_RARP,
+    PROTO_ICMP,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_PSH,
+    TCP_RST,
+    TCP_SYN,
 )
 
 VM1, VM2, VM3, VM4 = vm(1), vm(2), vm(3), vm(4)

@@ -11,13 +11,13 @@ from __future__ import annotations
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from nicd.datapath import build
 from nicd.datapath.conntrack import Timeouts
-from nicd.datapath.frames import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN
 from nicd.datapath.pipeline import Ingress, Pipeline, Verdict
 from nicd.datapath.rules import ruleset_from_config
 from nicd.datapath.tiers import Tier
 from tests.unit.dpfixtures import PEER_IP, PEER_MAC, VMS, make_pipeline
+from wire import build
+from wire.protocols import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN
 
 LOCAL = [v for v in VMS if v.nic == "nic1"]
 FLAGS = [TCP_SYN, TCP_SYN | TCP_ACK, TCP_ACK, TCP_ACK | TCP_PSH, TCP_FIN | TCP_ACK, TCP_RST, 0]

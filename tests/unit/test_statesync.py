@@ -8,9 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nicd.datapath import build
 from nicd.datapath.conntrack import ConntrackTable, Timeouts
-from nicd.datapath.frames import TCP_ACK, TCP_SYN, mac_bytes, parse_frame_untrusted
 from nicd.datapath.vswitch import LearnedMac
 from nicd.statesync import (
     DELETE,
@@ -24,6 +22,10 @@ from nicd.statesync import (
     learn,
     upsert,
 )
+from wire import build
+from wire.addr import mac_bytes
+from wire.frames import parse_frame_untrusted
+from wire.protocols import TCP_ACK, TCP_SYN
 
 A, B = mac_bytes("02:00:00:00:00:01"), mac_bytes("02:00:00:00:00:02")
 IP_A, IP_B = IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2")

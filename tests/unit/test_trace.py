@@ -18,18 +18,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nicd.datapath import build
-from nicd.datapath.frames import (
-    PROTO_ICMP,
-    PROTO_TCP,
-    PROTO_UDP,
-    TCP_ACK,
-    TCP_FIN,
-    TCP_PSH,
-    TCP_RST,
-    TCP_SYN,
-    mac_bytes,
-)
 from nicd.datapath.pipeline import Decision, Ingress, Pipeline, Verdict
 from nicd.datapath.rules import ruleset_from_config
 from nicd.datapath.teaming import TeamPolicy
@@ -55,6 +43,18 @@ from tests.unit.dpfixtures import (
     interfaces,
     make_pipeline,
     vm,
+)
+from wire import build
+from wire.addr import mac_bytes
+from wire.protocols import (
+    PROTO_ICMP,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_PSH,
+    TCP_RST,
+    TCP_SYN,
 )
 
 VM1, VM2, VM3, VM4 = vm(1), vm(2), vm(3), vm(4)

@@ -8,8 +8,6 @@ from typing import Any
 
 import pytest
 
-from nicd.datapath.build import arp_frame, gratuitous_arp, udp_frame
-from nicd.datapath.frames import BROADCAST_MAC, ETH_ARP, mac_bytes, parse_frame_untrusted
 from nicd.datapath.vswitch import (
     Interface,
     Segment,
@@ -17,6 +15,10 @@ from nicd.datapath.vswitch import (
     interface_from_dict,
     segment_from_dict,
 )
+from wire.addr import mac_bytes
+from wire.build import arp_frame, gratuitous_arp, udp_frame
+from wire.frames import parse_frame_untrusted
+from wire.protocols import BROADCAST_MAC, ETH_ARP
 
 WEB1_MAC = mac_bytes("02:00:00:00:01:01")
 WEB2_MAC = mac_bytes("02:00:00:00:01:02")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from bus.messages import FrameBatch, MapUpdate
 from configs.loader import FABRICD
-from nicd.datapath.build import gratuitous_arp
-from nicd.datapath.frames import mac_bytes
 from tests.unit.workerrig import rig, until
+from wire.addr import mac_bytes
+from wire.build import gratuitous_arp
 
 
 async def test_a_mac_learned_on_one_nic_is_known_to_its_sibling(tmp_path: Path) -> None:

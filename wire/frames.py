@@ -13,24 +13,16 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-ETH_IPV4 = 0x0800
-ETH_ARP = 0x0806
-ETH_VLAN = 0x8100
-ETH_RARP = 0x8035
-ETH_IPV6 = 0x86DD
-
-PROTO_ICMP = 1
-PROTO_TCP = 6
-PROTO_UDP = 17
-PROTO_ICMPV6 = 58
-
-TCP_FIN = 0x01
-TCP_SYN = 0x02
-TCP_RST = 0x04
-TCP_PSH = 0x08
-TCP_ACK = 0x10
-
-BROADCAST_MAC = b"\xff" * 6
+from wire.protocols import (
+    ETH_ARP,
+    ETH_IPV4,
+    ETH_IPV6,
+    ETH_VLAN,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+)
 
 _ETH = struct.Struct("!6s6sH")
 _VLAN = struct.Struct("!HH")
@@ -210,16 +202,3 @@ def _parse_arp(frame: bytes, off: int, pkt: Packet) -> None:
     pkt.arp_sha, pkt.arp_tha = sha, tha
     pkt.arp_spa = int.from_bytes(spa, "big")
     pkt.arp_tpa = int.from_bytes(tpa, "big")
-
-
-def mac_bytes(text: str) -> bytes:
-    """'02:00:00:00:00:01' -> 6 bytes; raises ValueError on anything else."""
-    parts = text.split(":")
-    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
-        raise ValueError(f"not a MAC address: {text!r}")
-    return bytes(int(p, 16) for p in parts)
-
-
-def mac_str(mac: bytes) -> str:
-    """6 bytes -> '02:00:00:00:00:01'."""
-    return ":".join(f"{b:02x}" for b in mac)

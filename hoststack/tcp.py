@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
-from nicd.datapath.frames import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN
+from wire.protocols import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN
 
 MASK = 0xFFFFFFFF
 WINDOW = 65535  # what we advertise; the application reads every segment at once

@@ -9,7 +9,8 @@ from __future__ import annotations
 import struct
 from ipaddress import IPv4Address, IPv6Address
 
-from nicd.datapath.frames import (
+from wire.frames import Packet
+from wire.protocols import (
     ETH_ARP,
     ETH_IPV4,
     ETH_IPV6,
@@ -21,7 +22,6 @@ from nicd.datapath.frames import (
     PROTO_UDP,
     TCP_ACK,
     TCP_RST,
-    Packet,
 )
 
 IPAddress = IPv4Address | IPv6Address

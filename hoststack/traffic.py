@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
-from hostd.tcp import TcpConnection, TcpState
+from hoststack.tcp import TcpConnection, TcpState
 
 RESET_TIMES = 32  # reset times kept per book: the latest ones
 

@@ -15,11 +15,11 @@ retransmissions start a fresh resolution.
 The ARP cache learns from replies, from requests addressed to us and, for addresses already
 known, from any ARP (RFC 826 merge), so a gratuitous ARP after a move updates it.
 
-Layer 4. TCP connections (`hostd.tcp`) are keyed by (local ip, local port, remote ip, remote
+Layer 4. TCP connections (`hoststack.tcp`) are keyed by (local ip, local port, remote ip, remote
 port). A listener books the messages it receives in `sink` and closes when the client does;
 a segment that matches no connection and is not a SYN for a listener gets an RST. UDP ports
 bound with `bind_udp` book datagrams in `sink` and may echo them. Client flows
-(`hostd.traffic`) are added with `add_flow`. Malformed frames are counted, never raised.
+(`hoststack.traffic`) are added with `add_flow`. Malformed frames are counted, never raised.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_interface
 from typing import Any
 
-from hostd.tcp import Segment, TcpConfig, TcpConnection, TcpState
-from hostd.traffic import (
+from hoststack.tcp import Segment, TcpConfig, TcpConnection, TcpState
+from hoststack.traffic import (
     BadMessage,
     FlowSpec,
     FlowStats,
@@ -40,7 +40,7 @@ from hostd.traffic import (
     UdpClientFlow,
     decode_datagram_untrusted,
 )
-from nicd.datapath.build import (
+from wire.build import (
     arp_frame,
     gratuitous_arp,
     icmp_frame,
@@ -49,7 +49,8 @@ from nicd.datapath.build import (
     tcp_reset_for,
     udp_frame,
 )
-from nicd.datapath.frames import (
+from wire.frames import MalformedFrame, Packet, parse_frame_untrusted
+from wire.protocols import (
     ETH_ARP,
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -58,9 +59,6 @@ from nicd.datapath.frames import (
     TCP_ACK,
     TCP_RST,
     TCP_SYN,
-    MalformedFrame,
-    Packet,
-    parse_frame_untrusted,
 )
 
 IPAddress = IPv4Address | IPv6Address
