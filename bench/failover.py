@@ -35,7 +35,7 @@ from bench.common import bus_ceiling_fps, print_table, write_results
 from bus.log import configure_logging
 from bus.messages import FrameBatch
 from bus.transport import BusNode
-from configs.loader import Config, load_config
+from configs import Config, load_config
 from ctl.chaos import Chaos
 from ctl.client import ControlError, control
 from ctl.cluster import REPO, running_cluster, stop, wait_for

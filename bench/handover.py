@@ -25,8 +25,7 @@ import uvloop
 from bench.common import print_table, write_results
 from bus.messages import FrameBatch, Handover, HandoverKind, Hello, MapUpdate, PolicyUpdate
 from bus.transport import BusNode
-from configs import DEFAULT_CONFIG
-from configs.loader import FABRICD, Config, load_config
+from configs import DEFAULT_CONFIG, FABRICD, Config, load_config
 from hostd.daemon import HostDaemon
 from wire import build
 from wire.addr import mac_bytes

@@ -24,7 +24,10 @@ from bus.messages import (
     Message,
     Wire,
     check_flat_frames,
+    check_plain,
 )
+from bus.policy import Policy, PolicyError, policy_from_plain_untrusted
+from wire.malformed import Malformed
 
 MAX_MESSAGE_BYTES: Final = 8 * 1024 * 1024
 # msgpack limits for untrusted input; they bound memory before any of our checks run.
@@ -40,12 +43,8 @@ UNPACK_LIMITS: Final[dict[str, Any]] = {
 }
 
 
-class MalformedMessage(Exception):
+class MalformedMessage(Malformed):
     """Bytes from a peer that are not a valid bus message; ``reason`` is a short counter key."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 # -- per-field wire conversions (they may raise only InvalidField) ----------------------------
@@ -68,13 +67,29 @@ def _tuples_from_wire(name: str, rows: object) -> list[tuple[Any, ...]]:
     return list(map(tuple, rows))
 
 
+def _policy_to_wire(policy: Policy) -> dict[str, Any]:
+    return policy.to_plain()
+
+
+def _policy_from_wire(name: str, plain: object) -> Policy:
+    if type(plain) is not dict:
+        raise InvalidField(name, "must be a dict")
+    check_plain(name, plain, floats=False)
+    try:
+        return policy_from_plain_untrusted(plain)
+    except PolicyError as exc:
+        raise InvalidField(name, str(exc)) from None
+
+
 _TO_WIRE: Final[dict[Wire, Callable[[Any], Any]]] = {
     Wire.PAIRS: _pairs_to_wire,
     Wire.TUPLES: list,  # msgpack packs tuples as arrays already; copy keeps the plan uniform
+    Wire.POLICY: _policy_to_wire,
 }
 _FROM_WIRE: Final[dict[Wire, Callable[[str, object], Any]]] = {
     Wire.PAIRS: _pairs_from_wire,
     Wire.TUPLES: _tuples_from_wire,
+    Wire.POLICY: _policy_from_wire,
 }
 
 # Plans derived once from the dataclass declarations: (field name, converter or None).

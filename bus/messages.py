@@ -20,7 +20,13 @@ import enum
 import math
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from bus.policy import Policy
+from wire.malformed import Malformed
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 VERSION: Final = 1
 MAX_FRAME: Final = 9216  # jumbo Ethernet frame, bytes
@@ -35,14 +41,16 @@ _first = itemgetter(0)
 _second = itemgetter(1)
 
 
-_M = TypeVar("_M")
+_M = TypeVar("_M", bound="DataclassInstance")
 
 
-class InvalidField(ValueError):
-    """A message field failed validation; ``field`` names it."""
+class InvalidField(Malformed, ValueError):
+    """A message field failed validation; ``field`` names it. Also a ValueError: local code
+    that builds a message from an operator's arguments reports it as a bad argument."""
 
     def __init__(self, field_name: str, why: str = "") -> None:
-        super().__init__(f"{field_name}: {why}" if why else field_name)
+        Malformed.__init__(self, f"field.{field_name}", why)
+        self.args = (f"{field_name}: {why}" if why else field_name,)
         self.field = field_name
 
 
@@ -51,6 +59,7 @@ class Wire(enum.Enum):
 
     PAIRS = "pairs"
     TUPLES = "tuples"
+    POLICY = "policy"  # a bus.policy.Policy, sent as its plain dict
 
 
 def _wire(kind: Wire) -> dict[str, Wire]:
@@ -112,9 +121,12 @@ def _check_bool(name: str, value: object) -> None:
 
 
 def _check_seconds(name: str, value: object) -> float:
-    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:  # type: ignore[arg-type]
+    # Exact types: bool is an int, and must not pass for seconds.
+    if type(value) not in (int, float) or not isinstance(value, int | float):
         raise InvalidField(name, "must be finite seconds >= 0")
-    return float(value)  # type: ignore[arg-type]
+    if not math.isfinite(value) or value < 0:
+        raise InvalidField(name, "must be finite seconds >= 0")
+    return float(value)
 
 
 class CheckedFrames(list[tuple[int, bytes]]):
@@ -316,14 +328,16 @@ class MapUpdate:
 
 @dataclass(frozen=True, slots=True)
 class PolicyUpdate:
-    """Segments, interfaces, rules and team policy as plain nested data (no floats)."""
+    """The host's NIC policy (``bus.policy.Policy``: segments, interfaces, rules, team policy,
+    timeouts) at ``version``; it travels as a plain dict without floats."""
 
     version: int
-    policy: dict[str, object]
+    policy: Policy = field(metadata=_wire(Wire.POLICY))
 
     def __post_init__(self) -> None:
         _check_uint("version", self.version)
-        _check_dict("policy", self.policy, floats=False)
+        if type(self.policy) is not Policy:
+            raise InvalidField("policy", "must be a bus.policy.Policy")
 
 
 @dataclass(frozen=True, slots=True)

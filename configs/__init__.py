@@ -1,10 +1,11 @@
-"""Cluster configurations: the TOML loader and the embedded default topology."""
+"""Cluster configurations: the model (model.py), TOML checks (tomlcheck.py), the section
+parsers and loader (sections.py), the daemons' command line, and the embedded default."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from configs.loader import (
+from configs.model import (
     FABRICD,
     RUN_DIR_ENV,
     Config,
@@ -16,12 +17,9 @@ from configs.loader import (
     Timers,
     VmSpec,
     WorkloadFlow,
-    config_from_dict,
-    load_config,
     resolve_run_dir,
-    timeouts_from_ms,
-    timeouts_to_ms,
 )
+from configs.sections import config_from_dict, load_config
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -40,8 +38,6 @@ __all__ = [
     "load_config",
     "load_default",
     "resolve_run_dir",
-    "timeouts_from_ms",
-    "timeouts_to_ms",
 ]
 
 #: The embedded default cluster: one host, two NICs, four VMs, one external peer.

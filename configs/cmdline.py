@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from configs.loader import Config, load_config
+from configs import Config, load_config
 
 
 def daemon_args(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from configs.loader import Config
+from configs import Config
 from ctl.client import ControlError, control
 
 POLL_S = 0.05

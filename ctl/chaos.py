@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from bus.log import configure_logging
-from configs.loader import FABRICD, Config
+from configs import FABRICD, Config
 from ctl.client import ControlError, control
 
 

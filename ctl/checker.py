@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from configs.loader import Config
+from configs import Config
 from ctl.bookseries import BookSeries
 from ctl.logs import Event, load
 from ctl.report import EVENT_OF, GIVE_UP_S, analyse

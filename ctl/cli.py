@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from configs import DEFAULT_CONFIG
-from configs.loader import FABRICD, Config, ConfigError, load_config, resolve_run_dir
+from bus.policy import TeamPolicyName
+from configs import DEFAULT_CONFIG, FABRICD, Config, ConfigError, load_config, resolve_run_dir
 from ctl import summary, top
 from ctl.capture import as_dict as capture_dict
 from ctl.capture import capture
@@ -46,7 +46,6 @@ from ctl.views import (
     unreachable,
     vpid_map,
 )
-from nicd.datapath.teaming import TeamPolicy
 from nicd.datapath.trace import format_trace
 
 
@@ -122,7 +121,7 @@ main.add_command(_uplink_command(True))
 
 
 @main.command("team-policy")
-@click.argument("policy", type=click.Choice([p.value for p in TeamPolicy]))
+@click.argument("policy", type=click.Choice([p.value for p in TeamPolicyName]))
 @click.option("--host", help="The host whose team changes (default: the first).")
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON.")
 @click.pass_obj

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from configs.loader import Config, load_config
+from configs import Config, load_config
 from ctl.client import ControlError, control
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from configs.loader import Config
+from configs import Config
 from ctl.client import ControlError, control
 from ctl.cluster import NotReady, wait_for
 

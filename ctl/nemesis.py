@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from configs.loader import Config
+from configs import Config
 from ctl.chaos import Chaos, ChaosError, live_books, stale_frames, wait_quiet
 from ctl.checker import check_logs
 from ctl.client import ControlError

@@ -21,7 +21,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from configs.loader import Config
+from configs import Config
 from ctl.logs import Event, load
 from ctl.report import FAULTS, NAMES, Analysis, analyse
 from ctl.top import counters

@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from configs.loader import Config, Timers
+from configs import Config, Timers
 from ctl.logs import Event, load, select
 from ctl.summary import BOOKS, Booked, booked, deny_flows
 from ctl.windows import (

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from configs.loader import Config
+from configs import Config
 from ctl.cluster import (
     ClusterExited,
     NotReady,

@@ -16,8 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from configs import DEFAULT_CONFIG
-from configs.loader import FABRICD, Config, load_config
+from configs import DEFAULT_CONFIG, FABRICD, Config, load_config
 from ctl.client import ControlError, control
 
 Books = dict[str, dict[str, Any]]  # flow name -> {"sender": stats, "sink": stats}

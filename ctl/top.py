@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from configs.loader import Config
+from configs import Config
 from ctl.views import ask
 
 Sample = dict[str, Any]  # NIC -> its `stats`, or None when it does not answer

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from configs.loader import Config
+from configs import Config
 from ctl.client import ControlError, control
 
 

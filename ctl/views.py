@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from configs.loader import Config
+from configs import Config
 from ctl.client import ControlError, control
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from configs.loader import Timers
+from configs import Timers
 from ctl.logs import Event, select
 
 FAULTS = {

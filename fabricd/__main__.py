@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import uvloop
 
 from bus.log import configure_logging
-from configs.loader import FABRICD, load_config
+from configs import FABRICD, load_config
 from fabricd.daemon import serve
 
 

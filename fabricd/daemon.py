@@ -51,7 +51,7 @@ __all__ = ["NAME", "Fabric", "FabricDaemon", "FabricStats", "serve"]
 log = structlog.get_logger()
 
 Port = Hashable
-NAME = "fabricd"  # process name, bus identity and endpoint key (configs.loader.FABRICD)
+NAME = "fabricd"  # process name, bus identity and endpoint key (configs.FABRICD)
 PEER = "peer"  # first element of an external peer's port id
 
 
@@ -72,7 +72,7 @@ class Fabric:
     """The sans-I/O core of fabricd; see the module docstring."""
 
     def __init__(self, config: Any, now: float) -> None:
-        """Build ports, peers and peer flows from `config` (the `configs.loader` objects)."""
+        """Build ports, peers and peer flows from `config` (the `configs` objects)."""
         aging = getattr(config.timers, "mac_aging_s", None) or DEFAULT_AGING
         self.switch = Switch(aging=aging, max_frame=MAX_FRAME)
         self.stats = FabricStats()

@@ -41,15 +41,15 @@ from bus.messages import (
     Probe,
 )
 from bus.node import BaseNode, BusClosed
+from bus.policy import Policy, PolicyError, TeamPolicyName, team_policy_name
 from bus.runtime import crash_on_error, every, run_loop, run_until_signalled
 from bus.transport import BusNode
+from configs import Config, HostSpec
 from configs.cmdline import daemon_args
-from configs.loader import Config, HostSpec
 from hostd.fpag import Fpag
 from hostd.supervisor import Supervisor
 from hoststack.endpoint import EPHEMERAL, Endpoint
 from hoststack.traffic import FlowSpec, wall_times
-from nicd.datapath.teaming import team_policy_from_str
 from wire.addr import mac_str
 
 POLL_S = 0.005
@@ -74,7 +74,8 @@ class HostDaemon:
         self.fpag = Fpag([n.name for n in spec.nics])
         self.endpoints: dict[int, Endpoint] = {}
         self.policy_version = 1
-        self.team_policy = spec.team_policy  # changed at run time by the `team-policy` command
+        # Changed at run time by the `team-policy` command.
+        self.team_policy = TeamPolicyName(spec.team_policy)
         self.nic_state: dict[str, str] = {}
         self.links_down: dict[str, list[str]] = {}  # per NIC, from its heartbeats
         # Frames a NIC delivered for a port it does not hold (split brain, were it not 0).
@@ -134,25 +135,13 @@ class HostDaemon:
         """The loop's monotonic clock."""
         return asyncio.get_running_loop().time()
 
-    def policy(self) -> dict[str, Any]:
-        """The policy every NIC of this host runs: the config's, plus VPIDs on interfaces."""
-        policy = self.config.policy_dict(self.spec.name)
-        interfaces = []
-        for vpid, ep in sorted(self.endpoints.items()):
+    def policy(self) -> Policy:
+        """The policy every NIC of this host runs: the config's, with the FPAG's VPIDs."""
+        bindings = []
+        for vpid in sorted(self.endpoints):
             b = self.fpag.binding(vpid)
-            iface = self.config.vm(b.vm).interfaces[b.index]
-            interfaces.append(
-                {
-                    "vpid": vpid,
-                    "vm": ep.name,
-                    "mac": mac_str(iface.mac),
-                    "ips": [str(ip.ip) for ip in iface.ips],
-                    "segment": iface.segment,
-                }
-            )
-        policy["interfaces"] = interfaces
-        policy["team_policy"] = self.team_policy
-        return policy
+            bindings.append((vpid, b.vm, b.index))
+        return self.config.policy(self.spec.name, bindings, self.team_policy)
 
     async def run(self) -> None:
         """Bind, connect to every NIC, start the workload, serve until `stop()`."""
@@ -456,7 +445,7 @@ class HostDaemon:
                 "stalls": self.stalls,
                 "flows": self.flow_stats(),
                 "nics": dict(self.nic_state),
-                "team_policy": self.team_policy,
+                "team_policy": str(self.team_policy),
                 "links_down": dict(self.links_down),
                 "stale_frames": dict(self.stale_frames),
                 "epoch": self.fpag.epoch,
@@ -464,7 +453,7 @@ class HostDaemon:
         elif msg.cmd == "team-policy":
             try:
                 result = self.set_team_policy(msg.args)
-            except ValueError as e:
+            except PolicyError as e:  # the operator's argument
                 return ControlReply(msg.req_id, False, {}, str(e))
         elif msg.cmd == "migrate":
             try:
@@ -530,15 +519,15 @@ class HostDaemon:
 
     def set_team_policy(self, args: dict[str, object]) -> dict[str, object]:
         """The `team-policy` command: every NIC of the host gets the new policy now."""
-        new = team_policy_from_str(args.get("policy"), "policy").value
+        new = team_policy_name(args.get("policy"), "policy")
         old, self.team_policy = self.team_policy, new
         if new != old:
             self.policy_version += 1
             update = PolicyUpdate(self.policy_version, self.policy())
             for nic in self.fpag.nics:
                 self.node.send(nic, update)
-        self.log.info("host.team.policy", old=old, new=new, version=self.policy_version)
-        return {"old": old, "policy": new, "version": self.policy_version}
+        self.log.info("host.team.policy", old=str(old), new=str(new), version=self.policy_version)
+        return {"old": str(old), "policy": str(new), "version": self.policy_version}
 
     def _send(self, out: dict[int, list[bytes]]) -> None:
         per_nic: dict[str, list[tuple[int, bytes]]] = defaultdict(list)

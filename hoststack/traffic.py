@@ -28,6 +28,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 from hoststack.tcp import TcpConnection, TcpState
+from wire.malformed import Malformed
 
 RESET_TIMES = 32  # reset times kept per book: the latest ones
 
@@ -126,8 +127,8 @@ def snapshot(books: Mapping[str, FlowStats]) -> dict[str, dict[str, Any]]:
 # --- application messages -------------------------------------------------------------------
 
 
-class BadMessage(Exception):
-    """Bytes that are not an application message."""
+class BadMessage(Malformed):
+    """Bytes that are not an application message; ``reason`` is its dotted counter key."""
 
 
 def message_length(name: str, size: int) -> int:

@@ -44,49 +44,23 @@ from bus.messages import (
     trusted,
 )
 from bus.node import BaseNode, BusClosed
+from bus.policy import Policy
 from bus.runtime import crash_on_error, every, run_loop, run_until_signalled
 from bus.transport import BusNode
+from configs import FABRICD as FABRIC
+from configs import Config, NicSpec
 from configs.cmdline import daemon_args
-from configs.loader import FABRICD as FABRIC
-from configs.loader import Config, NicSpec, timeouts_from_ms
 from nicd.capture import IN, OUT
 from nicd.channels import ChannelHealth
 from nicd.commands import Answer, InspectCommands
-from nicd.datapath.pipeline import DatapathConfig, Emit, Ingress, Out, Pipeline
-from nicd.datapath.rules import ruleset_from_config
-from nicd.datapath.teaming import Uplink, team_policy_from_str
-from nicd.datapath.vswitch import interface_from_dict, segment_from_dict
+from nicd.datapath.pipeline import Emit, Ingress, Out, Pipeline
+from nicd.policy import build_pipeline, update_policy
 from nicd.replication import Replicator
 
 HELLO_EVERY_S = 0.25
 # Sibling states (from heartbeats) in which it moves frames: it has a pipeline and a map, and is
 # not fenced.
 FORWARDING = frozenset({"up", "resyncing"})
-
-
-def build_pipeline(spec: NicSpec, policy: dict[str, Any]) -> Pipeline:
-    """A datapath for NIC `spec` from the host's policy (raises ValueError on a bad policy)."""
-    segments = [segment_from_dict(s, f"segments[{i}]") for i, s in enumerate(policy["segments"])]
-    interfaces = [
-        interface_from_dict({k: v for k, v in d.items() if k != "vpid"}, d["vpid"], f"if[{i}]")
-        for i, d in enumerate(policy["interfaces"])
-    ]
-    uplinks = [
-        Uplink(nic["name"], i + 1, f"{nic['name']}/{port}")
-        for nic in policy["nics"]
-        for i, port in enumerate(nic["uplinks"])
-    ]
-    config = DatapathConfig(
-        eswitch_capacity=spec.eswitch_capacity,
-        ct_limit=spec.ct_limit,
-        timeouts=timeouts_from_ms(policy["timeouts_ms"]),
-        failback=policy["failback"],
-        uplink_bps=policy["uplink_bps"],
-        load_threshold=policy["load_threshold_pct"] / 100,
-    )
-    rules = ruleset_from_config(policy["rules"], policy["firewall_default"], policy["version"])
-    policy_kind = team_policy_from_str(policy["team_policy"], "team_policy")
-    return Pipeline(spec.name, config, rules, segments, interfaces, uplinks, policy_kind)
 
 
 class NicWorker:
@@ -100,7 +74,7 @@ class NicWorker:
         self.siblings = [n.name for n in config.host(spec.host).nics if n.name != spec.name]
         self.pipeline: Pipeline | None = None
         self.policy_version = -1
-        self.policy: dict[str, Any] = {}
+        self.policy: Policy | None = None
         # Our uplinks without carrier (PPIDs), as the fabric told us; kept across policy loads.
         self.links_down: set[int] = set()
         self._sibling_links: dict[str, tuple[frozenset[int], tuple[int, ...]]] = {}  # last seen
@@ -300,37 +274,29 @@ class NicWorker:
     # ------------------------------------------------------------- control plane messages
 
     def _on_policy(self, peer: str, msg: PolicyUpdate) -> None:
+        # The policy was validated when decoded (a bad one is a counted MalformedMessage drop),
+        # so building from it cannot fail on input: an exception here is our bug, and crashes.
         if peer != self.host or msg.version <= self.policy_version:
             return
-        try:
-            policy = dict(msg.policy, version=msg.version)
-            if self.pipeline is None:
-                self.pipeline = build_pipeline(self.spec, policy)
-                self.pipeline.ct.journal = []  # every change is replicated to the siblings
-                self.pipeline.vswitch.journal = []
-                for sib in self.siblings:  # a sibling not heard forwarding yet gets nothing
-                    self._sibling_live(self.pipeline, sib)
-                for ppid in self.links_down:
-                    self.pipeline.set_uplink_live(self._uplink_name(ppid), False)
-            else:
-                self._update_policy(self.pipeline, self.policy, policy)
-        except (KeyError, TypeError, ValueError) as e:
-            self.log.error("nic.policy.rejected", version=msg.version, error=str(e))
-            return
+        policy = msg.policy
+        if self.pipeline is None or self.policy is None:
+            self.pipeline = build_pipeline(self.spec, policy, msg.version)
+            self.pipeline.ct.journal = []  # every change is replicated to the siblings
+            self.pipeline.vswitch.journal = []
+            for sib in self.siblings:  # a sibling not heard forwarding yet gets nothing
+                self._sibling_live(self.pipeline, sib)
+            for ppid in self.links_down:
+                self.pipeline.set_uplink_live(self._uplink_name(ppid), False)
+        else:
+            change = update_policy(self.pipeline, self.policy, policy, msg.version, self.now())
+            if change.team_after is not change.team_before:
+                self._send(change.emits)
+                self.log.info(
+                    "team.policy", old=change.team_before.value, new=change.team_after.value
+                )
         self.policy_version = msg.version
         self.policy = policy
-        self.log.info("nic.policy", version=msg.version, team_policy=policy["team_policy"])
-
-    def _update_policy(self, p: Pipeline, old: dict[str, Any], new: dict[str, Any]) -> None:
-        """Apply what changed: rules are revalidated only when they changed (O(connections))."""
-        team_policy = team_policy_from_str(new["team_policy"], "team_policy")
-        rules = (new["rules"], new["firewall_default"])
-        if (old.get("rules"), old.get("firewall_default")) != rules:
-            p.set_rules(ruleset_from_config(*rules, new["version"]), self.now())
-        if team_policy is not p.team.policy:
-            old_policy = p.team.policy.value
-            self._send(p.set_policy(team_policy))
-            self.log.info("team.policy", old=old_policy, new=team_policy.value)
+        self.log.info("nic.policy", version=msg.version, team_policy=str(policy.team_policy))
 
     def _on_map(self, peer: str, msg: MapUpdate) -> None:
         p = self.pipeline

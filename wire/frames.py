@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from wire.malformed import Malformed
 from wire.protocols import (
     ETH_ARP,
     ETH_IPV4,
@@ -34,12 +35,8 @@ _ICMP = struct.Struct("!BBHHH")
 _ARP = struct.Struct("!HHBBH6s4s6s4s")
 
 
-class MalformedFrame(Exception):
+class MalformedFrame(Malformed):
     """A frame that cannot be parsed; `reason` is the dotted code its drop is counted under."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(slots=True)

@@ -27,7 +27,8 @@ from nicd.datapath.classifier import Classifier
 from nicd.datapath.conntrack import ConntrackTable, CtRecord, Timeouts
 from nicd.datapath.eswitch import DEFAULT_ESWITCH_CAPACITY, ESwitch
 from nicd.datapath.flowcache import DEFAULT_CACHE_CAPACITY, FlowCache
-from nicd.datapath.rules import Action, Direction, Rule, RuleSet
+from nicd.datapath.rules import Direction, Rule, RuleSet
+from nicd.datapath.rules import RuleAction as Action
 from nicd.datapath.teaming import Team, TeamPolicy, Uplink, flow_hash
 from nicd.datapath.tiers import Action as PathAction
 from nicd.datapath.tiers import FastKey, PathEntry, Tier, TierStats, fast_key

@@ -1,4 +1,4 @@
-"""The slow-path firewall rule model: rules, rule sets and their config (TOML) form.
+"""The slow-path firewall rule model: rules and rule sets (the datapath's own types).
 
 A rule matches on segment, direction (relative to the VM interface), source and destination
 CIDR, IP protocol and source/destination port ranges; every field left out is a wildcard.
@@ -9,17 +9,16 @@ semantics (implemented by ``classifier.Classifier``):
 - a rule with an IPv4 CIDR never matches an IPv6 packet and vice versa; a rule without any CIDR
   matches both families.
 
-Everything is validated on construction; a bad rule raises ``RuleError`` whose message starts
-with the offending field (``rules[3].dport: ...``) so an operator can find it in the config.
+Everything is validated on construction; a bad rule raises ``RuleError`` naming the field. The
+config (TOML) form is read in ``bus.policy`` and built into these types by ``nicd.policy``.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Any
+from ipaddress import IPv4Network, IPv6Network
 
 __all__ = [
     "DEFAULT_PRIORITY",
@@ -28,13 +27,11 @@ __all__ = [
     "PROTO_NAMES",
     "PROTO_TCP",
     "PROTO_UDP",
-    "Action",
     "Direction",
     "Rule",
+    "RuleAction",
     "RuleError",
     "RuleSet",
-    "rule_from_dict",
-    "ruleset_from_config",
 ]
 
 PROTO_ICMP = 1
@@ -54,24 +51,6 @@ _PROTO_FAMILY = {PROTO_ICMP: 4, PROTO_ICMPV6: 6}
 #: Priority of a config rule that gives none.
 DEFAULT_PRIORITY = 1000
 
-_CONFIG_KEYS = frozenset(
-    {
-        "name",
-        "priority",
-        "action",
-        "segment",
-        "direction",
-        "src",
-        "dst",
-        "proto",
-        "sport",
-        "dport",
-        "inspect",
-        "sw_only",
-    }
-)
-
-
 class Direction(enum.IntEnum):
     """Direction of a packet relative to the VM interface the rule protects."""
 
@@ -79,13 +58,7 @@ class Direction(enum.IntEnum):
     TO_VM = 1
 
 
-_DIRECTION_NAMES: Mapping[str, Direction] = {
-    "from-vm": Direction.FROM_VM,
-    "to-vm": Direction.TO_VM,
-}
-
-
-class Action(enum.Enum):
+class RuleAction(enum.Enum):
     """What the slow path does with the first packet of a flow a rule matches."""
 
     ALLOW = "allow"
@@ -100,8 +73,7 @@ class RuleError(ValueError):
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
-        # The Rule attribute at fault, so rule_from_dict can re-home the error at its config path.
-        self.attr = attr
+        self.attr = attr  # the Rule attribute at fault
 
 
 Network = IPv4Network | IPv6Network
@@ -114,7 +86,7 @@ class Rule:
 
     name: str
     priority: int
-    action: Action
+    action: RuleAction
     segment: str | None = None
     direction: Direction | None = None
     src: IPv4Network | IPv6Network | None = None
@@ -149,8 +121,8 @@ def _check_rule(r: Rule) -> None:
         raise RuleError("rule.name", f"must be a non-empty string, got {r.name!r}", attr="name")
     if not _is_int(r.priority) or r.priority < 0:
         raise _fail(r, "priority", f"must be an integer >= 0, got {r.priority!r}")
-    if not isinstance(r.action, Action):
-        raise _fail(r, "action", f"must be an Action, got {r.action!r}")
+    if not isinstance(r.action, RuleAction):
+        raise _fail(r, "action", f"must be a RuleAction, got {r.action!r}")
     if r.segment is not None and (not isinstance(r.segment, str) or not r.segment):
         raise _fail(r, "segment", f"must be a non-empty string, got {r.segment!r}")
     if r.direction is not None and not isinstance(r.direction, Direction):
@@ -186,120 +158,11 @@ def _check_rule(r: Rule) -> None:
         flag = getattr(r, attr)
         if not isinstance(flag, bool):
             raise _fail(r, attr, f"must be a boolean, got {flag!r}")
-        if flag and r.action is not Action.ALLOW:
+        if flag and r.action is not RuleAction.ALLOW:
             raise _fail(r, attr, f"only valid with action allow, not {r.action.value}")
     if r.inspect and r.sw_only:
         # inspect keeps every packet in the slow path; sw_only would promise the flow cache.
         raise _fail(r, "sw_only", "contradicts inspect (an inspected flow is never offloaded)")
-
-
-# -- config form -------------------------------------------------------------------------------
-
-
-def _parse_network(v: Any, where: str) -> Network:
-    if not isinstance(v, str):
-        raise RuleError(where, f"must be a CIDR string, got {v!r}")
-    try:
-        return ip_network(v)  # strict: host bits set is a typo worth reporting
-    except ValueError as e:
-        raise RuleError(where, f"bad CIDR {v!r}: {e}") from None
-
-
-def _parse_proto(v: Any, where: str) -> int:
-    if isinstance(v, str):
-        try:
-            return PROTO_NAMES[v]
-        except KeyError:
-            names = ", ".join(PROTO_NAMES)
-            raise RuleError(where, f"unknown protocol {v!r} (use {names} or 0..255)") from None
-    if _is_int(v) and 0 <= v <= 255:
-        return int(v)
-    raise RuleError(where, f"must be a protocol name or number 0..255, got {v!r}")
-
-
-def _parse_port(v: Any, where: str) -> int:
-    if isinstance(v, str):
-        s = v.strip()
-        if not (s.isascii() and s.isdigit()):
-            raise RuleError(where, f"bad port {v!r}")
-        v = int(s)
-    if not _is_int(v) or not 0 <= v <= 65535:
-        raise RuleError(where, f"port must be 0..65535, got {v!r}")
-    return int(v)
-
-
-def _parse_ports(v: Any, where: str) -> PortRange:
-    if isinstance(v, str) and "-" in v:
-        lo_s, _, hi_s = v.partition("-")
-        lo, hi = _parse_port(lo_s, where), _parse_port(hi_s, where)
-    elif isinstance(v, list | tuple):
-        if len(v) != 2:
-            raise RuleError(where, f"port range must be [lo, hi], got {v!r}")
-        lo, hi = _parse_port(v[0], where), _parse_port(v[1], where)
-    elif isinstance(v, str) or _is_int(v):
-        lo = hi = _parse_port(v, where)
-    else:
-        raise RuleError(where, f"must be a port, 'lo-hi' or [lo, hi], got {v!r}")
-    if lo > hi:
-        raise RuleError(where, f"inverted range {lo}-{hi}")
-    return lo, hi
-
-
-def _parse_flag(v: Any, where: str) -> bool:
-    if not isinstance(v, bool):
-        raise RuleError(where, f"must be true or false, got {v!r}")
-    return v
-
-
-def _parse_action(v: Any, where: str) -> Action:
-    try:
-        return Action(v)
-    except ValueError:
-        names = ", ".join(a.value for a in Action)
-        raise RuleError(where, f"unknown action {v!r} (use {names})") from None
-
-
-def rule_from_dict(d: Mapping[str, Any], where: str) -> Rule:
-    """Build a Rule from its config table; ``where`` (e.g. ``rules[3]``) prefixes error fields."""
-    if not isinstance(d, Mapping):
-        raise RuleError(where, f"must be a table, got {type(d).__name__}")
-
-    def at(key: str) -> str:
-        return f"{where}.{key}"
-
-    unknown = sorted(str(k) for k in d if k not in _CONFIG_KEYS)
-    if unknown:
-        raise RuleError(at(unknown[0]), "unknown key")
-    for key in ("name", "action"):
-        if key not in d:
-            raise RuleError(at(key), "missing")
-    direction = None
-    if "direction" in d:
-        v = d["direction"]
-        direction = _DIRECTION_NAMES.get(v) if isinstance(v, str) else None
-        if direction is None:
-            raise RuleError(at("direction"), f"must be 'to-vm' or 'from-vm', got {v!r}")
-    # Types and values of name, priority and segment are checked by Rule itself; its errors
-    # name the attribute, which the except below turns into this rule's config path.
-    try:
-        return Rule(
-            name=d["name"],
-            priority=d.get("priority", DEFAULT_PRIORITY),
-            action=_parse_action(d["action"], at("action")),
-            segment=d.get("segment"),
-            direction=direction,
-            src=_parse_network(d["src"], at("src")) if "src" in d else None,
-            dst=_parse_network(d["dst"], at("dst")) if "dst" in d else None,
-            proto=_parse_proto(d["proto"], at("proto")) if "proto" in d else None,
-            sport=_parse_ports(d["sport"], at("sport")) if "sport" in d else None,
-            dport=_parse_ports(d["dport"], at("dport")) if "dport" in d else None,
-            inspect=_parse_flag(d.get("inspect", False), at("inspect")),
-            sw_only=_parse_flag(d.get("sw_only", False), at("sw_only")),
-        )
-    except RuleError as e:
-        if e.attr is None:  # already carries its config path
-            raise
-        raise RuleError(at(e.attr), e.reason) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +170,7 @@ class RuleSet:
     """An ordered, versioned set of rules plus the action applied when no rule matches."""
 
     rules: tuple[Rule, ...]
-    default: Action = Action.DROP
+    default: RuleAction = RuleAction.DROP
     version: int = 0
 
     def __post_init__(self) -> None:
@@ -321,30 +184,11 @@ class RuleSet:
                 # trace and counters report rules by name, so names must be unique.
                 raise RuleError(f"rules[{i}].name", f"{r.name!r} duplicates rules[{seen[r.name]}]")
             seen[r.name] = i
-        if not isinstance(self.default, Action):
-            raise RuleError("default", f"must be an Action, got {self.default!r}")
+        if not isinstance(self.default, RuleAction):
+            raise RuleError("default", f"must be a RuleAction, got {self.default!r}")
         if not _is_int(self.version) or self.version < 0:
             raise RuleError("version", f"must be an integer >= 0, got {self.version!r}")
 
     def evaluation_order(self) -> tuple[Rule, ...]:
         """The rules in the order they are evaluated: by priority, ties in the order given."""
         return tuple(sorted(self.rules, key=lambda r: r.priority))  # sorted() is stable
-
-
-def ruleset_from_config(
-    rules: Sequence[Mapping[str, Any]],
-    default: str = "drop",
-    version: int = 0,
-    *,
-    where: str = "rules",
-) -> RuleSet:
-    """Build a RuleSet from config tables; errors name ``{where}[i].field``."""
-    if isinstance(rules, str | bytes) or not isinstance(rules, Sequence):
-        raise RuleError(where, f"must be a list of tables, got {type(rules).__name__}")
-    built = tuple(rule_from_dict(d, f"{where}[{i}]") for i, d in enumerate(rules))
-    try:
-        return RuleSet(built, default=_parse_action(default, "default"), version=version)
-    except RuleError as e:
-        if e.field.startswith("rules"):
-            raise RuleError(where + e.field.removeprefix("rules"), e.reason) from None
-        raise

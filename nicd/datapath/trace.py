@@ -46,7 +46,8 @@ from nicd.datapath.pipeline import (
     _vlan_op,
     path_emits,
 )
-from nicd.datapath.rules import Action, Direction
+from nicd.datapath.rules import Direction
+from nicd.datapath.rules import RuleAction as Action
 from nicd.datapath.teaming import Team, TeamPolicy, Uplink, flow_hash
 from nicd.datapath.tiers import FastKey, PathEntry, Tier, fast_key
 from nicd.datapath.vswitch import Interface, Segment, VSwitch, VSwitchStats

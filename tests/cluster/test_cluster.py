@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from configs.loader import FABRICD, Config, WorkloadFlow
+from configs import FABRICD, Config, WorkloadFlow
 from tests.cluster.conftest import Cluster, stop, tagged_pids, wait_for
 
 pytestmark = pytest.mark.cluster

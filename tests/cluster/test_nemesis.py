@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from configs.loader import Config
+from configs import Config
 from ctl.checker import format_verdict
 from ctl.nemesis import DEFAULT_FAULTS, run_and_check
 from ctl.plot import plot

@@ -42,7 +42,7 @@ PEER_IP, IP_A, IP_B = (IPv4Address(f"10.0.10.{i}") for i in (100, 1, 2))
 
 
 def make_config(flows: list[NS] | None = None, endpoint: Callable[[str], str] | None = None) -> NS:
-    """The parts of `configs.loader.Config` fabricd reads: one host, two NICs, one peer."""
+    """The parts of `configs.Config` fabricd reads: one host, two NICs, one peer."""
     peer = NS(
         name="ext1",
         mac=PEER_MAC,

@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 
-from configs import DEFAULT_CONFIG
-from configs.loader import Config, load_config
+from configs import DEFAULT_CONFIG, Config, load_config
 from ctl.pcap import PcapWriter, summary
 from ctl.session import judge
 from ctl.summary import rows, window

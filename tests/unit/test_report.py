@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from configs import DEFAULT_CONFIG
-from configs.loader import load_config
+from configs import DEFAULT_CONFIG, load_config
 from ctl.logs import event_time
 from ctl.report import format_report, report
 

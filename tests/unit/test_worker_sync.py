@@ -11,7 +11,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from bus.messages import FrameBatch, MapUpdate
-from configs.loader import FABRICD
+from configs import FABRICD
 from tests.unit.workerrig import rig, until
 from wire.addr import mac_bytes
 from wire.build import gratuitous_arp

@@ -17,8 +17,7 @@ from typing import Any, TypeVar
 
 from bus.node import BaseNode
 from bus.testing import MemoryNetwork
-from configs import DEFAULT_CONFIG, load_config
-from configs.loader import FABRICD
+from configs import DEFAULT_CONFIG, FABRICD, load_config
 from hostd.daemon import HostDaemon
 from nicd.worker import NicWorker
 
