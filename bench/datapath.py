@@ -20,9 +20,10 @@ from bench.common import bus_ceiling_fps, print_table, rate, write_results
 from nicd.datapath.classifier import Classifier
 from nicd.datapath.conntrack import ConntrackTable, Timeouts
 from nicd.datapath.pipeline import DatapathConfig, Ingress, Pipeline
-from nicd.datapath.rules import Action, Direction, Rule, RuleSet, ruleset_from_config
+from nicd.datapath.rules import Direction, Rule, RuleAction, RuleSet
 from nicd.datapath.teaming import TeamPolicy, Uplink
 from nicd.datapath.vswitch import Interface, Segment
+from nicd.policy import ruleset_from_config
 from wire import build
 from wire.addr import mac_bytes
 from wire.frames import parse_frame_untrusted
@@ -119,7 +120,7 @@ def random_rules(n: int, rng: random.Random) -> RuleSet:
             Rule(
                 name=f"r{i}",
                 priority=i,
-                action=rng.choice([Action.ALLOW, Action.DROP]),
+                action=rng.choice([RuleAction.ALLOW, RuleAction.DROP]),
                 segment=rng.choice([None, "web", "db", "app"]),
                 direction=rng.choice([None, Direction.FROM_VM, Direction.TO_VM]),
                 src=_net(rng) if rng.random() < 0.7 else None,

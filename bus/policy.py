@@ -134,10 +134,11 @@ class RuleSpec:
 
     def to_plain(self) -> dict[str, Any]:
         """The rule's table, as ``rule_from_plain`` reads it back."""
-        d: dict[str, Any] = {"name": self.name, "priority": self.priority, "action": self.action}
+        d: dict[str, Any] = {"name": self.name, "priority": self.priority}
+        d["action"] = str(self.action)
         optional = {
             "segment": self.segment,
-            "direction": self.direction,
+            "direction": None if self.direction is None else str(self.direction),
             "src": None if self.src is None else str(self.src),
             "dst": None if self.dst is None else str(self.dst),
             "proto": self.proto,

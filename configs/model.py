@@ -333,4 +333,3 @@ def resolve_run_dir(run_dir: str | Path | None = None) -> Path:
     if run_dir is None:
         run_dir = os.environ.get(RUN_DIR_ENV) or "run"
     return Path(run_dir).absolute()
-

@@ -153,7 +153,6 @@ def config_from_dict(
     return dataclasses.replace(cfg, flows=flows, endpoints=endpoints)
 
 
-
 # -- sections ----------------------------------------------------------------------------------
 
 
@@ -306,8 +305,6 @@ def _hosts(v: object) -> list[_HostDraft]:
             )
         hosts.append(_HostDraft(name, tuple(nics), policy.value, failback, mbps, threshold))
     return hosts
-
-
 
 
 _VM_KEYS = ("host", "nic", "interfaces", "tcp_listen", "udp_listen")

@@ -167,4 +167,3 @@ class _Identities:
                     f"{ip.ip} already used in segment {segment!r} by {self.ips[key]}",
                 )
             self.ips[key] = f"{where}[{i}]"
-

@@ -51,6 +51,7 @@ _PROTO_FAMILY = {PROTO_ICMP: 4, PROTO_ICMPV6: 6}
 #: Priority of a config rule that gives none.
 DEFAULT_PRIORITY = 1000
 
+
 class Direction(enum.IntEnum):
     """Direction of a packet relative to the VM interface the rule protects."""
 

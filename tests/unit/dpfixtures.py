@@ -7,9 +7,10 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from nicd.datapath.conntrack import Timeouts
 from nicd.datapath.pipeline import DatapathConfig, Pipeline
-from nicd.datapath.rules import RuleSet, ruleset_from_config
+from nicd.datapath.rules import RuleSet
 from nicd.datapath.teaming import TeamPolicy, Uplink
 from nicd.datapath.vswitch import Interface, Segment
+from nicd.policy import ruleset_from_config
 from wire import build
 from wire.addr import mac_bytes
 

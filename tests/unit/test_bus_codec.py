@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_address, ip_network
+
 import msgpack
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -33,6 +35,16 @@ from bus.messages import (
     SyncBatch,
     SyncRequest,
 )
+from bus.policy import (
+    ActionName,
+    DirectionName,
+    InterfaceSpec,
+    NicUplinks,
+    Policy,
+    RuleSpec,
+    SegmentSpec,
+    TeamPolicyName,
+)
 
 # -- strategies ---------------------------------------------------------------------------------
 
@@ -57,6 +69,27 @@ def plain(floats: bool) -> st.SearchStrategy[object]:
 
 def plain_dict(floats: bool) -> st.SearchStrategy[dict[str, object]]:
     return st.dictionaries(st.text(max_size=6), plain(floats), max_size=5)
+
+
+def small_policy(team: TeamPolicyName = TeamPolicyName.PORT_ID, failback: bool = True) -> Policy:
+    """A policy with one of everything."""
+    return Policy(
+        segments=(SegmentSpec("web", 10), SegmentSpec("db")),
+        interfaces=(InterfaceSpec(7, "vm1", b"\x02\x00\x00\x00\x00\x01",
+                                  (ip_address("10.0.0.1"), ip_address("fd00::1")), "web"),),
+        rules=(
+            RuleSpec("http", ActionName.ALLOW, 10, direction=DirectionName.TO_VM, proto=6,
+                     dport=(80, 443), dst=ip_network("10.0.0.0/24"), sw_only=True),
+            RuleSpec("deny", ActionName.REJECT, segment="db"),
+        ),
+        firewall_default=ActionName.DROP,
+        team_policy=team,
+        failback=failback,
+        uplink_bps=10**10,
+        load_threshold_pct=75,
+        nics=(NicUplinks("nic1", ("p0", "p1")), NicUplinks("nic2", ("p0",))),
+        timeouts_ms={"udp_first": 250},
+    )  # fmt: skip
 
 
 MESSAGES: dict[type, st.SearchStrategy[Message]] = {
@@ -87,7 +120,9 @@ MESSAGES: dict[type, st.SearchStrategy[Message]] = {
     SyncAck: st.builds(SyncAck, names, u64),
     SyncRequest: st.builds(SyncRequest, names, u64),
     MapUpdate: st.builds(MapUpdate, u64, st.lists(st.tuples(u32, names, u32), max_size=10)),
-    PolicyUpdate: st.builds(PolicyUpdate, u64, plain_dict(floats=False)),
+    PolicyUpdate: st.builds(
+        PolicyUpdate, u64, st.builds(small_policy, st.sampled_from(TeamPolicyName), st.booleans())
+    ),
     ControlRequest: st.builds(ControlRequest, u64, names, plain_dict(floats=True)),
     ControlReply: st.builds(ControlReply, u64, st.booleans(), plain_dict(floats=True), st.text()),
     Fault: st.builds(Fault, st.sampled_from(FaultKind), names, seconds, st.floats(0, 1), seconds),
@@ -115,7 +150,7 @@ EXAMPLES: list[Message] = [
     SyncAck("nic2", 8),
     SyncRequest("nic2", 0),
     MapUpdate(4, [(1, "nic1", 0), (2, "nic2", 1)]),
-    PolicyUpdate(2, {"rules": [{"prio": 10, "action": "allow", "ports": [80, 443]}], "x": None}),
+    PolicyUpdate(2, small_policy()),
     ControlRequest(9, "status", {"verbose": True, "rate": 0.5}),
     ControlReply(9, False, {}, "no such nic"),
     Fault(FaultKind.DELAY, "nic2", 2.5, delay=0.01),
@@ -206,7 +241,10 @@ def test_deep_policy_rejected() -> None:
     for _ in range(40):
         deep = {"d": deep}
     with pytest.raises(InvalidField):
-        PolicyUpdate(1, deep)
+        PolicyUpdate(1, deep)  # type: ignore[arg-type]
+    with pytest.raises(MalformedMessage) as info:
+        decode_untrusted(msgpack.packb([VERSION, 6, 1, deep]))
+    assert info.value.reason == "field.policy"
 
 
 def test_encode_refuses_oversized_message() -> None:
@@ -247,6 +285,8 @@ def wire(*items: object) -> bytes:
         (wire(1, 6, 1, {1: 2}), "msgpack"),  # int map key (strict_map_key)
         (wire(1, 6, 1, {"a": msgpack.ExtType(1, b"x")}), "msgpack"),
         (wire(1, 6, 1, {"a": 1.5}), "field.policy"),
+        (wire(1, 6, 1, {"a": 1}), "field.policy"),  # plain, but not a policy
+        (wire(1, 6, 1, [1]), "field.policy"),
         (wire(1, 9, "explode", "n", 1.0, 1.0, 0.0), "field.kind"),
     ],
 )

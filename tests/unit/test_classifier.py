@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from nicd.datapath import classifier
 from nicd.datapath.classifier import Classifier, _RangeTable
-from nicd.datapath.rules import Action, Direction, Rule, RuleSet, ruleset_from_config
+from nicd.datapath.rules import Direction, Rule, RuleAction, RuleSet
+from nicd.policy import ruleset_from_config
 
 TCP, UDP, ICMP, ICMPV6, GRE = 6, 17, 1, 58, 47
 FROM, TO = Direction.FROM_VM, Direction.TO_VM
@@ -101,9 +102,9 @@ def rule(name: str, **kw: object) -> dict[str, object]:
 
 
 def test_empty_ruleset_matches_nothing() -> None:
-    c = Classifier(RuleSet((), default=Action.REJECT, version=3))
+    c = Classifier(RuleSet((), default=RuleAction.REJECT, version=3))
     assert c.lookup(*Pkt().args()) is None
-    assert c.version == 3 and len(c) == 0 and c.ruleset.default is Action.REJECT
+    assert c.version == 3 and len(c) == 0 and c.ruleset.default is RuleAction.REJECT
 
 
 def test_priority_lower_number_first() -> None:
@@ -316,7 +317,7 @@ def rule_sets(draw: st.DrawFn) -> RuleSet:
             Rule(
                 name=f"r{i}",
                 priority=draw(st.integers(0, 5)),  # small, so ties are common
-                action=draw(st.sampled_from(Action)),
+                action=draw(st.sampled_from(RuleAction)),
                 segment=draw(st.sampled_from([None, *SEGMENTS])),
                 direction=draw(st.sampled_from([None, FROM, TO])),
                 src=src,
@@ -430,7 +431,7 @@ def random_rule(rng: random.Random, i: int, segments: Sequence[str], spread: boo
     return Rule(
         name=f"r{i}",
         priority=rng.randrange(50),
-        action=Action.ALLOW,
+        action=RuleAction.ALLOW,
         segment=None if rng.random() < 0.4 else rng.choice(segments),
         direction=rng.choice([None, FROM, TO]),
         src=net(),

@@ -11,6 +11,7 @@ import pytest
 
 from bus.codec import decode_untrusted, encode
 from bus.messages import PolicyUpdate
+from bus.policy import PolicyError
 from configs import (
     DEFAULT_CONFIG,
     RUN_DIR_ENV,
@@ -19,14 +20,24 @@ from configs import (
     WorkloadFlow,
     load_config,
     load_default,
-    timeouts_from_ms,
 )
 from nicd.datapath.classifier import Classifier
 from nicd.datapath.conntrack import Timeouts
-from nicd.datapath.rules import PROTO_NAMES, Action, Direction, Rule, ruleset_from_config
-from nicd.datapath.teaming import team_policy_from_str
-from nicd.datapath.vswitch import interface_from_dict, segment_from_dict
+from nicd.datapath.rules import PROTO_NAMES, Direction, Rule, RuleAction, RuleSet
+from nicd.policy import build_pipeline, ruleset_from_spec, timeouts_from_ms
 from wire.addr import mac_bytes
+
+
+def _ruleset(cfg: Config) -> RuleSet:
+    """The datapath's rule set of the config's firewall."""
+    return ruleset_from_spec(cfg.rule_specs, cfg.firewall_default)
+
+
+def _bindings(cfg: Config, host: str) -> list[tuple[int, str, int]]:
+    """(VPID, VM, interface index) of every interface of ``host``, numbered as an FPAG would."""
+    ifaces = [(vm.name, j) for vm in cfg.host(host).vms for j in range(len(vm.interfaces))]
+    return [(vpid, vm, j) for vpid, (vm, j) in enumerate(ifaces, start=1)]
+
 
 # A small valid cluster; error cases edit it by exact text replacement or by appending.
 BASE = """\
@@ -138,11 +149,11 @@ def test_default_config_loads(tmp_path: Path) -> None:
     assert 80 in ext1.tcp_listen and 5000 in ext1.udp_listen
     assert cfg.timers.heartbeat_s == 0.05 and cfg.timers.heartbeat_misses == 3
     assert cfg.timers.reboot_delay_s == 1.0
-    assert cfg.firewall_default == "drop" and cfg.ruleset.default is Action.DROP
-    actions = {r.action for r in cfg.ruleset.rules}
-    assert {Action.ALLOW, Action.DROP} <= actions
-    assert any(r.inspect for r in cfg.ruleset.rules)
-    assert any(r.sw_only for r in cfg.ruleset.rules)
+    assert cfg.firewall_default == "drop" and _ruleset(cfg).default is RuleAction.DROP
+    actions = {r.action for r in _ruleset(cfg).rules}
+    assert {RuleAction.ALLOW, RuleAction.DROP} <= actions
+    assert any(r.inspect for r in _ruleset(cfg).rules)
+    assert any(r.sw_only for r in _ruleset(cfg).rules)
     for f in cfg.flows:
         assert 20 <= f.rate <= 100 and 64 <= f.size <= 512
     assert {f.proto for f in cfg.flows} == {"tcp", "udp"}
@@ -184,7 +195,7 @@ def _first_rules(cfg: Config, flow: WorkloadFlow) -> list[Rule | None]:
     dst_ip = cfg.flow_target(flow)
     segment = next(seg for seg, ip in _addresses(cfg, flow.dst) if ip == dst_ip)
     src_ip = next(ip for seg, ip in _addresses(cfg, flow.src) if seg == segment and ip.version == 4)
-    classifier = Classifier(cfg.ruleset)
+    classifier = Classifier(_ruleset(cfg))
     vm_names = {vm.name for vm in cfg.vms}
     ends = ((flow.src, Direction.FROM_VM), (flow.dst, Direction.TO_VM))
     return [
@@ -205,10 +216,10 @@ def _first_rules(cfg: Config, flow: WorkloadFlow) -> list[Rule | None]:
 
 def test_default_flow_expectations_match_the_firewall(tmp_path: Path) -> None:
     cfg = load_default(run_dir=tmp_path)
-    allow_default = cfg.ruleset.default is Action.ALLOW
+    allow_default = _ruleset(cfg).default is RuleAction.ALLOW
     for flow in cfg.flows:
         rules = _first_rules(cfg, flow)
-        allowed = all(allow_default if r is None else r.action is Action.ALLOW for r in rules)
+        allowed = all(allow_default if r is None else r.action is RuleAction.ALLOW for r in rules)
         assert allowed == (flow.expect == "deliver"), (flow.name, rules)
     ssh = next(f for f in cfg.flows if f.dport == 22)
     assert any(r is not None and r.inspect for r in _first_rules(cfg, ssh))
@@ -263,7 +274,7 @@ def test_defaults_when_sections_are_left_out(tmp_path: Path) -> None:
     cfg = _load(tmp_path)
     assert cfg.timers == type(cfg.timers)()
     assert cfg.timers.down_after_s == pytest.approx(0.15)
-    assert cfg.timeouts == {} and cfg.ct_timeouts() == Timeouts()
+    assert cfg.timeouts == {} and timeouts_from_ms(cfg.timeouts_ms()) == Timeouts()
     h1 = cfg.host("h1")
     assert h1.team_policy == "port-id" and h1.failback is True
     assert cfg.endpoints == {}
@@ -313,15 +324,15 @@ def test_flow_to_a_ipv6_only_destination(tmp_path: Path) -> None:
 # -- policy_dict ---------------------------------------------------------------------------------
 
 
-def test_policy_dict_round_trips_through_the_bus(tmp_path: Path) -> None:
+def test_policy_round_trips_through_the_bus(tmp_path: Path) -> None:
     cfg = load_default(run_dir=tmp_path)
-    policy = cfg.policy_dict("h1")
+    policy = cfg.policy("h1", _bindings(cfg, "h1"))
     msg = PolicyUpdate(version=1, policy=policy)
     back = decode_untrusted(encode(msg))
     assert back == msg
     assert isinstance(back, PolicyUpdate)
     got = back.policy
-    assert set(got) == {
+    assert set(got.to_plain()) == {
         "segments",
         "interfaces",
         "rules",
@@ -333,47 +344,47 @@ def test_policy_dict_round_trips_through_the_bus(tmp_path: Path) -> None:
         "timeouts_ms",
         "nics",
     }
-    # Everything in it is what the NIC side's own parsers accept, and means the same.
-    assert [segment_from_dict(d, "s") for d in got["segments"]] == list(cfg.segments)
-    ifaces = [interface_from_dict(d, i, "i") for i, d in enumerate(got["interfaces"])]
-    assert [i.vm for i in ifaces] == ["web1", "web2", "app1", "app1", "db1"]
-    assert ifaces[3].mac == cfg.vm("app1").interfaces[1].mac
-    assert ifaces[3].ips == (ip_address("10.0.20.13"),)
-    ruleset = ruleset_from_config(got["rules"], got["firewall_default"])
-    assert ruleset == cfg.ruleset
-    assert timeouts_from_ms(got["timeouts_ms"]) == cfg.ct_timeouts()
-    assert team_policy_from_str(got["team_policy"], "t").value == "port-id"
-    assert got["failback"] is True
-    assert (got["uplink_bps"], got["load_threshold_pct"]) == (10_000_000_000, 75)
-    assert got["nics"] == [
+    # Everything in it is what the NIC side builds its datapath from, and means the same.
+    assert got.segments == cfg.segments
+    assert [i.vm for i in got.interfaces] == ["web1", "web2", "app1", "app1", "db1"]
+    assert got.interfaces[3].mac == cfg.vm("app1").interfaces[1].mac
+    assert got.interfaces[3].ips == (ip_address("10.0.20.13"),)
+    assert ruleset_from_spec(got.rules, got.firewall_default) == _ruleset(cfg)
+    assert timeouts_from_ms(got.timeouts_ms) == timeouts_from_ms(cfg.timeouts_ms()) == Timeouts()
+    assert got.team_policy == "port-id"
+    assert got.failback is True
+    assert (got.uplink_bps, got.load_threshold_pct) == (10_000_000_000, 75)
+    assert got.to_plain()["nics"] == [
         {"name": "nic1", "uplinks": ["p0", "p1"]},
         {"name": "nic2", "uplinks": ["p0", "p1"]},
     ]
+    p = build_pipeline(cfg.nic("nic1"), got, 1)
+    assert p.classifier.ruleset == ruleset_from_spec(got.rules, got.firewall_default, 1)
 
 
-def test_policy_dict_carries_fractional_timeouts_as_ms(tmp_path: Path) -> None:
+def test_policy_carries_fractional_timeouts_as_ms(tmp_path: Path) -> None:
     text = "[timeouts]\nudp_first = 0.25\ntcp_established = 3\n" + BASE
     cfg = _load(tmp_path, text)
     assert cfg.timeouts == {"udp_first": 0.25, "tcp_established": 3}
-    policy = cfg.policy_dict("h1")
-    assert policy["timeouts_ms"]["udp_first"] == 250
-    assert policy["timeouts_ms"]["tcp_established"] == 3000
+    policy = cfg.policy("h1")
+    assert policy.timeouts_ms["udp_first"] == 250
+    assert policy.timeouts_ms["tcp_established"] == 3000
     back = decode_untrusted(encode(PolicyUpdate(version=0, policy=policy)))
     assert isinstance(back, PolicyUpdate)
-    timeouts = timeouts_from_ms(back.policy["timeouts_ms"])
-    assert timeouts.udp_first == 0.25 and timeouts == cfg.ct_timeouts()
-    with pytest.raises(ValueError, match=r"timeouts_ms\.udp_first"):
+    timeouts = timeouts_from_ms(back.policy.timeouts_ms)
+    assert timeouts.udp_first == 0.25 and timeouts == Timeouts.from_dict(cfg.timeouts)
+    with pytest.raises(PolicyError, match=r"timeouts_ms\.udp_first"):
         timeouts_from_ms({"udp_first": 0.5})
 
 
-def test_policy_dict_is_a_copy(tmp_path: Path) -> None:
+def test_policy_is_a_copy(tmp_path: Path) -> None:
     cfg = _load(tmp_path)
-    policy = cfg.policy_dict("h1")
-    policy["rules"][0]["dport"] = 9999
+    plain = cfg.policy("h1").to_plain()
+    plain["rules"][0]["dport"] = [9999, 9999]
     assert cfg.rules[0]["dport"] == 80
-    assert cfg.policy_dict("h1")["rules"][0]["dport"] == 80
+    assert cfg.policy("h1").rules[0].dport == (80, 80)
     with pytest.raises(KeyError):
-        cfg.policy_dict("h9")
+        cfg.policy("h9")
 
 
 # -- endpoints and the run directory -------------------------------------------------------------

@@ -104,7 +104,7 @@ async def test_hello_gets_policy_and_map(tmp_path: Path) -> None:
     async with rig(tmp_path) as r:
         r.nics["nic1"].send("h1", Hello("nic1", "nic"))
         policy = await r.received("nic1", PolicyUpdate)
-        assert policy.policy["team_policy"] == "port-id"
+        assert policy.policy.team_policy == "port-id"
         mapping = await r.received("nic1", MapUpdate)
         assert mapping.epoch == 1 and len(mapping.entries) == 5
 
@@ -133,10 +133,10 @@ async def test_team_policy_command_pushes_a_new_policy_to_every_nic(tmp_path: Pa
         assert reply.ok and reply.result == {"old": "port-id", "policy": "l4-hash", "version": 2}
         for nic in ("nic1", "nic2"):
             update = await r.received(nic, PolicyUpdate)
-            assert (update.version, update.policy["team_policy"]) == (2, "l4-hash")
+            assert (update.version, update.policy.team_policy) == (2, "l4-hash")
         # A NIC that says hello later gets the policy as it is now.
         r.nics["nic2"].send("h1", Hello("nic2", "nic"))
-        assert (await r.received("nic2", PolicyUpdate)).policy["team_policy"] == "l4-hash"
+        assert (await r.received("nic2", PolicyUpdate)).policy.team_policy == "l4-hash"
         assert (await r.control("stats")).result["team_policy"] == "l4-hash"
 
 

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from nicd.datapath.conntrack import CtRecord, PseudoState, TcpState, Timeouts
 from nicd.datapath.pipeline import Decision, Emit, Ingress, Out, Pipeline, Verdict
-from nicd.datapath.rules import RuleSet, ruleset_from_config
+from nicd.datapath.rules import RuleSet
 from nicd.datapath.tiers import Tier
+from nicd.policy import ruleset_from_config
 from tests.unit.dpfixtures import (
     DEFAULT_RULES,
     PEER_IP,

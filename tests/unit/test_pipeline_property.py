@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from nicd.datapath.conntrack import Timeouts
 from nicd.datapath.pipeline import Ingress, Pipeline, Verdict
-from nicd.datapath.rules import ruleset_from_config
 from nicd.datapath.tiers import Tier
+from nicd.policy import ruleset_from_config
 from tests.unit.dpfixtures import PEER_IP, PEER_MAC, VMS, make_pipeline
 from wire import build
 from wire.protocols import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN

@@ -10,16 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bus.policy import PolicyError
 from nicd.datapath.rules import (
     DEFAULT_PRIORITY,
-    Action,
     Direction,
     Rule,
+    RuleAction,
     RuleError,
     RuleSet,
-    rule_from_dict,
-    ruleset_from_config,
 )
+from nicd.policy import rule_from_dict, ruleset_from_config
 
 
 def test_full_rule_from_config() -> None:
@@ -42,7 +42,7 @@ def test_full_rule_from_config() -> None:
     assert r == Rule(
         name="web-in",
         priority=100,
-        action=Action.ALLOW,
+        action=RuleAction.ALLOW,
         segment="web",
         direction=Direction.TO_VM,
         src=IPv4Network("10.0.0.0/24"),
@@ -57,7 +57,7 @@ def test_full_rule_from_config() -> None:
 
 def test_minimal_rule_is_all_wildcards() -> None:
     r = rule_from_dict({"name": "deny-all", "action": "drop"}, "rules[0]")
-    assert r == Rule(name="deny-all", priority=DEFAULT_PRIORITY, action=Action.DROP)
+    assert r == Rule(name="deny-all", priority=DEFAULT_PRIORITY, action=RuleAction.DROP)
     assert r.family is None
 
 
@@ -138,21 +138,21 @@ BAD_RULES: list[tuple[dict[str, Any], str]] = [
 
 @pytest.mark.parametrize(("table", "field"), BAD_RULES)
 def test_bad_rule_names_the_field(table: dict[str, Any], field: str) -> None:
-    with pytest.raises(RuleError, match=rf"^rules\[3\]\.{field}: ") as info:
+    with pytest.raises(PolicyError, match=rf"^rules\[3\]\.{field}: ") as info:
         rule_from_dict(table, "rules[3]")
     assert info.value.field == f"rules[3].{field}"
 
 
 def test_rule_that_is_not_a_table() -> None:
-    with pytest.raises(RuleError, match=r"^rules\[0\]: must be a table"):
+    with pytest.raises(PolicyError, match=r"^rules\[0\]: must be a table"):
         rule_from_dict(["allow"], "rules[0]")  # type: ignore[arg-type]
 
 
 def test_direct_construction_is_validated() -> None:
     with pytest.raises(RuleError, match=re.escape("rule 'x'.dport: inverted range 9-1")):
-        Rule(name="x", priority=1, action=Action.ALLOW, proto=6, dport=(9, 1))
+        Rule(name="x", priority=1, action=RuleAction.ALLOW, proto=6, dport=(9, 1))
     with pytest.raises(RuleError, match=re.escape("rule 'x'.src: must be")):
-        Rule(name="x", priority=1, action=Action.ALLOW, src="10.0.0.0/8")  # type: ignore[arg-type]
+        Rule(name="x", priority=1, action=RuleAction.ALLOW, src="10.0.0.0/8")  # type: ignore[arg-type]
 
 
 def test_ruleset_from_config_orders_and_versions() -> None:
@@ -168,22 +168,22 @@ def test_ruleset_from_config_orders_and_versions() -> None:
     )
     assert [r.name for r in rs.rules] == ["late", "tie-1", "tie-2", "first"]
     assert [r.name for r in rs.evaluation_order()] == ["first", "tie-1", "tie-2", "late"]
-    assert rs.default is Action.REJECT and rs.version == 7
+    assert rs.default is RuleAction.REJECT and rs.version == 7
 
 
 def test_ruleset_error_names_the_rule_index() -> None:
     rules = [{"name": f"r{i}", "action": "allow"} for i in range(5)]
     rules[3] = {"name": "r3", "action": "allow", "proto": "tcp", "dport": "2-1"}
-    with pytest.raises(RuleError, match=r"^rules\[3\]\.dport: inverted range 2-1"):
+    with pytest.raises(PolicyError, match=r"^rules\[3\]\.dport: inverted range 2-1"):
         ruleset_from_config(rules)
-    with pytest.raises(RuleError, match=r"^firewall\.rules\[3\]\.dport: "):
+    with pytest.raises(PolicyError, match=r"^firewall\.rules\[3\]\.dport: "):
         ruleset_from_config(rules, where="firewall.rules")
 
 
 def test_ruleset_rejects_duplicate_names() -> None:
     rules = [{"name": "a", "action": "allow"}, {"name": "b", "action": "drop"}]
     rules.append({"name": "a", "action": "drop"})
-    with pytest.raises(RuleError, match=r"^rules\[2\]\.name: 'a' duplicates rules\[0\]"):
+    with pytest.raises(PolicyError, match=r"^rules\[2\]\.name: 'a' duplicates rules\[0\]"):
         ruleset_from_config(rules)
 
 
@@ -192,18 +192,18 @@ def test_ruleset_rejects_duplicate_names() -> None:
     [({"default": "accept"}, "default"), ({"version": -1}, "version")],
 )
 def test_ruleset_bad_default_or_version(kwargs: dict[str, Any], field: str) -> None:
-    with pytest.raises(RuleError, match=rf"^{field}: "):
+    with pytest.raises(PolicyError, match=rf"^{field}: "):
         ruleset_from_config([], **kwargs)
 
 
 def test_ruleset_rejects_non_list() -> None:
-    with pytest.raises(RuleError, match=r"^rules: must be a list"):
+    with pytest.raises(PolicyError, match=r"^rules: must be a list"):
         ruleset_from_config({"name": "x", "action": "allow"})  # type: ignore[arg-type]
 
 
 def test_ruleset_default_is_drop() -> None:
-    assert RuleSet(()).default is Action.DROP
-    assert ruleset_from_config([]).default is Action.DROP
+    assert RuleSet(()).default is RuleAction.DROP
+    assert ruleset_from_config([]).default is RuleAction.DROP
 
 
 CONFIG_KEYS = [
@@ -223,10 +223,10 @@ toml_values = st.recursive(
 
 
 @given(st.dictionaries(st.sampled_from(CONFIG_KEYS), toml_values))
-def test_any_config_table_yields_a_rule_or_rule_error(table: dict[str, Any]) -> None:
+def test_any_config_table_yields_a_rule_or_policy_error(table: dict[str, Any]) -> None:
     try:
         r = rule_from_dict(table, "rules[0]")
-    except RuleError as e:
+    except PolicyError as e:
         assert str(e).startswith("rules[0]")
     else:
         assert isinstance(r, Rule)

@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nicd.datapath.pipeline import Decision, Ingress, Pipeline, Verdict
-from nicd.datapath.rules import ruleset_from_config
 from nicd.datapath.teaming import TeamPolicy
 from nicd.datapath.tiers import fast_key
 from nicd.datapath.trace import (
@@ -34,6 +33,7 @@ from nicd.datapath.trace import (
     trace_packet,
 )
 from nicd.datapath.vswitch import Interface
+from nicd.policy import ruleset_from_config
 from tests.unit.dpfixtures import (
     DEFAULT_RULES,
     PEER_IP,
