@@ -140,6 +140,10 @@ class VmSpec:
     tcp_listen: tuple[int, ...] = ()
     udp_listen: tuple[int, ...] = ()
 
+    def interface_name(self, index: int) -> str:
+        """The name of interface ``index``: the VM's own, or ``"<vm>/<index>"`` if it has more."""
+        return self.name if len(self.interfaces) == 1 else f"{self.name}/{index}"
+
 
 @dataclass(frozen=True, slots=True)
 class HostSpec:
@@ -273,10 +277,12 @@ class Config:
         the FPAG, and ``team_policy`` overrides the config's (the `team-policy` command)."""
         h = self.host(host)
         interfaces = []
-        for vpid, vm, index in bindings:
-            iface = self.vm(vm).interfaces[index]
+        for vpid, vm_name, index in bindings:
+            vm = self.vm(vm_name)
+            iface = vm.interfaces[index]
             ips = tuple(ip.ip for ip in iface.ips)
-            interfaces.append(InterfaceSpec(vpid, vm, iface.mac, ips, iface.segment))
+            name = vm.interface_name(index)
+            interfaces.append(InterfaceSpec(vpid, name, iface.mac, ips, iface.segment))
         return Policy(
             segments=self.segments,
             interfaces=tuple(interfaces),

@@ -89,7 +89,7 @@ class HostDaemon:
         for vm in spec.vms:
             for i, iface in enumerate(vm.interfaces):
                 vpid = self.fpag.attach(vm.name, i, vm.nic)
-                name = vm.name if len(vm.interfaces) == 1 else f"{vm.name}/{i}"
+                name = vm.interface_name(i)
                 ep = Endpoint(name, iface.mac, list(iface.ips), seed=seed_of(name),
                               first_port=first_port, stream=boot - 1)  # fmt: skip
                 for port in vm.tcp_listen:

@@ -346,7 +346,8 @@ def test_policy_round_trips_through_the_bus(tmp_path: Path) -> None:
     }
     # Everything in it is what the NIC side builds its datapath from, and means the same.
     assert got.segments == cfg.segments
-    assert [i.vm for i in got.interfaces] == ["web1", "web2", "app1", "app1", "db1"]
+    # The interface names hostd's endpoints go by: a VM's own, "<vm>/<i>" if it has several.
+    assert [i.vm for i in got.interfaces] == ["web1", "web2", "app1/0", "app1/1", "db1"]
     assert got.interfaces[3].mac == cfg.vm("app1").interfaces[1].mac
     assert got.interfaces[3].ips == (ip_address("10.0.20.13"),)
     assert ruleset_from_spec(got.rules, got.firewall_default) == _ruleset(cfg)
