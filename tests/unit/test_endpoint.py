@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from ipaddress import ip_address, ip_interface
+from ipaddress import IPv4Address, ip_address, ip_interface
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -38,7 +38,7 @@ from wire.protocols import (
 
 MAC_A, MAC_B = mac_bytes("02:00:00:00:00:0a"), mac_bytes("02:00:00:00:00:0b")
 GW_MAC = mac_bytes("02:00:00:00:00:fe")
-IP_A, IP_B = ip_address("10.0.0.1"), ip_address("10.0.0.2")
+IP_A, IP_B = IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2")
 IP6_A, IP6_B = ip_address("2001:db8::a"), ip_address("2001:db8::b")
 
 Drop = Callable[[bytes, Packet, "Endpoint"], bool]

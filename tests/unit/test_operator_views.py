@@ -12,7 +12,7 @@ import shutil
 import struct
 import subprocess
 from datetime import datetime
-from ipaddress import ip_address
+from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,8 @@ TCP4 = build.tcp_frame(
 UDP6 = build.udp_frame(
     A, B, ip_address("fd00::1"), ip_address("fd00::2"), 53, 5353, b"q", vlan=10
 )  # fmt: skip
-ARP = build.arp_frame(1, A, ip_address("10.0.0.1"), b"\0" * 6, ip_address("10.0.0.2"))
-ARP_REPLY = build.arp_frame(2, B, ip_address("10.0.0.2"), A, ip_address("10.0.0.1"), dst_mac=A)
+ARP = build.arp_frame(1, A, IPv4Address("10.0.0.1"), b"\0" * 6, IPv4Address("10.0.0.2"))
+ARP_REPLY = build.arp_frame(2, B, IPv4Address("10.0.0.2"), A, IPv4Address("10.0.0.1"), dst_mac=A)
 
 
 # -- ctl/pcap.py ---------------------------------------------------------------------------------
