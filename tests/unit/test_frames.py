@@ -122,7 +122,9 @@ EDITS = st.lists(st.tuples(st.integers(0, 200), st.binary(min_size=1, max_size=4
 
 
 @given(st.sampled_from(sample_frames()), EDITS)
-def test_random_mutations_raise_only_malformed_frame(frame: bytes, edits) -> None:
+def test_random_mutations_raise_only_malformed_frame(
+    frame: bytes, edits: list[tuple[int, bytes]]
+) -> None:
     data = bytearray(frame)
     for pos, chunk in edits:
         pos %= len(data) + 1

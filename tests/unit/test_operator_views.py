@@ -396,7 +396,9 @@ VM1, VM4 = vm(1), vm(4)
 DATA = TCP_ACK | TCP_PSH
 
 
-def connect(p: Pipeline, a: VM, sport: int, dport: int, now: float = 0.0, data: bool = True):
+def connect(
+    p: Pipeline, a: VM, sport: int, dport: int, now: float = 0.0, data: bool = True
+) -> None:
     """VM `a` opens a connection to the external peer (uplink 1), then data each way."""
     p.process(Ingress.VF, a.ppid, tcp_out(a, sport, dport, TCP_SYN, seq=100), now)
     p.process(Ingress.UPLINK, 1, tcp_in(a, dport, sport, TCP_SYN | TCP_ACK, 500, 101), now)
