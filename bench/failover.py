@@ -84,11 +84,16 @@ def kills(n: int) -> dict[str, Any]:
             before = _delivered(c.config)
             chaos.kill(nic)
             print(f"  kill {i + 1}/{n}: {nic} (pid {old})", flush=True)
-            wait_for(f"kill {i}: {nic} back", lambda nic=nic, old=old: c.worker_pid(nic) != old
-                     and c.control(nic, "stats")["state"] == "up", timeout=30)  # fmt: skip
+
+            def back(nic: str = nic, old: int = old) -> bool:
+                return c.worker_pid(nic) != old and c.control(nic, "stats")["state"] == "up"
+
+            def resumed(b: dict[str, int] = before) -> bool:
+                return all(_delivered(c.config).get(f, 0) > b.get(f, 0) + 3 for f in deliver)
+
+            wait_for(f"kill {i}: {nic} back", back, timeout=30)
             wait_for(f"kill {i}: VPIDs home", lambda: not c.ports_away())
-            wait_for(f"kill {i}: data resumed", lambda b=before: all(
-                _delivered(c.config).get(f, 0) > b.get(f, 0) + 3 for f in deliver))  # fmt: skip
+            wait_for(f"kill {i}: data resumed", resumed)
         lost1, resets1 = _totals(c.config)
         names = {"chaos.kill", "host.nic.down", "host.failover", "team.first_frame", "nic.fenced"}
         events = load(c.run_dir / "logs", names)
@@ -212,7 +217,8 @@ async def _sync_phase(config: Config, rate: int, seconds: float) -> dict[str, An
 
         async def caught_up() -> bool:
             peers = (await _ask(config, "nic2", "stats"))["sync"]["peers"]
-            return peers["nic1"]["held"] >= (await _ask(config, "nic1", "stats"))["sync"]["seq"]
+            seq: int = (await _ask(config, "nic1", "stats"))["sync"]["seq"]
+            return bool(peers["nic1"]["held"] >= seq)
 
         await _until("nic2 caught up with nic1", caught_up)
         nic2 = await _ask(config, "nic2", "stats")

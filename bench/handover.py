@@ -69,7 +69,7 @@ def _sender(config: Config, seconds: float) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd)
 
 
-async def _count(node: BusNode, seconds: float, kind: type) -> float:
+async def _count(node: BusNode, seconds: float, kind: type[Handover] | type[FrameBatch]) -> float:
     """Frames/s arriving at `node` in messages of `kind`, over `seconds` after the first one."""
     while not any(isinstance(m, kind) for _, m in await node.recv_batch()):
         pass

@@ -364,10 +364,12 @@ class BaseNode(ABC, Generic[LinkT]):
     def _accept(self, raw: RawMessage) -> tuple[str, Message] | None:
         sender, parts = raw
         if len(parts) != 1:
-            return self._malformed("?", "parts")
+            self._malformed("?", "parts")
+            return None
         peer = sender.claimed
         if peer is None:  # ZeroMQ's anonymous ids, an invalid name: not a node
-            return self._malformed("?", "identity")
+            self._malformed("?", "identity")
+            return None
         if self._speakers.get(peer) is not sender and not self._admit(peer, sender):
             return None
         payload = parts[0]
@@ -379,7 +381,8 @@ class BaseNode(ABC, Generic[LinkT]):
         try:
             msg = decode_untrusted(payload)
         except MalformedMessage as exc:
-            return self._malformed(peer, exc.reason)
+            self._malformed(peer, exc.reason)
+            return None
         self.stats.received += 1
         return peer, msg
 
@@ -421,7 +424,6 @@ class BaseNode(ABC, Generic[LinkT]):
         count = counts[reason] = counts.get(reason, 0) + 1
         if count & (count - 1) == 0:  # log the 1st, 2nd, 4th, 8th...: a flood cannot fill logs
             log.warning("bus.drop.malformed", node=self.name, peer=peer, reason=reason, count=count)
-        return None
 
 
 def _payload_size(raw: RawMessage) -> int:

@@ -85,7 +85,8 @@ class _Link:
     def __init__(self, dealer: zmq.asyncio.Socket, monitor: zmq.asyncio.Socket) -> None:
         self.dealer = dealer
         self.monitor = monitor
-        self.sender = zmq.Socket.shadow(dealer.underlying)  # non-blocking sends without futures
+        # a sync shadow: non-blocking sends without futures
+        self.sender: zmq.Socket[bytes] = zmq.Socket.shadow(dealer.underlying)
         self.task: asyncio.Task[None] | None = None
         # As the monitor last said. libzmq alone is not enough: a send within about 1 ms of the
         # previous one skips its pending commands, so it can still queue into a pipe whose
@@ -395,9 +396,10 @@ def _is_tcp(endpoint: str) -> bool:
 def _property(frame: zmq.Frame, name: str) -> str | None:
     """A metadata property of a received message, None if it has none (or not UTF-8)."""
     try:
-        return frame.get(name)
+        value = frame.get(name)
     except (zmq.ZMQError, UnicodeDecodeError):
         return None
+    return value if isinstance(value, str) else None  # the int ones are not properties
 
 
 def _source_fd(frame: zmq.Frame) -> int | None:

@@ -80,7 +80,9 @@ class BookSeries:
         i = bisect.bisect_right(self.times, t) - 1
         return self.totals[i] if i >= 0 else {}
 
-    def steps(self, after: float, before: float) -> Iterator[tuple[float, dict, dict]]:
+    def steps(
+        self, after: float, before: float
+    ) -> Iterator[tuple[float, dict[str, dict[str, float]], dict[str, dict[str, float]]]]:
         """(time, totals before, totals then) of every book reading in (after, before]."""
         for i in range(1, len(self.times)):
             if after < self.times[i] <= before:

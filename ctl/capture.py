@@ -52,7 +52,8 @@ def capture(
     endpoint = config.endpoint(nic)
     tap = control(endpoint, "capture-start", {"port": port, "count": count, "snaplen": snaplen})
     deadline = None if seconds is None else time.monotonic() + seconds
-    written, got = 0, {"taken": 0, "missed": 0}
+    written = 0
+    got: dict[str, Any] = {"taken": 0, "missed": 0}
     try:
         while deadline is None or time.monotonic() < deadline:
             got = control(endpoint, "capture-read", {"id": tap["id"]})

@@ -33,8 +33,9 @@ from typing import Any
 from configs import Config
 from ctl.bookseries import BookSeries
 from ctl.logs import Event, load
-from ctl.report import EVENT_OF, GIVE_UP_S, analyse
+from ctl.report import GIVE_UP_S, analyse
 from ctl.report import NAMES as REPORT_EVENTS
+from ctl.windows import EVENT_OF
 
 EVENTS = REPORT_EVENTS | {
     "chaos.nemesis.start", "chaos.nemesis.stop", "chaos.quiet", "chaos.skip", "chaos.error",
@@ -142,7 +143,9 @@ def flow_rows(series: BookSeries, params: Params, t0: float, t1: float) -> list[
 # ------------------------------------------------------------------------------- fault windows
 
 
-def windows(events: list[Event], ix: Index, params: Params, t0: float, t1: float) -> list[dict]:
+def windows(
+    events: list[Event], ix: Index, params: Params, t0: float, t1: float
+) -> list[dict[str, Any]]:
     """Every fault injected in [t0, t1] with its window (injection to recovery), detection,
     takeover, and the frames lost and resets `ctl.report` charges to it (each loss to one
     fault). A kill of two NICs at once (two `chaos.kill` of one step) is one fault."""
@@ -267,10 +270,10 @@ def ownership(ix: Index, params: Params, t0: float, t1: float) -> Ownership:
         if e["event"] == "end":
             break
         nics = nics_of(e)
-        h = hosts.get(str(e.get("host") or (host_of.get(nics[0], "") if nics else "")))
-        if h is None:
+        touched = hosts.get(str(e.get("host") or (host_of.get(nics[0], "") if nics else "")))
+        if touched is None:
             continue
-        _apply(h, e)
+        _apply(touched, e)
         for host_name, hh in hosts.items():
             _episodes(host_name, hh, e["t"], params, out)
             if hh.blackout() and host_name not in dark:
@@ -385,8 +388,9 @@ def judge(events: Iterable[Event], params: Params) -> dict[str, Any]:
     """The verdict on the latest nemesis run in `events`: flows, faults, invariants, notes."""
     ix = Index(events)
     starts = ix.by.get("chaos.nemesis.start", [])
-    start = starts[-1] if starts else {}
-    t0 = start.get("t", ix.all[0]["t"] if ix.all else 0.0)
+    start: Event = starts[-1] if starts else {}
+    first_t: float = ix.all[0]["t"] if ix.all else 0.0
+    t0: float = start.get("t", first_t)
     quiet = ix.first("chaos.quiet", t0)
     t1 = quiet["t"] if quiet else (ix.all[-1]["t"] if ix.all else t0)
     books = ("host.flows", "fabric.flows", "chaos.nemesis.start", "chaos.quiet")
@@ -455,7 +459,7 @@ def replay_command(start: Event) -> str | None:
     return f"nicteam up --config {start.get('config')} && nicteam chaos run {run} --faults {faults}"
 
 
-def _notes(ix: Index, wins: list[dict], start: Event, quiet: Event | None, t0: float,
+def _notes(ix: Index, wins: list[dict[str, Any]], start: Event, quiet: Event | None, t0: float,
            t1: float) -> list[str]:  # fmt: skip
     """What is worth a look but no invariant forbids: NICs declared down with no fault on
     them (a spurious failover), frames a NIC delivered for a port it no longer held."""

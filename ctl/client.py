@@ -27,7 +27,7 @@ def control(
 ) -> dict[str, Any]:
     """Send `cmd` to the daemon at `endpoint` and return its result; raises ControlError."""
     req_id = next(_ids)
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IDENTITY, f"ctl-{os.getpid()}-{req_id}".encode())

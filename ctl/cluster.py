@@ -225,7 +225,7 @@ def wait_ready(
             if c.proc.poll() is not None:
                 tail = c.output.read_text(errors="replace").splitlines()[-5:]
                 raise ClusterExited(f"honcho exited ({c.proc.returncode}): " + " | ".join(tail))
-            return c.control(nic, "stats")["state"] == "up"
+            return bool(c.control(nic, "stats")["state"] == "up")
 
         wait_for(f"{nic} up", up, timeout=left)
         if on_up is not None:

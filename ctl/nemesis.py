@@ -389,7 +389,8 @@ class Nemesis:
                 self.chaos.hostd_kill(targets[0], step=i)
             elif kind == "partition":
                 self._splits[(targets[0], targets[1])] = clock() + step.duration_s
-                call = partial(self.chaos.partition, *targets, step.duration_s, step=i)
+                a, b = targets[0], targets[1]
+                call = partial(self.chaos.partition, a, b, step.duration_s, step=i)
                 self._background(i, step, call)
                 return True
             elif kind == "link":

@@ -19,18 +19,22 @@ import statistics
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from configs import Config
 from ctl.logs import Event, load
-from ctl.report import FAULTS, NAMES, Analysis, analyse
+from ctl.report import NAMES, Analysis, analyse
 from ctl.top import counters
+from ctl.windows import FAULTS
+
+if TYPE_CHECKING:  # matplotlib is imported only when a plot is drawn
+    from matplotlib.typing import LineStyleType
 
 STATS = "nic.stats"
 START = "nic.start"
 GAP = 2.5  # a silence this many times a NIC's usual stats interval is a gap, not a slow sample
 TIERS = ("eswitch", "cache", "slow path")  # where frames were handled, fastest first
-STYLES = {"eswitch": "-", "cache": "--", "slow path": ":"}
+STYLES: dict[str, LineStyleType] = {"eswitch": "-", "cache": "--", "slow path": ":"}
 SHADES = {"kill": "crimson", "pause": "darkorange", "partition": "purple", "link-down": "teal",
           "migrate": "steelblue", "hostd-pause": "olive", "hostd-kill": "saddlebrown"}  # fmt: skip
 ALPHA = 0.15  # translucent: where two windows overlap, the shades add up

@@ -42,9 +42,10 @@ class SessionError(RuntimeError):
 
 def _state(run_dir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((run_dir / STATE_FILE).read_text())
+        state = json.loads((run_dir / STATE_FILE).read_text())
     except (OSError, ValueError):
         return None
+    return state if isinstance(state, dict) else None
 
 
 def launched_config(run_dir: Path) -> str | None:

@@ -77,7 +77,7 @@ def windows(events: list[Event], timers: Timers, last: float) -> list[Window]:
         targets = frozenset(str(x) for x in nics if x) or frozenset({str(f.get("port", ""))})
         healed = end is not None
         out.append(
-            Window(i, kind, _what(f), targets, f["t"], end if healed else last, healed, heal)
+            Window(i, kind, _what(f), targets, f["t"], last if end is None else end, healed, heal)
         )
     return out
 
@@ -113,9 +113,9 @@ def _recovered(nic: str, after: float, events: list[Event]) -> float | None:
     until = rejoins[1]["t"] if len(rejoins) > 1 else INF
     backs = [e for e in select(events, "host.failback", since, nic=nic) if e["t"] < until]
     if backs:
-        return backs[0]["t"]
+        return float(backs[0]["t"])
     if rejoins:
-        return rejoins[0]["t"]
+        return float(rejoins[0]["t"])
     unfenced = _first(events, "nic.unfenced", after, nic=nic)
     return unfenced["t"] if unfenced else None
 

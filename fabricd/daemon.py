@@ -51,6 +51,7 @@ __all__ = ["NAME", "Fabric", "FabricDaemon", "FabricStats", "serve"]
 log = structlog.get_logger()
 
 Port = Hashable
+PortId = tuple[str, int | str]  # how the fabric names its ports: (nic, uplink ppid), (PEER, name)
 NAME = "fabricd"  # process name, bus identity and endpoint key (configs.FABRICD)
 PEER = "peer"  # first element of an external peer's port id
 
@@ -79,7 +80,7 @@ class Fabric:
         self.nics: dict[str, list[int]] = {}  # NIC name -> its uplink PPIDs
         self.peers: dict[str, Endpoint] = {}
         self.labels: dict[Port, str] = {}
-        self.ports_by_label: dict[str, Port] = {}
+        self.ports_by_label: dict[str, PortId] = {}
         self._peer_ports: dict[Port, Endpoint] = {}
         self._out: dict[str, list[tuple[int, bytes]]] = {}
         self._linked: set[str] = set()  # NICs whose uplinks have carrier
@@ -111,7 +112,7 @@ class Fabric:
             if flow.src in self.peers:  # flows from VMs are hostd's
                 self.peers[flow.src].add_flow(config.flow_spec(flow), now)
 
-    def _add(self, port: Port, label: str, mode: PortMode, vlan: int | None) -> None:
+    def _add(self, port: PortId, label: str, mode: PortMode, vlan: int | None) -> None:
         self.switch.add_port(port, mode, vlan)
         self.labels[port] = label
         self.ports_by_label[label] = port
@@ -206,7 +207,8 @@ class Fabric:
             }
         if cmd == "sources":
             sources = self.switch.sources()
-            return {self.labels[p]: sources[p] for p in sorted(sources, key=self.labels.get)}
+            name = self.labels.__getitem__
+            return {name(p): sources[p] for p in sorted(sources, key=name)}
         if cmd == "mac-table":
             rows = [
                 {"vlan": r.vlan, "mac": r.mac, "port": self.labels[r.port], "age": round(r.age, 6)}

@@ -535,8 +535,8 @@ class HostDaemon:
             if frames:
                 b = self.fpag.binding(vpid)
                 per_nic[b.nic].extend((b.ppid, f) for f in frames)
-        for nic, frames in per_nic.items():
-            self.node.send(nic, FrameBatch(self.spec.name, frames))
+        for nic, batch in per_nic.items():
+            self.node.send(nic, FrameBatch(self.spec.name, batch))
 
     # ------------------------------------------------------------------ timers
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 
 from ctl.chaos import Chaos
-from ctl.logs import load, select
+from ctl.logs import Event, load, select
 from ctl.summary import books, deny_flows, losses
 from tests.cluster.conftest import Cluster, wait_for
 from tests.cluster.test_teaming import count, delivered, nicteam
@@ -28,9 +29,19 @@ pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
 ROUNDS = 10
 
 
-def events(run_dir: Path, name: str, **fields: object) -> list[dict[str, object]]:
+def events(run_dir: Path, name: str, **fields: object) -> list[Event]:
     """Every `name` event of every process's log (with these field values), oldest first."""
-    return select(load(run_dir / "logs", {name}), name, **fields)
+    return select(load(run_dir / "logs", {name}), name, 0.0, **fields)
+
+
+def logged(c: Cluster, name: str, **fields: object) -> Callable[[], list[Event]]:
+    """A probe for `wait_for`: the `name` events with these field values, once there are any."""
+    return lambda: events(c.run_dir, name, **fields)
+
+
+def rebooted(c: Cluster, nic: str, old_pid: int) -> Callable[[], bool]:
+    """A probe for `wait_for`: `nic`'s worker is another process than `old_pid`, and up."""
+    return lambda: c.worker_pid(nic) != old_pid and c.control(nic, "stats")["state"] == "up"
 
 
 def ts(e: dict[str, object]) -> float:
@@ -53,8 +64,7 @@ def test_sigkill_each_nic_in_turn_keeps_every_connection(cluster: Cluster) -> No
     for i in range(ROUNDS):
         nic = ("nic1", "nic2")[i % 2]
         old = chaos.kill(nic)
-        wait_for(f"round {i}: {nic} rebooted and back", lambda n=nic, o=old: c.worker_pid(n) != o
-                 and c.control(n, "stats")["state"] == "up", timeout=30)  # fmt: skip
+        wait_for(f"round {i}: {nic} rebooted and back", rebooted(c, nic, old), timeout=30)
         wait_home(c, f"round {i}")
         wait_resumed(c, f"round {i}")
     assert resets(c) == base_resets, "an established connection was reset"
@@ -131,7 +141,7 @@ def test_a_paused_nic_is_found_hung_fenced_and_resynced_before_it_rejoins(
     print(f"hang detect_ms={detect_ms:.1f}")
     assert detect_ms <= 200, detect_ms  # 3 missed 50 ms heartbeats, default timers
     (failover,) = events(c.run_dir, "host.failover", nic="nic1")
-    assert [nic for _, nic in failover["moves"]] == ["nic2"] * 3  # type: ignore[union-attr]
+    assert [nic for _, nic in failover["moves"]] == ["nic2"] * 3
     wait_for("nic1 rejoined", lambda: events(c.run_dir, "host.failback", nic="nic1"))
     (fenced,) = events(c.run_dir, "nic.fenced", nic="nic1")
     (unfenced,) = events(c.run_dir, "nic.unfenced", nic="nic1")
@@ -154,16 +164,16 @@ def test_a_partition_of_the_private_channel_splits_no_brain(cluster: Cluster) ->
     vpids = sorted(p["vpid"] for p in c.control("h1", "map")["ports"])
     nicteam(c, "partition", "nic1", "nic2", "--for", "1.5")
     for nic, other in (("nic1", "nic2"), ("nic2", "nic1")):
-        wait_for(f"{nic} loses {other}", lambda n=nic, o=other: events(c.run_dir,
-                 "nic.peer.down", nic=n, peer=o), timeout=5)  # fmt: skip
+        loses = logged(c, "nic.peer.down", nic=nic, peer=other)
+        wait_for(f"{nic} loses {other}", loses, timeout=5)
     # Cut off from each other, each NIC still owns exactly what the host's map says: only the
     # host remaps, and it still hears both.
     owned = {nic: c.control(nic, "stats")["vpids"] for nic in ("nic1", "nic2")}
     assert not set(owned["nic1"]) & set(owned["nic2"]), owned
     assert sorted(owned["nic1"] + owned["nic2"]) == vpids
     for nic, other in (("nic1", "nic2"), ("nic2", "nic1")):
-        wait_for(f"{nic} hears {other} again", lambda n=nic, o=other: events(c.run_dir,
-                 "nic.peer.up", nic=n, peer=o), timeout=5)  # fmt: skip
+        hears = logged(c, "nic.peer.up", nic=nic, peer=other)
+        wait_for(f"{nic} hears {other} again", hears, timeout=5)
     assert c.control("h1", "map")["epoch"] == epoch
     assert not events(c.run_dir, "host.failover")
     recovered(c, "after the partition", base)
@@ -203,10 +213,7 @@ def test_every_nic_of_the_host_lost_at_once_then_back(cluster: Cluster) -> None:
     for nic in pids:
         chaos.kill(nic)
     for nic, old in pids.items():
-        wait_for(
-            f"{nic} rebooted and up",
-            lambda n=nic, o=old: c.worker_pid(n) != o and c.control(n, "stats")["state"] == "up",
-        )
+        wait_for(f"{nic} rebooted and up", rebooted(c, nic, old))
     wait_home(c, "after losing every NIC")
     # Both NICs lost their state: connections open before cannot pass a stateful firewall
     # without it (no mid-stream pickup), so TCP senders give up and reconnect; UDP resumes.
@@ -228,8 +235,7 @@ def test_the_report_agrees_with_the_endpoints_books(cluster: Cluster) -> None:
     for nic in ("nic1", "nic2"):
         old = c.worker_pid(nic)
         nicteam(c, "kill", nic)
-        wait_for(f"{nic} back", lambda n=nic, o=old: c.worker_pid(n) != o
-                 and c.control(n, "stats")["state"] == "up")  # fmt: skip
+        wait_for(f"{nic} back", rebooted(c, nic, old))
         wait_home(c, f"after killing {nic}")
         wait_resumed(c, f"after killing {nic}")
     books_after = lost_and_resets(c)
@@ -268,5 +274,5 @@ def lost_and_resets(c: Cluster) -> tuple[int, int]:
     return sum(lost for lost, _ in per_flow), sum(resets for _, resets in per_flow)
 
 
-def events_after(c: Cluster, name: str, t: float) -> list[dict[str, object]]:
+def events_after(c: Cluster, name: str, t: float) -> list[Event]:
     return [e for e in events(c.run_dir, name) if ts(e) > t]

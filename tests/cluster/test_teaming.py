@@ -11,6 +11,7 @@ import itertools
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -94,11 +95,14 @@ def count(books: dict[str, dict[str, int]], flow: str, key: str = "delivered") -
     return books.get(flow, {}).get(key, 0)
 
 
+def stats_hold(c: Cluster, nic: str, check: Callable[[dict[str, Any]], bool]) -> Callable[[], bool]:
+    """A probe for `wait_for`: `check` holds of `nic`'s stats."""
+    return lambda: check(c.control(nic, "stats"))
+
+
 def wait_policy(c: Cluster, policy: str) -> None:
     for nic in ("nic1", "nic2"):
-        wait_for(
-            f"{nic} on {policy}", lambda nic=nic: c.control(nic, "stats")["team_policy"] == policy
-        )
+        wait_for(f"{nic} on {policy}", stats_hold(c, nic, lambda s: s["team_policy"] == policy))
 
 
 def test_port_id_puts_every_flow_of_a_vpid_on_its_one_uplink(cluster: Cluster) -> None:
@@ -190,9 +194,7 @@ def test_inbound_frames_for_a_vpid_homed_elsewhere_are_handed_over(cluster: Clus
     nicteam(c, "link-down", "nic1/p1")
     # nic1 has no uplink left: its VMs' frames leave by nic2/p0 and come back in on it.
     for nic in ("nic1", "nic2"):
-        wait_for(
-            f"{nic} sees nic1 cut", lambda n=nic: len(c.control(n, "stats")["links_down"]) == 2
-        )
+        wait_for(f"{nic} sees nic1 cut", stats_hold(c, nic, lambda s: len(s["links_down"]) == 2))
     traffic_window(c, frames=50)
     s1, s2 = c.control("nic1", "stats"), c.control("nic2", "stats")
     books = delivered(c)
@@ -264,7 +266,7 @@ def test_load_based_moves_a_vpid_off_an_overloaded_uplink() -> None:
             if u.name not in keep:
                 nicteam(c, "link-down", u.name)
         for nic in ("nic1", "nic2"):
-            wait_for(f"{nic} team of two", lambda n=nic: len(c.control(n, "stats")["team"]) == 2)
+            wait_for(f"{nic} team of two", stats_hold(c, nic, lambda s: len(s["team"]) == 2))
         d = traffic_window(c, frames=200)
         assert ports_of(d, web["web1"]["mac"]) == ports_of(d, web["web2"]["mac"])  # collide
 

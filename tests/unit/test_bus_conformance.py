@@ -15,7 +15,7 @@ import structlog
 
 from bus.faults import ANY, FaultTable
 from bus.messages import FrameBatch, Heartbeat, Hello, Message
-from bus.node import BaseNode, BusClosed
+from bus.node import DEFAULT_HWM, BaseNode, BusClosed
 from bus.testing import MemoryNetwork, Scripted
 from bus.transport import BusNode
 
@@ -43,14 +43,14 @@ class Harness:
             return f"mem://{name}"
         return f"ipc://{self.tmp_path}/{name}.sock"
 
-    async def node(self, name: str, endpoint: str | None = None, **kwargs: int) -> Node:
+    async def node(self, name: str, endpoint: str | None = None, *, hwm: int = DEFAULT_HWM) -> Node:
         """A started node ``name``, bound at ``endpoint`` (by default its own)."""
         node: Node
         endpoint = endpoint or self.endpoint(name)
         if self.kind == "memory":
-            node = self.network.node(name, endpoint, **kwargs)
+            node = self.network.node(name, endpoint, hwm=hwm)
         else:
-            node = BusNode(name, endpoint, **kwargs)
+            node = BusNode(name, endpoint, hwm=hwm)
         self.nodes.append(node)
         await node.start()
         return node

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from bus.faults import ANY, FaultTable
-from bus.messages import Fault
+from bus.messages import Fault, FaultKind
 from bus.testing import Scripted
 
 
@@ -62,14 +62,14 @@ def test_peer_rule_wins_over_any() -> None:
 
 def test_apply_fault_commands_count_from_now() -> None:
     table = FaultTable(rng=Scripted(0.0))
-    table.apply(Fault("partition", "nic2", 2.0), now=100.0)
+    table.apply(Fault(FaultKind.PARTITION, "nic2", 2.0), now=100.0)
     assert table.decide("nic2", now=101.9) == (False, 0.0)
     assert table.decide("nic2", now=102.0) == (True, 0.0)
-    table.apply(Fault("delay", "nic3", 5.0, delay=0.05), now=100.0)
-    table.apply(Fault("drop", "nic4", 5.0, probability=0.5), now=100.0)
+    table.apply(Fault(FaultKind.DELAY, "nic3", 5.0, delay=0.05), now=100.0)
+    table.apply(Fault(FaultKind.DROP, "nic4", 5.0, probability=0.5), now=100.0)
     assert table.snapshot(now=101.0) == [("delay", "nic3", 0.05, 4.0), ("drop", "nic4", 0.5, 4.0)]
     assert table.decide("nic4", now=101.0) == (False, 0.0)
-    table.apply(Fault("clear", ANY, 0.0), now=101.0)
+    table.apply(Fault(FaultKind.CLEAR, ANY, 0.0), now=101.0)
     assert table.snapshot(now=101.0) == []
 
 

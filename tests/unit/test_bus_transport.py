@@ -203,13 +203,14 @@ async def test_curve_admits_cluster_keys_only(nodes: list[BusNode], tmp_path: Pa
     monitor = intruder.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
     try:
         public, secret = outsider.pair("x")
-        for option, value in [
+        options: list[tuple[int, int | bytes]] = [
             (zmq.LINGER, 0),
             (zmq.IDENTITY, b"x"),
             (zmq.CURVE_SERVERKEY, keys.public("b")),
             (zmq.CURVE_PUBLICKEY, public),
             (zmq.CURVE_SECRETKEY, secret),
-        ]:
+        ]
+        for option, value in options:
             intruder.setsockopt(option, value)
         intruder.connect(b.endpoint)
         await intruder.send(encode(Hello("x", "nic")))

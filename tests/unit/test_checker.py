@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ctl.checker import BookSeries, Params, format_verdict, judge
+from ctl.bookseries import BookSeries
+from ctl.checker import Params, format_verdict, judge
 
 PARAMS = Params(
     flows=(("web", "tcp", "deliver"), ("udp", "udp", "deliver"), ("telnet", "tcp", "deny")),

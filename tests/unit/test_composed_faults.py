@@ -60,13 +60,17 @@ async def test_two_nics_lost_at_once_each_vpid_moves_once_to_a_live_nic_with_its
         after = homes(r)
         for survivor in ("nic3", "nic4"):
             mine = {v for v in zones if after[v] == survivor}
-            nic = r.nics[survivor]
-            await until(f"{survivor} applied the failover",
-                        lambda nic=nic: nic.pipeline.map.epoch == epoch + 1)  # type: ignore[union-attr]  # fmt: skip
+            worker = r.nics[survivor]
+
+            def applied(worker: NicWorker = worker) -> bool:
+                assert worker.pipeline is not None
+                return worker.pipeline.map.epoch == epoch + 1
+
+            await until(f"{survivor} applied the failover", applied)
             want = {k for o in lost for k in held[survivor][o] if k[0] in mine}
             assert want, f"{survivor} took over no connection"
             # Every record of every lost origin it took over is its own now.
-            assert want <= tracked(nic, mine), sorted(want - tracked(nic, mine))
+            assert want <= tracked(worker, mine), sorted(want - tracked(worker, mine))
 
 
 async def test_a_silent_nic_is_not_given_a_lost_nics_vpids(tmp_path: Path) -> None:

@@ -92,9 +92,16 @@ class Conn:
         return self.table.update(rec, is_reply, pkt, self.now)
 
     @property
-    def state(self) -> TcpState:
+    def record(self) -> CtRecord:
+        """The connection's record (it has one once its first segment was accepted)."""
         assert self.rec is not None
-        return self.rec.state  # type: ignore[return-value]
+        return self.rec
+
+    @property
+    def state(self) -> TcpState:
+        state = self.record.state
+        assert isinstance(state, TcpState)  # a TCP connection's record
+        return state
 
 
 def handshake(conn: Conn) -> None:
@@ -171,7 +178,7 @@ def test_rst_closes_from_any_state(steps: int, from_client: bool) -> None:
     for sender, flags in script[:steps]:
         assert conn.send(sender, flags)
     assert conn.send(from_client, TCP_RST | TCP_ACK)
-    assert conn.state is S.CLOSE and not conn.rec.hw_ok  # type: ignore[union-attr]
+    assert conn.state is S.CLOSE and not conn.record.hw_ok
 
 
 def test_midstream_segments_without_record_are_refused() -> None:
@@ -235,7 +242,7 @@ def test_table_limit_refuses_new_flows_and_keeps_old_ones() -> None:
     assert table.create(1, 0, udp(VM4, PEER4, 5, 53), 0.0, "r", True, True) is None
     assert table.stats.full_drops == 2 and len(table) == 2
     assert a.send(False, SYNACK) and a.send(True, TCP_ACK) and a.state is S.ESTABLISHED
-    table.remove(b.rec)
+    table.remove(b.record)
     assert c.send(True, TCP_SYN) and len(table) == 2 and table.stats.removed == 1
 
 
@@ -304,6 +311,7 @@ def test_expiry_follows_state_timeouts() -> None:
     for c in (est, closing):
         handshake(c)
     dns = table.create(9, 0, udp(VM4, PEER4, 5, 53), 0.0, "dns", True, True)
+    assert dns is not None
     assert syn.send(True, TCP_SYN)
     assert table.expire(1.9) == [] and len(table) == 4
     assert table.expire(2.0) == [syn.rec]
@@ -312,7 +320,7 @@ def test_expiry_follows_state_timeouts() -> None:
     assert table.expire(3.4) == []
     assert table.expire(3.5) == [closing.rec]
     table.touch(dns, 4.0, packets=3, nbytes=300)
-    assert table.expire(8.9) == [] and dns.packets == 4  # type: ignore[union-attr]
+    assert table.expire(8.9) == [] and dns.packets == 4
     assert table.expire(9.0) == [dns]
     assert table.lookup(9, udp(VM4, PEER4, 5, 53)) == (None, False)
     assert table.expire(99.0) == [] and table.expire(100.0) == [est.rec]
@@ -332,6 +340,7 @@ def test_set_timeouts_shrinking_takes_effect() -> None:
 def test_removed_record_is_not_expired_later_nor_kept_alive() -> None:
     table = ConntrackTable(short_timeouts(), limit=10)
     rec = table.create(1, 0, udp(VM4, PEER4, 5, 53), 0.0, "dns", True, True)
+    assert rec is not None
     table.remove(rec)
     table.remove(rec)
     assert table.stats.removed == 1 and table.expire(100.0) == [] and len(table) == 0
@@ -339,7 +348,7 @@ def test_removed_record_is_not_expired_later_nor_kept_alive() -> None:
     table.set_timeouts(Timeouts())
     handshake(long_lived)
     assert table.expire(31.0) == []  # past SYN_SENT's bucket: re-bucketed for ESTABLISHED
-    table.remove(long_lived.rec)
+    table.remove(long_lived.record)
     table.expire(32 + HORIZON)
     assert not any(long_lived.rec in bucket for bucket in table._buckets.values())
 
@@ -362,7 +371,7 @@ def test_zones_isolate_identical_tuples() -> None:
     assert b.state is S.SYN_SENT and a.state is S.ESTABLISHED
     assert table.lookup(3, tcp(VM4, PEER4, 40000, 80, TCP_ACK)) == (None, False)
     assert len(table) == 2 and {r.zone for r in table} == {1, 2}
-    assert table.get(a.rec.reply_key) is a.rec  # type: ignore[union-attr]
+    assert table.get(a.record.reply_key) is a.rec
 
 
 @pytest.mark.parametrize(("client", "server"), [(VM4, PEER4), (VM6, PEER6)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from ipaddress import ip_address, ip_interface
+from ipaddress import IPv4Address, ip_address, ip_interface
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -38,7 +38,7 @@ from wire.protocols import (
 
 MAC_A, MAC_B = mac_bytes("02:00:00:00:00:0a"), mac_bytes("02:00:00:00:00:0b")
 GW_MAC = mac_bytes("02:00:00:00:00:fe")
-IP_A, IP_B = ip_address("10.0.0.1"), ip_address("10.0.0.2")
+IP_A, IP_B = IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2")
 IP6_A, IP6_B = ip_address("2001:db8::a"), ip_address("2001:db8::b")
 
 Drop = Callable[[bytes, Packet, "Endpoint"], bool]
@@ -228,7 +228,7 @@ def test_tcp_loss_is_recovered_without_reset() -> None:
     a, b = pair()
     b.listen_tcp(80)
     rng = random.Random(7)
-    seen_syn = []
+    seen_syn: list[Packet] = []
 
     def drop(frame: bytes, p: Packet, src: Endpoint) -> bool:
         if not p.family:
@@ -471,8 +471,9 @@ def test_random_segments_never_raise(segs: list[tuple[int, int, int, bytes, int]
     wire.run(0.05)
     (key,) = a.connections()
     sport = key[1]
-    conn = a.flows["t1"].conn
-    assert isinstance(conn, TcpConnection)
+    flow = a.flows["t1"]
+    assert isinstance(flow, TcpClientFlow) and isinstance(flow.conn, TcpConnection)
+    conn = flow.conn
     for i, (flags, seq, ack, payload, dport) in enumerate(segs):
         if i % 2:  # half of them near the live connection's sequence numbers, half anywhere
             seq = (conn.snd_nxt + seq % 3000 - 1000) & 0xFFFFFFFF

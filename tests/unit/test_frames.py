@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from ipaddress import ip_address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 from hypothesis import given
@@ -26,8 +26,8 @@ from wire.protocols import (
 
 A = mac_bytes("02:00:00:00:00:01")
 B = mac_bytes("02:00:00:00:00:02")
-V4A, V4B = ip_address("10.1.0.11"), ip_address("10.1.0.12")
-V6A, V6B = ip_address("2001:db8::11"), ip_address("2001:db8::12")
+V4A, V4B = IPv4Address("10.1.0.11"), IPv4Address("10.1.0.12")
+V6A, V6B = IPv6Address("2001:db8::11"), IPv6Address("2001:db8::12")
 
 
 def sample_frames() -> list[bytes]:
@@ -122,7 +122,9 @@ EDITS = st.lists(st.tuples(st.integers(0, 200), st.binary(min_size=1, max_size=4
 
 
 @given(st.sampled_from(sample_frames()), EDITS)
-def test_random_mutations_raise_only_malformed_frame(frame: bytes, edits) -> None:
+def test_random_mutations_raise_only_malformed_frame(
+    frame: bytes, edits: list[tuple[int, bytes]]
+) -> None:
     data = bytearray(frame)
     for pos, chunk in edits:
         pos %= len(data) + 1

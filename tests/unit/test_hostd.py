@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ DEADLINE = 5.0
 @dataclass
 class Rig:
     daemon: HostDaemon
-    nics: dict[str, BaseNode[Any]]
+    nics: Mapping[str, BaseNode[Any]]
     ctl: BaseNode[Any]
     req_id: int = 0
     inbox: dict[str, list[Any]] = field(default_factory=dict)
@@ -113,7 +113,8 @@ async def test_map_command_names_every_interface(tmp_path: Path) -> None:
     async with rig(tmp_path) as r:
         reply = await r.control("map")
         assert reply.ok, reply.error
-        ports = reply.result["ports"]
+        result: dict[str, Any] = reply.result  # a JSON-like tree
+        ports = result["ports"]
         assert [p["vm"] for p in ports] == ["web1", "web2", "app1/0", "app1/1", "db1"]
         assert ports[0] == {
             "vpid": 1,
@@ -122,7 +123,7 @@ async def test_map_command_names_every_interface(tmp_path: Path) -> None:
             "nic": "nic1",
             "ppid": 100,
         }
-        assert reply.result["entries"][0] == [1, "nic1", 100]
+        assert result["entries"][0] == [1, "nic1", 100]
 
 
 async def test_team_policy_command_pushes_a_new_policy_to_every_nic(tmp_path: Path) -> None:
@@ -145,7 +146,12 @@ async def test_heartbeats_report_pulled_cables(tmp_path: Path) -> None:
         r.nics["nic2"].send("h1", Heartbeat("nic2", 1, 1, "up", [2, 9]))  # 9: no such port
         loop = asyncio.get_running_loop()
         end = loop.time() + DEADLINE
-        while (await r.control("stats")).result["links_down"].get("nic2") != ["nic2/p1"]:
+
+        async def links_down() -> object:
+            stats: dict[str, Any] = (await r.control("stats")).result
+            return stats["links_down"].get("nic2")
+
+        while await links_down() != ["nic2/p1"]:
             assert loop.time() < end
             await asyncio.sleep(0.01)
 

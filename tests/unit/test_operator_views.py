@@ -12,7 +12,7 @@ import shutil
 import struct
 import subprocess
 from datetime import datetime
-from ipaddress import ip_address
+from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,8 @@ TCP4 = build.tcp_frame(
 UDP6 = build.udp_frame(
     A, B, ip_address("fd00::1"), ip_address("fd00::2"), 53, 5353, b"q", vlan=10
 )  # fmt: skip
-ARP = build.arp_frame(1, A, ip_address("10.0.0.1"), b"\0" * 6, ip_address("10.0.0.2"))
-ARP_REPLY = build.arp_frame(2, B, ip_address("10.0.0.2"), A, ip_address("10.0.0.1"), dst_mac=A)
+ARP = build.arp_frame(1, A, IPv4Address("10.0.0.1"), b"\0" * 6, IPv4Address("10.0.0.2"))
+ARP_REPLY = build.arp_frame(2, B, IPv4Address("10.0.0.2"), A, IPv4Address("10.0.0.1"), dst_mac=A)
 
 
 # -- ctl/pcap.py ---------------------------------------------------------------------------------
@@ -395,7 +395,9 @@ VM1, VM4 = vm(1), vm(4)
 DATA = TCP_ACK | TCP_PSH
 
 
-def connect(p: Pipeline, a: VM, sport: int, dport: int, now: float = 0.0, data: bool = True):
+def connect(
+    p: Pipeline, a: VM, sport: int, dport: int, now: float = 0.0, data: bool = True
+) -> None:
     """VM `a` opens a connection to the external peer (uplink 1), then data each way."""
     p.process(Ingress.VF, a.ppid, tcp_out(a, sport, dport, TCP_SYN, seq=100), now)
     p.process(Ingress.UPLINK, 1, tcp_in(a, dport, sport, TCP_SYN | TCP_ACK, 500, 101), now)

@@ -91,8 +91,10 @@ def book(
 ) -> dict[str, Any]:
     """hostd's books at `ms`: flow -> (sink gaps, sender resets); `sent` grows with time."""
     n = int(ms // 100) if sent is None else sent
-    table = {name: {"sender": {"sent": n, "resets": resets}, "sink": {"gaps": gaps,
-             "delivered": n}} for name, (gaps, resets) in flows.items()}  # fmt: skip
+    table: dict[str, dict[str, dict[str, Any]]] = {
+        name: {"sender": {"sent": n, "resets": resets}, "sink": {"gaps": gaps, "delivered": n}}
+        for name, (gaps, resets) in flows.items()
+    }
     for name, times in (progress or {}).items():
         table[name]["sender"]["reset_progress_ts"] = times
     e: dict[str, Any] = {"ts": at(ms), "event": "host.flows", "flows": table}
