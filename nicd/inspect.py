@@ -25,7 +25,7 @@ def conntrack_rows(ct: ConntrackTable, now: float, limit: int = MAX_ROWS) -> dic
 
 
 TIERS = ("eswitch", "cache", "slow")
-_OUTS = {k: k.name.lower() for k in PortKind}
+_OUTS: dict[int, str] = {k: k.name.lower() for k in PortKind}
 
 
 def port_name(p: Pipeline, out: int, target: int, nic: str = "") -> str:

@@ -31,7 +31,10 @@ class PortKind(enum.IntEnum):
     PEER_TRANSMIT = 3
 
 
-HANDOVER_NAMES = {PortKind.PEER_DELIVER: "peer_deliver", PortKind.PEER_TRANSMIT: "peer_transmit"}
+HANDOVER_NAMES: dict[int, str] = {
+    PortKind.PEER_DELIVER: "peer_deliver",
+    PortKind.PEER_TRANSMIT: "peer_transmit",
+}
 
 
 class Verdict(enum.IntEnum):

@@ -37,14 +37,13 @@ from nicd.datapath.decision import (
     Emit,
     PortKind,
     Verdict,
-    path_actions,
     path_emits,
     tag,
     untag,
 )
 from nicd.datapath.eswitch import DEFAULT_ESWITCH_CAPACITY, ESwitch
 from nicd.datapath.flowcache import DEFAULT_CACHE_CAPACITY, FlowCache
-from nicd.datapath.offload import offload, offload_flags, room
+from nicd.datapath.offload import offload_flags
 from nicd.datapath.rules import Action, Direction, RuleSet
 from nicd.datapath.scratch import ScratchConntrack, scratch_table
 from nicd.datapath.teaming import Team, TeamPolicy, Uplink, flow_hash
@@ -59,16 +58,8 @@ from wire.protocols import ETH_ARP, PROTO_TCP
 if TYPE_CHECKING:
     from nicd.datapath.trace import TraceLog
 
-__all__ = [
-    "DatapathConfig",
-    "Decision",
-    "Emit",
-    "Pipeline",
-    "PipelineStats",
-    "PortKind",
-    "Verdict",
-    "path_emits",
-]
+# The types of a decision are decision.py's; the worker and tests take them from here too.
+__all__ = ["DatapathConfig", "Decision", "Emit", "Pipeline", "PipelineStats", "PortKind", "Verdict"]
 
 
 @dataclass(slots=True)
@@ -623,37 +614,6 @@ class Pipeline(Upkeep):
                 if a.out >= PortKind.PEER_DELIVER:
                     self.stats.handover_sent[HANDOVER_NAMES[a.out]] += 1
         return path_emits(entry, frame)
-
-    def _install(self, key: FastKey | None, frame: bytes, d: Decision) -> None:
-        """Push the path the slow path just decided down to the tiers `offload` allows."""
-        recs = tuple(self._recs)
-        actions = path_actions(frame, d.emits)
-        plan = offload(
-            recs, key is not None, bool(actions), room(self.cache, key), room(self.eswitch, key)
-        )
-        if self._trace is not None:
-            self._trace.install(plan)
-        for full in plan.full:
-            (self.cache if full is Tier.CACHE else self.eswitch).stats.full += 1
-        if key is None or not actions or not (plan.cache or plan.eswitch):
-            return
-        vpids = {r.zone for r in recs}
-        vpids.update(e.target for e in d.emits if e.out is PortKind.PEER_DELIVER)
-        to_network = any(e.out in (PortKind.UPLINK, PortKind.PEER_TRANSMIT) for e in d.emits)
-        entry = PathEntry(
-            actions, recs, d.rule, self._gen, frozenset(vpids), to_network,
-            self._learn, self._account,
-        )  # fmt: skip
-        tier = Tier.SLOW
-        if plan.cache:
-            self.cache.install(key, entry)
-            tier = Tier.CACHE
-        if plan.eswitch:
-            self.eswitch.install(key, entry)
-            tier = Tier.ESWITCH
-        for r in recs:
-            self._keys_of.setdefault(id(r), set()).add(key)
-            r.tier = max(r.tier, tier)
 
 
 _first = itemgetter(0)

@@ -79,7 +79,7 @@ class TierStats:
 
     def as_dict(self) -> dict[str, int]:
         """Plain dict for logs and the control socket."""
-        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        return {k: getattr(self, k) for k in self.__slots__}
 
 
 @dataclass(slots=True)

@@ -1,7 +1,8 @@
 """A NIC datapath's upkeep, apart from deciding frames: configuration changes, tier
 bookkeeping, the periodic tick, team changes and their announcements.
 
-Theory of operation. A fast-tier entry depends on the conntrack records that allowed it
+Theory of operation. The slow path's decision goes down to the fast tiers `offload` allows
+(`_install`). A fast-tier entry depends on the conntrack records that allowed it
 (`_keys_of` indexes the keys by record), so whatever ends or changes a record evicts its
 entries first, their hits read back into it. On each `tick` the counters of every hit entry are
 read back into conntrack (`last_seen`), MAC learning and load accounting; idle records expire;
@@ -18,10 +19,10 @@ from typing import TYPE_CHECKING
 
 from nicd.datapath.classifier import Classifier
 from nicd.datapath.conntrack import ConntrackTable, CtRecord
-from nicd.datapath.decision import Emit
+from nicd.datapath.decision import Decision, Emit, PortKind, path_actions
 from nicd.datapath.eswitch import ESwitch
 from nicd.datapath.flowcache import FlowCache
-from nicd.datapath.offload import offload_flags
+from nicd.datapath.offload import offload, offload_flags, room
 from nicd.datapath.rules import Action, Direction, Rule, RuleSet
 from nicd.datapath.teaming import Team, TeamPolicy, Uplink
 from nicd.datapath.tiers import FastKey, PathEntry, Tier, TierStats
@@ -31,6 +32,7 @@ from wire import build
 
 if TYPE_CHECKING:
     from nicd.datapath.pipeline import DatapathConfig, PipelineStats
+    from nicd.datapath.trace import TraceLog
 
 
 class Upkeep:
@@ -50,6 +52,10 @@ class Upkeep:
     _gen: int
     _vf_vpid: dict[int, int]
     _keys_of: dict[int, set[FastKey]]
+    _recs: list[CtRecord]
+    _learn: tuple[str, bytes] | None
+    _account: tuple[str, int] | None
+    _trace: TraceLog | None
     _last_tick: float | None
     _team_moves: list[tuple[int, str, str]]
 
@@ -211,6 +217,37 @@ class Upkeep:
         return rates, waiting
 
     # ----------------------------------------------------------------- tier bookkeeping
+
+    def _install(self, key: FastKey | None, frame: bytes, d: Decision) -> None:
+        """Push the path the slow path just decided down to the tiers `offload` allows."""
+        recs = tuple(self._recs)
+        actions = path_actions(frame, d.emits)
+        plan = offload(
+            recs, key is not None, bool(actions), room(self.cache, key), room(self.eswitch, key)
+        )
+        if self._trace is not None:
+            self._trace.install(plan)
+        for full in plan.full:
+            (self.cache if full is Tier.CACHE else self.eswitch).stats.full += 1
+        if key is None or not actions or not (plan.cache or plan.eswitch):
+            return
+        vpids = {r.zone for r in recs}
+        vpids.update(e.target for e in d.emits if e.out is PortKind.PEER_DELIVER)
+        to_network = any(e.out in (PortKind.UPLINK, PortKind.PEER_TRANSMIT) for e in d.emits)
+        entry = PathEntry(
+            actions, recs, d.rule, self._gen, frozenset(vpids), to_network,
+            self._learn, self._account,
+        )  # fmt: skip
+        tier = Tier.SLOW
+        if plan.cache:
+            self.cache.install(key, entry)
+            tier = Tier.CACHE
+        if plan.eswitch:
+            self.eswitch.install(key, entry)
+            tier = Tier.ESWITCH
+        for r in recs:
+            self._keys_of.setdefault(id(r), set()).add(key)
+            r.tier = max(r.tier, tier)
 
     def _evict_where(self, doomed: Callable[[PathEntry], bool]) -> int:
         """Evict every fast-tier entry for which `doomed` holds (a map or team change)."""
