@@ -19,7 +19,7 @@ from ipaddress import IPv4Address, IPv4Network
 from bench.common import bus_ceiling_fps, print_table, rate, write_results
 from nicd.datapath.classifier import Classifier
 from nicd.datapath.conntrack import ConntrackTable, Timeouts
-from nicd.datapath.pipeline import DatapathConfig, Ingress, Pipeline
+from nicd.datapath.pipeline import DatapathConfig, Pipeline, PortKind
 from nicd.datapath.rules import Direction, Rule, RuleAction, RuleSet
 from nicd.datapath.teaming import TeamPolicy, Uplink
 from nicd.datapath.vswitch import Interface, Segment
@@ -69,16 +69,16 @@ def _tcp(sport: int, flags: int, back: bool, to_peer: bool, payload: bytes = b""
     return build.tcp_frame(A_MAC, dst_mac, A_IP, dst_ip, sport, 80, flags, payload=payload)
 
 
-def established(p: Pipeline, to_peer: bool) -> list[tuple[Ingress, int, bytes]]:
+def established(p: Pipeline, to_peer: bool) -> list[tuple[PortKind, int, bytes]]:
     """Open FLOWS connections through `p`; return a batch of their data segments."""
-    back_in = (Ingress.UPLINK, 1) if to_peer else (Ingress.VF, 102)
+    back_in = (PortKind.UPLINK, 1) if to_peer else (PortKind.VF, 102)
     for sp in range(1000, 1000 + FLOWS):
-        p.process(Ingress.VF, 101, _tcp(sp, TCP_SYN, False, to_peer), 0.0)
+        p.process(PortKind.VF, 101, _tcp(sp, TCP_SYN, False, to_peer), 0.0)
         p.process(*back_in, _tcp(sp, TCP_SYN | TCP_ACK, True, to_peer), 0.0)
-        p.process(Ingress.VF, 101, _tcp(sp, TCP_ACK, False, to_peer), 0.0)
+        p.process(PortKind.VF, 101, _tcp(sp, TCP_ACK, False, to_peer), 0.0)
     data = b"x" * 64
     return [
-        (Ingress.VF, 101, _tcp(1000 + i * 7 % FLOWS, TCP_ACK, False, to_peer, data))
+        (PortKind.VF, 101, _tcp(1000 + i * 7 % FLOWS, TCP_ACK, False, to_peer, data))
         for i in range(BATCH)
     ]
 
@@ -93,7 +93,9 @@ def tier_rates(to_peer: bool) -> dict[str, float]:
         assert tiers == {p.eswitch.tier if name == "eswitch" else p.cache.tier}, tiers
         out[name] = rate(lambda p=p, batch=batch: len(p.process_batch(batch, 1.0)) and BATCH)
 
-    syns = [(Ingress.VF, 101, _tcp(sp % 60000 + 1, TCP_SYN, False, to_peer)) for sp in range(60000)]
+    syns = [
+        (PortKind.VF, 101, _tcp(sp % 60000 + 1, TCP_SYN, False, to_peer)) for sp in range(60000)
+    ]
     batches = [syns[i : i + BATCH] for i in range(0, len(syns), BATCH)]
     state = {"p": make_nic(), "i": 0}
 

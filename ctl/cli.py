@@ -36,6 +36,7 @@ from ctl.plot import plot
 from ctl.progress import Update, progress
 from ctl.report import format_report, report
 from ctl.session import SessionError, down, launched_config, selftest, up, wait_up
+from ctl.trace import format_trace
 from ctl.verify import format_pairs, verify
 from ctl.views import (
     format_conntrack,
@@ -46,7 +47,6 @@ from ctl.views import (
     unreachable,
     vpid_map,
 )
-from nicd.datapath.trace import format_trace
 
 
 class Context:

@@ -26,7 +26,7 @@ class CaptureError(ValueError):
 
 @dataclass(slots=True)
 class Tap:
-    """One port's tap: (kind, PPID) with kind 0 a VF and 1 an uplink (as `Ingress` / `Out`)."""
+    """One port's tap: (kind, PPID) with kind 0 a VF and 1 an uplink (as `PortKind`)."""
 
     id: int
     kind: int

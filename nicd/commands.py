@@ -11,8 +11,8 @@ from typing import Any
 
 from nicd.capture import CaptureError, Captures
 from nicd.datapath.pipeline import Pipeline
-from nicd.datapath.trace import resolve_port, trace_packet
 from nicd.inspect import MAX_ROWS, TIERS, conntrack_rows, flow_rows
+from nicd.tracespec import resolve_port, trace_packet
 
 Answer = tuple[bool, dict[str, Any], str]  # ok, result, error
 

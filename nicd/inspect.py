@@ -6,41 +6,16 @@ here decides anything.
 
 from __future__ import annotations
 
-from ipaddress import ip_address
 from typing import Any
 
 from nicd.datapath.conntrack import ConntrackTable, CtRecord
+from nicd.datapath.decision import PortKind
+from nicd.datapath.offload import Room, offload
 from nicd.datapath.pipeline import Pipeline
-from nicd.datapath.tiers import Action as PathAction
-from nicd.datapath.tiers import Tier
-from wire.protocols import PROTO_NAMES
+from nicd.datapath.rows import conntrack_row, uplink_name, vm_name
+from nicd.datapath.tiers import PathAction, Tier
 
 MAX_ROWS = 10_000  # a control reply stays well under the bus's message size
-
-
-def _addr(family: int, value: int) -> str:
-    return str(ip_address(value)) if family == 4 else str(ip_address(value.to_bytes(16, "big")))
-
-
-def conntrack_row(ct: ConntrackTable, rec: CtRecord, now: float) -> dict[str, Any]:
-    """One record: tuple, state, seconds left, counters, which tiers may and do hold it."""
-    zone, family, proto, src, dst, sport, dport = rec.key
-    return {
-        "zone": zone,
-        "proto": PROTO_NAMES.get(proto, str(proto)),
-        "src": _addr(family, src),
-        "dst": _addr(family, dst),
-        "sport": sport,
-        "dport": dport,
-        "state": rec.state.name,
-        "timeout_s": max(0, round(rec.last_seen + ct.timeouts.timeout_for(rec) - now)),
-        "packets": rec.packets,
-        "bytes": rec.bytes,
-        "sw_ok": rec.sw_ok,
-        "hw_ok": rec.hw_ok,
-        "tier": Tier(rec.tier).name.lower(),
-        "rule": rec.rule,
-    }
 
 
 def conntrack_rows(ct: ConntrackTable, now: float, limit: int = MAX_ROWS) -> dict[str, Any]:
@@ -50,26 +25,18 @@ def conntrack_rows(ct: ConntrackTable, now: float, limit: int = MAX_ROWS) -> dic
 
 
 TIERS = ("eswitch", "cache", "slow")
-_OUTS = {0: "vf", 1: "uplink", 2: "peer_deliver", 3: "peer_transmit"}
+_OUTS: dict[int, str] = {k: k.name.lower() for k in PortKind}
 
 
 def port_name(p: Pipeline, out: int, target: int, nic: str = "") -> str:
     """A port as an operator names it: a VM for a VF, `nic1/p0` for an uplink."""
-    if out == 0:  # a VF here: name the VM plugged into it
+    if out == PortKind.VF:  # a VF here: name the VM plugged into it
         vpid = next((v for v in p.map.local_vpids() if p.map.ppid(v) == target), None)
         intf = p.vswitch.interface(vpid) if vpid is not None else None
         return intf.vm if intf is not None else f"vf{target}"
-    if out == 1 or out == 3:
-        owner = nic or p.nic
-        up = next((u for u in p.team.uplinks if u.nic == owner and u.ppid == target), None)
-        return up.name if up is not None else f"{owner}/uplink{target}"
-    return f"{nic}:{vm(p, target)}"  # a handover to the sibling holding VPID `target`
-
-
-def vm(p: Pipeline, vpid: int) -> str:
-    """The VM interface behind a VPID, by name."""
-    intf = p.vswitch.interface(vpid)
-    return intf.vm if intf is not None else f"vpid{vpid}"
+    if out in (PortKind.UPLINK, PortKind.PEER_TRANSMIT):
+        return uplink_name(p.team, nic or p.nic, target)
+    return f"{nic}:{vm_name(p.vswitch, target)}"  # to the sibling holding VPID `target`
 
 
 def _action(p: Pipeline, a: PathAction) -> str:
@@ -95,10 +62,11 @@ def flow_rows(p: Pipeline, tier: str | None, now: float, limit: int = MAX_ROWS) 
             if name == "cache" and p.eswitch.entries.get((prefix, _)) is entry:
                 continue  # the same entry, listed under the eSwitch that serves it
             ingress, port = prefix >> 32 & 0xFFFF, prefix & 0xFFFFFFFF
+            vm = vm_name(p.vswitch, port)
             rec = entry.records[0] if entry.records else None
             rows.append({
                 "tier": name,
-                "in_port": port_name(p, ingress, port) if ingress < 2 else f"peer:{vm(p, port)}",
+                "in_port": port_name(p, ingress, port) if ingress < 2 else f"peer:{vm}",
                 "match": conntrack_row(p.ct, rec, now) if rec is not None else {},
                 "zones": [r.zone for r in entry.records],
                 "actions": [_action(p, a) for a in entry.actions],
@@ -119,8 +87,8 @@ def flow_rows(p: Pipeline, tier: str | None, now: float, limit: int = MAX_ROWS) 
 
 
 def _why_slow(rec: CtRecord) -> str:
-    if not rec.sw_ok:
-        return "rule inspects every packet"
-    if not rec.established:
-        return "not established yet"
+    """Why a record's packets go to the slow path: the offload decision, given room."""
+    plan = offload((rec,), True, True, Room.FREE, Room.FREE)
+    if not plan.cache:
+        return plan.why[0].value
     return "no fast entry (evicted, or not seen since)"

@@ -53,7 +53,7 @@ from configs.cmdline import daemon_args
 from nicd.capture import IN, OUT
 from nicd.channels import ChannelHealth
 from nicd.commands import Answer, InspectCommands
-from nicd.datapath.pipeline import Emit, Ingress, Out, Pipeline
+from nicd.datapath.pipeline import Emit, Pipeline, PortKind
 from nicd.policy import build_pipeline, update_policy
 from nicd.replication import Replicator
 
@@ -179,7 +179,7 @@ class NicWorker:
     def _handle(self, batch: list[tuple[str, Any]]) -> None:
         made_at = time.monotonic()
         self._check_stall(made_at)
-        frames: list[tuple[Ingress, int, bytes]] = []
+        frames: list[tuple[PortKind, int, bytes]] = []
         # Transmit handovers of the whole batch go out together: fewer, fuller wire messages.
         transmit: list[tuple[int, bytes]] = []
         for peer, msg in batch:
@@ -193,7 +193,7 @@ class NicWorker:
                     self.captures.see(ingress, IN, msg.frames, time.time())
             elif isinstance(msg, Handover) and msg.kind is HandoverKind.DELIVER:
                 self.channels.data(peer, made_at)
-                frames.extend((Ingress.PEER_DELIVER, port, f) for port, f in msg.frames)
+                frames.extend((PortKind.PEER_DELIVER, port, f) for port, f in msg.frames)
             elif isinstance(msg, Handover):
                 self.channels.data(peer, made_at)
                 transmit += msg.frames
@@ -209,7 +209,7 @@ class NicWorker:
         self._transmit(transmit)
         self._replicate(made_at)
 
-    def _flush(self, frames: list[tuple[Ingress, int, bytes]]) -> None:
+    def _flush(self, frames: list[tuple[PortKind, int, bytes]]) -> None:
         p = self._ready(frames)
         if p is None:
             return
@@ -237,7 +237,7 @@ class NicWorker:
             return
         wire = p.transmit_batch(frames)
         if self.captures.taps:
-            self.captures.see(Out.UPLINK, OUT, wire, time.time())
+            self.captures.see(PortKind.UPLINK, OUT, wire, time.time())
         if wire:
             for chunk in frame_chunks(wire):
                 self.node.send(FABRIC, trusted(FrameBatch, self.spec.name, chunk))
@@ -250,19 +250,19 @@ class NicWorker:
         to_fabric: list[tuple[int, bytes]] = []
         handovers: dict[tuple[str, HandoverKind], list[tuple[int, bytes]]] = defaultdict(list)
         for e in emits:
-            if e.out is Out.VF:
+            if e.out is PortKind.VF:
                 to_host.append((e.target, e.frame))
-            elif e.out is Out.UPLINK:
+            elif e.out is PortKind.UPLINK:
                 to_fabric.append((e.target, e.frame))
-            elif e.out is Out.PEER_DELIVER:
+            elif e.out is PortKind.PEER_DELIVER:
                 handovers[(e.nic, HandoverKind.DELIVER)].append((e.target, e.frame))
             else:
                 handovers[(e.nic, HandoverKind.TRANSMIT)].append((e.target, e.frame))
         name = self.spec.name
         if self.captures.taps:
             wall = time.time()
-            self.captures.see(Out.VF, OUT, to_host, wall)
-            self.captures.see(Out.UPLINK, OUT, to_fabric, wall)
+            self.captures.see(PortKind.VF, OUT, to_host, wall)
+            self.captures.see(PortKind.UPLINK, OUT, to_fabric, wall)
         # Our own frames, already checked: built without re-validation (the receiver validates).
         if to_host:
             self.node.send(self.host, trusted(FrameBatch, name, to_host))
@@ -383,16 +383,16 @@ class NicWorker:
         """Log the first frame each taken-over VPID gets or sends on its new path (a short
         window after a takeover, so the scan costs nothing in steady state)."""
         for e in emits:
-            if e.out is Out.VF:
+            if e.out is PortKind.VF:
                 ppid = e.target
-            elif e.out is Out.UPLINK and (mac := e.frame[6:12]) in self._first_macs:
+            elif e.out is PortKind.UPLINK and (mac := e.frame[6:12]) in self._first_macs:
                 ppid = self._first_macs[mac]
             else:
                 continue
             pending = self._first_pending.pop(ppid, None)
             if pending is not None:
                 vpid, epoch, taken = pending
-                way = "to_vm" if e.out is Out.VF else "to_network"
+                way = "to_vm" if e.out is PortKind.VF else "to_network"
                 self.log.info("team.first_frame", vpid=vpid, epoch=epoch, way=way,
                               after_ms=round((time.monotonic() - taken) * 1000, 3))  # fmt: skip
                 if not self._first_pending:
@@ -688,11 +688,11 @@ class NicWorker:
         return out
 
 
-def _frame_ingress(peer: str, host: str) -> Ingress | None:
+def _frame_ingress(peer: str, host: str) -> PortKind | None:
     if peer == host:
-        return Ingress.VF
+        return PortKind.VF
     if peer == FABRIC:
-        return Ingress.UPLINK
+        return PortKind.UPLINK
     return None
 
 

@@ -25,6 +25,7 @@ first live one) and each frame reaches the VMs once.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import struct
 import zlib
@@ -194,6 +195,13 @@ class Team:
     def is_live(self, uplink_name: str) -> bool:
         """True if the uplink is in the team now (False for an unknown name)."""
         return uplink_name in self._live
+
+    def dry_copy(self) -> Team:
+        """This team for a dry run: its state shared, but a memo and a load tally of its own."""
+        c = copy.copy(self)
+        c._hrw_cache = {}
+        c._bytes = dict(self._bytes)
+        return c
 
     def select(self, vpid: int, flow_hash: int) -> Uplink | None:
         """The egress uplink for a frame of `vpid` with that flow hash; None if none is live."""

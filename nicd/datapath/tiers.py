@@ -36,7 +36,7 @@ class Tier(enum.IntEnum):
 
 
 @dataclass(slots=True)
-class Action:
+class PathAction:
     """One frame to emit on a hit: `vlan` None keeps the frame, 0 pops the tag, N pushes tag N."""
 
     out: enum.IntEnum
@@ -49,7 +49,7 @@ class Action:
 class PathEntry:
     """One cached path: its actions, the records that allowed it, and hit counters."""
 
-    actions: tuple[Action, ...]
+    actions: tuple[PathAction, ...]
     records: tuple[CtRecord, ...]
     rule: str
     gen: int
@@ -79,7 +79,7 @@ class TierStats:
 
     def as_dict(self) -> dict[str, int]:
         """Plain dict for logs and the control socket."""
-        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        return {k: getattr(self, k) for k in self.__slots__}
 
 
 @dataclass(slots=True)

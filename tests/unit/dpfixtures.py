@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 
 from nicd.datapath.conntrack import Timeouts
 from nicd.datapath.pipeline import DatapathConfig, Pipeline
@@ -31,17 +31,17 @@ class VM:
 
 
 VMS = [
-    VM(1, "nic1", 101, mac_bytes("02:00:00:00:01:01"), ip_address("10.1.0.11"),
-       ip_address("2001:db8:1::11"), "web"),
-    VM(2, "nic1", 102, mac_bytes("02:00:00:00:01:02"), ip_address("10.1.0.12"),
-       ip_address("2001:db8:1::12"), "web"),
-    VM(3, "nic2", 101, mac_bytes("02:00:00:00:02:03"), ip_address("10.1.0.13"),
-       ip_address("2001:db8:1::13"), "web"),
-    VM(4, "nic2", 102, mac_bytes("02:00:00:00:02:04"), ip_address("10.2.0.14"),
-       ip_address("2001:db8:2::14"), "db"),
+    VM(1, "nic1", 101, mac_bytes("02:00:00:00:01:01"), IPv4Address("10.1.0.11"),
+       IPv6Address("2001:db8:1::11"), "web"),
+    VM(2, "nic1", 102, mac_bytes("02:00:00:00:01:02"), IPv4Address("10.1.0.12"),
+       IPv6Address("2001:db8:1::12"), "web"),
+    VM(3, "nic2", 101, mac_bytes("02:00:00:00:02:03"), IPv4Address("10.1.0.13"),
+       IPv6Address("2001:db8:1::13"), "web"),
+    VM(4, "nic2", 102, mac_bytes("02:00:00:00:02:04"), IPv4Address("10.2.0.14"),
+       IPv6Address("2001:db8:2::14"), "db"),
 ]  # fmt: skip
 PEER_MAC = mac_bytes("02:00:00:00:ee:01")
-PEER_IP = ip_address("192.0.2.50")
+PEER_IP = IPv4Address("192.0.2.50")
 UPLINKS = [
     Uplink("nic1", 1, "nic1/p0"),
     Uplink("nic1", 2, "nic1/p1"),

@@ -15,7 +15,7 @@ from nicd.capture import (
     Tap,
 )
 
-VF, UPLINK = 0, 1  # tap kinds, as `Ingress` / `Out` number them
+VF, UPLINK = 0, 1  # tap kinds, as `PortKind` numbers them
 
 
 def frame(tag: int, size: int = 60) -> bytes:

@@ -23,7 +23,7 @@ from ctl.pcap import PcapWriter, summary
 from ctl.session import judge
 from ctl.summary import rows, window
 from ctl.top import counters, format_top, rates
-from nicd.datapath.pipeline import Ingress, Pipeline
+from nicd.datapath.pipeline import Pipeline, PortKind
 from nicd.inspect import flow_rows, port_name
 from tests.unit.dpfixtures import (
     SEGMENTS,
@@ -399,13 +399,15 @@ def connect(
     p: Pipeline, a: VM, sport: int, dport: int, now: float = 0.0, data: bool = True
 ) -> None:
     """VM `a` opens a connection to the external peer (uplink 1), then data each way."""
-    p.process(Ingress.VF, a.ppid, tcp_out(a, sport, dport, TCP_SYN, seq=100), now)
-    p.process(Ingress.UPLINK, 1, tcp_in(a, dport, sport, TCP_SYN | TCP_ACK, 500, 101), now)
-    p.process(Ingress.VF, a.ppid, tcp_out(a, sport, dport, TCP_ACK, seq=101, ack=501), now)
+    p.process(PortKind.VF, a.ppid, tcp_out(a, sport, dport, TCP_SYN, seq=100), now)
+    p.process(PortKind.UPLINK, 1, tcp_in(a, dport, sport, TCP_SYN | TCP_ACK, 500, 101), now)
+    p.process(PortKind.VF, a.ppid, tcp_out(a, sport, dport, TCP_ACK, seq=101, ack=501), now)
     if data:
-        p.process(Ingress.VF, a.ppid, tcp_out(a, sport, dport, DATA, 101, 501, b"payload"), now + 1)
-        p.process(Ingress.UPLINK, 1, tcp_in(a, dport, sport, DATA, 501, 108, b"answer"), now + 1)
-        p.process(Ingress.UPLINK, 1, tcp_in(a, dport, sport, DATA, 507, 108, b"answer"), now + 2)
+        p.process(
+            PortKind.VF, a.ppid, tcp_out(a, sport, dport, DATA, 101, 501, b"payload"), now + 1
+        )
+        p.process(PortKind.UPLINK, 1, tcp_in(a, dport, sport, DATA, 501, 108, b"answer"), now + 1)
+        p.process(PortKind.UPLINK, 1, tcp_in(a, dport, sport, DATA, 507, 108, b"answer"), now + 2)
 
 
 def nic1_only() -> Pipeline:
@@ -487,7 +489,7 @@ def test_slow_rows_are_records_no_fast_tier_holds() -> None:
     p = nic1_only()
     connect(p, VM1, 40000, 80)
     connect(p, VM1, 40001, 22, now=10.0, data=False)  # ssh-inspect: every packet slow
-    p.process(Ingress.VF, VM1.ppid, tcp_out(VM1, 40002, 80, TCP_SYN, seq=100), 20.0)
+    p.process(PortKind.VF, VM1.ppid, tcp_out(VM1, 40002, 80, TCP_SYN, seq=100), 20.0)
     got = flow_rows(p, "slow", now=21.0)
     assert got["total"] == 2
     ssh, half_open = got["flows"]
@@ -510,7 +512,7 @@ def test_cache_tier_and_all_tiers_and_limit() -> None:
     p = nic1_only()
     connect(p, VM1, 40000, 80)
     connect(p, VM1, 40002, 5432, data=False)  # db-sw-only: software offload, flow cache
-    p.process(Ingress.VF, VM1.ppid, tcp_out(VM1, 40002, 5432, DATA, 101, 501, b"q"), 1.0)
+    p.process(PortKind.VF, VM1.ppid, tcp_out(VM1, 40002, 5432, DATA, 101, 501, b"q"), 1.0)
     connect(p, VM1, 40001, 22, data=False)
     cache = flow_rows(p, "cache", 3.0)
     assert cache["total"] == 1

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from nicd.datapath.conntrack import CtRecord, PseudoState, TcpState, Timeouts
-from nicd.datapath.pipeline import Decision, Emit, Ingress, Out, Pipeline, Verdict
+from nicd.datapath.pipeline import Decision, Emit, Pipeline, PortKind, Verdict
 from nicd.datapath.rules import RuleSet
 from nicd.datapath.tiers import Tier
 from nicd.policy import ruleset_from_config
@@ -66,15 +66,15 @@ NIC2_UPLINKS = ("nic2/p0", "nic2/p1")
 
 def from_vf(p: Pipeline, src: VM, frame: bytes, now: float = 0.0) -> Decision:
     """Feed a frame VM `src` sent on its VF (its home NIC must be `p`)."""
-    return p.process(Ingress.VF, src.ppid, frame, now)
+    return p.process(PortKind.VF, src.ppid, frame, now)
 
 
 def from_uplink(p: Pipeline, frame: bytes, now: float = 0.0, ppid: int = 1) -> Decision:
     """Feed a frame the fabric delivered on uplink PPID `ppid` of `p`."""
-    return p.process(Ingress.UPLINK, ppid, frame, now)
+    return p.process(PortKind.UPLINK, ppid, frame, now)
 
 
-def emits(d: Decision) -> list[tuple[Out, int, str, bytes]]:
+def emits(d: Decision) -> list[tuple[PortKind, int, str, bytes]]:
     """A decision's emits as comparable tuples."""
     return [(e.out, e.target, e.nic, e.frame) for e in d.emits]
 
@@ -112,13 +112,13 @@ def accounted(p: Pipeline) -> bool:
     return sum(p.stats.drops.values()) + p.stats.forwarded == p.stats.frames_in
 
 
-def uplink_emit(p: Pipeline, vpid: int, frame: bytes) -> tuple[Out, int, str, bytes]:
+def uplink_emit(p: Pipeline, vpid: int, frame: bytes) -> tuple[PortKind, int, str, bytes]:
     """The emit `p` must produce to send `frame` of `vpid` to the network (port-id team)."""
     u = p.team.select(vpid, 0)
     assert u is not None
     if u.nic == p.nic:
-        return Out.UPLINK, u.ppid, "", frame
-    return Out.PEER_TRANSMIT, u.ppid, u.nic, frame
+        return PortKind.UPLINK, u.ppid, "", frame
+    return PortKind.PEER_TRANSMIT, u.ppid, u.nic, frame
 
 
 def only_uplinks_of(p: Pipeline, nic: str) -> None:
@@ -183,7 +183,7 @@ def test_vm_to_vm_handshake_in_slow_path_then_data_on_the_eswitch() -> None:
     for d, target in ((syn, VM2), (synack, VM1), (ack, VM2)):
         assert d.verdict is Verdict.FORWARD
         assert d.tier is Tier.SLOW
-        assert [(e.out, e.target, e.nic) for e in d.emits] == [(Out.VF, target.ppid, "")]
+        assert [(e.out, e.target, e.nic) for e in d.emits] == [(PortKind.VF, target.ppid, "")]
     assert syn.rule == "out"  # the from-VM rule of the sender
     assert p.ct.stats.created == 2  # one record per zone: VM1 (from-VM) and VM2 (to-VM)
     a, b = record(p, 1, 80), record(p, 2, 80)
@@ -194,16 +194,16 @@ def test_vm_to_vm_handshake_in_slow_path_then_data_on_the_eswitch() -> None:
     fwd = tcp(VM1, VM2, 40000, 80, DATA, 101, 501, b"GET /")
     d = from_vf(p, VM1, fwd)
     assert d.tier is Tier.ESWITCH  # the handshake's last ACK installed this path
-    assert emits(d) == [(Out.VF, VM2.ppid, "", fwd)]
+    assert emits(d) == [(PortKind.VF, VM2.ppid, "", fwd)]
     back = tcp(VM2, VM1, 80, 40000, DATA, 501, 106, b"200 OK")
     first_back = from_vf(p, VM2, back)  # a path's first frame may still be the slow path's
-    assert emits(first_back) == [(Out.VF, VM1.ppid, "", back)]
+    assert emits(first_back) == [(PortKind.VF, VM1.ppid, "", back)]
     for _ in range(3):
         for src, dst, frame in ((VM1, VM2, fwd), (VM2, VM1, back)):
             d = from_vf(p, src, frame)
             assert d.verdict is Verdict.FORWARD
             assert d.tier is Tier.ESWITCH
-            assert emits(d) == [(Out.VF, dst.ppid, "", frame)]
+            assert emits(d) == [(PortKind.VF, dst.ppid, "", frame)]
     assert p.eswitch.stats.hits >= hits + 7
     assert p.ct.stats.created == created  # no slow-path work for established data
     assert len(p.ct) == 2
@@ -224,25 +224,25 @@ def test_cross_nic_frame_is_handed_over_and_the_receiver_runs_to_vm() -> None:
     syn = tcp(VM1, VM3, 40000, 80, TCP_SYN, seq=100)
     d1 = from_vf(nic1, VM1, syn)
     assert d1.verdict is Verdict.FORWARD and d1.rule == "out"
-    assert d1.emits == [Emit(Out.PEER_DELIVER, 3, syn, "nic2")]
+    assert d1.emits == [Emit(PortKind.PEER_DELIVER, 3, syn, "nic2")]
     assert nic1.stats.handover_sent["peer_deliver"] == 1
     assert [(r.zone, r.origin, r.rule) for r in records(nic1)] == [(1, 0, "out")]
 
-    d2 = nic2.process(Ingress.PEER_DELIVER, 3, syn, 0.0)
+    d2 = nic2.process(PortKind.PEER_DELIVER, 3, syn, 0.0)
     assert d2.verdict is Verdict.FORWARD and d2.rule == "web-in"
-    assert d2.emits == [Emit(Out.VF, 101, syn)]  # VM3's VF on nic2
+    assert d2.emits == [Emit(PortKind.VF, 101, syn)]  # VM3's VF on nic2
     assert nic2.stats.handover_received["peer_deliver"] == 1
     assert [(r.zone, r.origin, r.rule) for r in records(nic2)] == [(3, 1, "web-in")]
 
     # The reply goes the other way round: nic2 from-VM (VM3), nic1 to-VM (VM1).
     synack = tcp(VM3, VM1, 80, 40000, TCP_SYN | TCP_ACK, seq=500, ack=101)
     r2 = from_vf(nic2, VM3, synack)
-    assert r2.emits == [Emit(Out.PEER_DELIVER, 1, synack, "nic1")]
-    r1 = nic1.process(Ingress.PEER_DELIVER, 1, synack, 0.0)
-    assert r1.emits == [Emit(Out.VF, VM1.ppid, synack)]
+    assert r2.emits == [Emit(PortKind.PEER_DELIVER, 1, synack, "nic1")]
+    r1 = nic1.process(PortKind.PEER_DELIVER, 1, synack, 0.0)
+    assert r1.emits == [Emit(PortKind.VF, VM1.ppid, synack)]
     ack = tcp(VM1, VM3, 40000, 80, TCP_ACK, seq=101, ack=501)
     handed = from_vf(nic1, VM1, ack).emits[0].frame
-    assert nic2.process(Ingress.PEER_DELIVER, 3, handed, 0.0).verdict is Verdict.FORWARD
+    assert nic2.process(PortKind.PEER_DELIVER, 3, handed, 0.0).verdict is Verdict.FORWARD
     assert record(nic1, 1, 80).state is TcpState.ESTABLISHED
     assert record(nic2, 3, 80).state is TcpState.ESTABLISHED
 
@@ -250,10 +250,10 @@ def test_cross_nic_frame_is_handed_over_and_the_receiver_runs_to_vm() -> None:
     data = tcp(VM1, VM3, 40000, 80, DATA, 101, 501, b"x")
     d1 = from_vf(nic1, VM1, data)
     assert d1.tier is Tier.ESWITCH
-    assert d1.emits == [Emit(Out.PEER_DELIVER, 3, data, "nic2")]
-    d2 = nic2.process(Ingress.PEER_DELIVER, 3, data, 0.0)
+    assert d1.emits == [Emit(PortKind.PEER_DELIVER, 3, data, "nic2")]
+    d2 = nic2.process(PortKind.PEER_DELIVER, 3, data, 0.0)
     assert d2.tier is Tier.ESWITCH
-    assert d2.emits == [Emit(Out.VF, 101, data)]
+    assert d2.emits == [Emit(PortKind.VF, 101, data)]
 
 
 def test_cross_nic_to_vm_rule_is_enforced_on_the_receivers_nic() -> None:
@@ -269,9 +269,9 @@ def test_cross_nic_to_vm_rule_is_enforced_on_the_receivers_nic() -> None:
     syn = tcp(VM1, VM3, 40000, 80, TCP_SYN, seq=100)
     d1 = from_vf(nic1, VM1, syn)
     assert d1.verdict is Verdict.FORWARD and d1.rule == "out"
-    assert d1.emits == [Emit(Out.PEER_DELIVER, 3, syn, "nic2")]
+    assert d1.emits == [Emit(PortKind.PEER_DELIVER, 3, syn, "nic2")]
     assert not nic1.stats.drops
-    d2 = nic2.process(Ingress.PEER_DELIVER, 3, syn, 0.0)
+    d2 = nic2.process(PortKind.PEER_DELIVER, 3, syn, 0.0)
     assert d2.verdict is Verdict.DROP
     assert (d2.reason, d2.rule, d2.emits) == ("fw.drop", "no-web-in", [])
     assert nic2.stats.drops == {"fw.drop": 1}
@@ -290,7 +290,7 @@ def test_frame_to_the_network_leaves_on_a_local_uplink_tagged() -> None:
     assert d.verdict is Verdict.FORWARD
     assert len(d.emits) == 1
     e = d.emits[0]
-    assert e.out is Out.UPLINK and e.target in (1, 2) and e.nic == ""
+    assert e.out is PortKind.UPLINK and e.target in (1, 2) and e.nic == ""
     assert e.frame == tagged(syn, 10)
     pkt = parsed(e)
     assert (pkt.vlan, pkt.dst_mac, pkt.src_mac, pkt.dport) == (10, PEER_MAC, VM1.mac, 80)
@@ -305,14 +305,14 @@ def test_frame_to_the_network_via_the_siblings_uplink_is_transmit_only() -> None
     d = from_vf(nic1, VM1, syn)
     assert d.verdict is Verdict.FORWARD
     [e] = d.emits
-    assert (e.out, e.nic) == (Out.PEER_TRANSMIT, "nic2") and e.target in (1, 2)
+    assert (e.out, e.nic) == (PortKind.PEER_TRANSMIT, "nic2") and e.target in (1, 2)
     assert e.frame == tagged(syn, 10)
     assert nic1.stats.handover_sent["peer_transmit"] == 1
     assert len(nic1.ct) == 1  # the stateful work happened on the home NIC
 
-    t = nic2.process(Ingress.PEER_TRANSMIT, e.target, e.frame, 0.0)
+    t = nic2.process(PortKind.PEER_TRANSMIT, e.target, e.frame, 0.0)
     assert t.verdict is Verdict.FORWARD
-    assert t.emits == [Emit(Out.UPLINK, e.target, e.frame)]
+    assert t.emits == [Emit(PortKind.UPLINK, e.target, e.frame)]
     assert len(nic2.ct) == 0 and nic2.ct.stats.created == 0
     assert nic2.stats.handover_received["peer_transmit"] == 1
     assert accounted(nic2)
@@ -326,7 +326,7 @@ def test_untagged_segment_frame_stays_untagged_on_the_wire() -> None:
     d = from_vf(p, VM4, syn)
     assert d.verdict is Verdict.FORWARD
     [e] = d.emits
-    assert e.out is Out.UPLINK and e.frame == syn
+    assert e.out is PortKind.UPLINK and e.frame == syn
     assert parsed(e).vlan is None
 
 
@@ -334,9 +334,9 @@ def test_peer_transmit_to_a_down_or_unknown_uplink_is_dropped() -> None:
     """A transmit handover names a live local uplink, or it is dropped and counted."""
     p = make_pipeline("nic2")
     frame = tagged(tcp_out(VM1, 40000, 80, TCP_SYN), 10)
-    assert p.process(Ingress.PEER_TRANSMIT, 9, frame, 0.0).reason == "port.unknown_uplink"
+    assert p.process(PortKind.PEER_TRANSMIT, 9, frame, 0.0).reason == "port.unknown_uplink"
     p.set_uplink_live("nic2/p0", False)
-    assert p.process(Ingress.PEER_TRANSMIT, 1, frame, 0.0).reason == "uplink.down"
+    assert p.process(PortKind.PEER_TRANSMIT, 1, frame, 0.0).reason == "uplink.down"
     assert p.stats.drops == {"port.unknown_uplink": 1, "uplink.down": 1}
     assert p.stats.handover_received["peer_transmit"] == 2
 
@@ -351,13 +351,13 @@ def test_inbound_frame_for_a_vm_on_the_sibling_is_handed_over_untagged() -> None
     d = from_uplink(nic1, syn)
     assert d.verdict is Verdict.FORWARD
     [e] = d.emits
-    assert (e.out, e.target, e.nic) == (Out.PEER_DELIVER, 3, "nic2")
+    assert (e.out, e.target, e.nic) == (PortKind.PEER_DELIVER, 3, "nic2")
     plain = build.tcp_frame(PEER_MAC, VM3.mac, PEER_IP, VM3.ip, 5555, 80, TCP_SYN, 7)
     assert e.frame == plain and parsed(e).vlan is None
     assert len(nic1.ct) == 0 and nic1.ct.stats.created == 0
 
-    d2 = nic2.process(Ingress.PEER_DELIVER, 3, e.frame, 0.0)
-    assert d2.emits == [Emit(Out.VF, VM3.ppid, plain)]
+    d2 = nic2.process(PortKind.PEER_DELIVER, 3, e.frame, 0.0)
+    assert d2.emits == [Emit(PortKind.VF, VM3.ppid, plain)]
     assert d2.rule == "web-in"
     assert [(r.zone, r.origin) for r in records(nic2)] == [(3, 1)]
 
@@ -369,7 +369,7 @@ def test_inbound_frame_for_a_local_vm_runs_its_to_vm_stage_here() -> None:
     d = from_uplink(p, syn, ppid=2)
     assert d.verdict is Verdict.FORWARD and d.rule == "web-in"
     plain = build.tcp_frame(PEER_MAC, VM1.mac, PEER_IP, VM1.ip, 5555, 80, TCP_SYN, 7)
-    assert d.emits == [Emit(Out.VF, VM1.ppid, plain)]
+    assert d.emits == [Emit(PortKind.VF, VM1.ppid, plain)]
     assert [(r.zone, r.origin, r.rule) for r in records(p)] == [(1, 1, "web-in")]
 
 
@@ -408,7 +408,7 @@ def test_reject_tcp_from_vm_answers_the_sender_with_a_reset() -> None:
     d = from_vf(p, VM1, syn)
     assert (d.verdict, d.reason, d.rule) == (Verdict.DROP, "fw.reject", "no-telnet")
     [e] = d.emits
-    assert (e.out, e.target, e.nic) == (Out.VF, VM1.ppid, "")
+    assert (e.out, e.target, e.nic) == (PortKind.VF, VM1.ppid, "")
     rst = parsed(e)
     assert rst.tcp_flags == TCP_RST | TCP_ACK
     assert (rst.sport, rst.dport) == (23, 40000)
@@ -423,7 +423,7 @@ def test_reject_telnet_between_vms_never_reaches_the_receiver() -> None:
     p = make_pipeline("nic1")
     d = from_vf(p, VM1, tcp(VM1, VM2, 40001, 23, TCP_SYN, seq=5))
     assert d.verdict is Verdict.DROP and d.reason == "fw.reject"
-    assert [(e.out, e.target) for e in d.emits] == [(Out.VF, VM1.ppid)]
+    assert [(e.out, e.target) for e in d.emits] == [(PortKind.VF, VM1.ppid)]
     rst = parsed(d.emits[0])
     assert (rst.tcp_flags, rst.sport, rst.dport, rst.ack) == (TCP_RST | TCP_ACK, 23, 40001, 6)
     assert rst.src_mac == VM2.mac and rst.dst_mac == VM1.mac
@@ -437,7 +437,7 @@ def test_reject_udp_from_vm_answers_with_icmp_unreachable() -> None:
     d = from_vf(p, VM1, dgram)
     assert (d.verdict, d.reason, d.rule) == (Verdict.DROP, "fw.reject", "no-tftp")
     [e] = d.emits
-    assert (e.out, e.target) == (Out.VF, VM1.ppid)
+    assert (e.out, e.target) == (PortKind.VF, VM1.ppid)
     icmp = parsed(e)
     assert (icmp.proto, icmp.icmp_type, icmp.icmp_code) == (PROTO_ICMP, 3, 13)
     assert (icmp.src_ip, icmp.dst_ip, icmp.dst_mac) == (int(PEER_IP), int(VM1.ip), VM1.mac)
@@ -461,7 +461,7 @@ def test_reject_to_vm_answers_a_local_sender_on_its_vf() -> None:
     d = from_vf(p, VM2, tcp(VM2, VM1, 40000, 8081, TCP_SYN, seq=41))
     assert (d.verdict, d.reason, d.rule) == (Verdict.DROP, "fw.reject", "no-8081-in")
     [e] = d.emits
-    assert (e.out, e.target) == (Out.VF, VM2.ppid)
+    assert (e.out, e.target) == (PortKind.VF, VM2.ppid)
     rst = parsed(e)
     assert (rst.tcp_flags, rst.sport, rst.dport, rst.ack) == (TCP_RST | TCP_ACK, 8081, 40000, 42)
     assert (rst.src_mac, rst.dst_mac) == (VM1.mac, VM2.mac)
@@ -473,14 +473,14 @@ def test_reject_to_vm_answers_a_sender_on_the_sibling_through_its_home() -> None
     nic1, nic2 = make_pipeline("nic1", rs), make_pipeline("nic2", rs)
     syn = tcp(VM3, VM1, 40000, 8081, TCP_SYN, seq=41)
     d = from_vf(nic2, VM3, syn)
-    assert d.emits == [Emit(Out.PEER_DELIVER, 1, syn, "nic1")]
-    d1 = nic1.process(Ingress.PEER_DELIVER, 1, syn, 0.0)
+    assert d.emits == [Emit(PortKind.PEER_DELIVER, 1, syn, "nic1")]
+    d1 = nic1.process(PortKind.PEER_DELIVER, 1, syn, 0.0)
     assert (d1.verdict, d1.reason) == (Verdict.DROP, "fw.reject")
     [e] = d1.emits
-    assert (e.out, e.target, e.nic) == (Out.PEER_DELIVER, 3, "nic2")
-    d2 = nic2.process(Ingress.PEER_DELIVER, 3, e.frame, 0.0)
+    assert (e.out, e.target, e.nic) == (PortKind.PEER_DELIVER, 3, "nic2")
+    d2 = nic2.process(PortKind.PEER_DELIVER, 3, e.frame, 0.0)
     assert d2.verdict is Verdict.FORWARD
-    assert d2.emits == [Emit(Out.VF, VM3.ppid, e.frame)]
+    assert d2.emits == [Emit(PortKind.VF, VM3.ppid, e.frame)]
     assert record(nic2, 3, 8081).state is TcpState.CLOSE  # VM3's record saw the RST
 
 
@@ -490,7 +490,7 @@ def test_reject_tcp_to_vm_from_the_network_sends_one_tagged_reset() -> None:
     d = from_uplink(p, tcp_in(VM1, 5555, 23, TCP_SYN, seq=9))
     assert d.verdict is Verdict.DROP and d.reason == "fw.reject"
     [e] = d.emits
-    assert e.out in (Out.UPLINK, Out.PEER_TRANSMIT)
+    assert e.out in (PortKind.UPLINK, PortKind.PEER_TRANSMIT)
     rst = parsed(e)
     assert rst.vlan == 10
     assert rst.ethertype == ETH_IPV4  # fails: the inner ethertype is another 802.1Q tag
@@ -528,7 +528,7 @@ def test_inspect_flow_is_decided_by_the_slow_path_every_time() -> None:
         ):
             d = from_vf(p, src, frame)
             assert d.verdict is Verdict.FORWARD and d.tier is Tier.SLOW
-            assert emits(d) == [(Out.VF, dst.ppid, "", frame)]
+            assert emits(d) == [(PortKind.VF, dst.ppid, "", frame)]
     assert len(p.eswitch) == 0 and len(p.cache) == 0
     assert p.eswitch.stats.hits == p.cache.stats.hits == 0
     assert p.eswitch.stats.installs == p.cache.stats.installs == 0
@@ -562,7 +562,7 @@ def test_icmp_echo_reaches_the_cache_only() -> None:
             frame = echo(src, dst, kind, ident=77, seq=seq)
             d = from_vf(p, src, frame)
             assert d.verdict is Verdict.FORWARD
-            assert emits(d) == [(Out.VF, dst.ppid, "", frame)]
+            assert emits(d) == [(PortKind.VF, dst.ppid, "", frame)]
             tiers.append(d.tier)
     assert tiers[0] is Tier.SLOW and tiers[-2:] == [Tier.CACHE, Tier.CACHE]
     assert Tier.ESWITCH not in tiers
@@ -620,7 +620,7 @@ def test_full_eswitch_leaves_the_flow_in_the_cache() -> None:
     for _ in range(3):
         d = data_in(p, VM1, 40001, 81)
         assert d.tier is Tier.CACHE
-        assert [(e.out, e.target) for e in d.emits] == [(Out.VF, VM1.ppid)]
+        assert [(e.out, e.target) for e in d.emits] == [(PortKind.VF, VM1.ppid)]
     assert len(p.eswitch) == 2
 
 
@@ -696,7 +696,7 @@ def test_syn_fin_rst_of_an_offloaded_flow_go_to_the_slow_path() -> None:
     punts = p.cache.stats.punts
     d = from_vf(p, VM1, tcp(VM1, VM2, 40000, 80, TCP_FIN | TCP_ACK, 102, 502))
     assert d.verdict is Verdict.FORWARD and d.tier is Tier.SLOW
-    assert emits(d)[0][:2] == (Out.VF, VM2.ppid)
+    assert emits(d)[0][:2] == (PortKind.VF, VM2.ppid)
     assert p.cache.stats.punts > punts
     assert a.state is TcpState.FIN_WAIT
     assert not in_fast_tiers(p, a) and not in_fast_tiers(p, b)
@@ -844,11 +844,11 @@ def test_vm_moved_away_is_fenced_on_its_old_nic() -> None:
     d = data_out(p, VM1, 40000, 80)  # would hit the old fast entry
     assert d.verdict is Verdict.DROP and d.reason in ("port.unknown_vf", "fence.not_owner")
     assert d.emits == []
-    d = p.process(Ingress.PEER_DELIVER, 1, tcp(VM2, VM1, 5, 80, TCP_SYN), 0.0)
+    d = p.process(PortKind.PEER_DELIVER, 1, tcp(VM2, VM1, 5, 80, TCP_SYN), 0.0)
     assert (d.verdict, d.reason) == (Verdict.DROP, "fence.not_owner")
     # Frames for VM1 from the network now go to its new home.
     d = data_in(p, VM1, 40000, 80)
-    assert [(e.out, e.target, e.nic) for e in d.emits] == [(Out.PEER_DELIVER, 1, "nic2")]
+    assert [(e.out, e.target, e.nic) for e in d.emits] == [(PortKind.PEER_DELIVER, 1, "nic2")]
     assert sum(p.stats.drops[r] for r in ("port.unknown_vf", "fence.not_owner")) == 2
 
     assert p.apply_map(1, map_entries()) is None  # a stale epoch changes nothing
@@ -868,15 +868,15 @@ def test_remap_to_another_vf_on_the_same_nic_keeps_the_flow() -> None:
     created = p.ct.stats.created
     assert p.apply_map(2, _map_with(vm2=("nic1", 103))) is not None
     assert p.stats.remap_flows_kept > 0
-    old_vf = p.process(Ingress.VF, 102, back, 1.0)
+    old_vf = p.process(PortKind.VF, 102, back, 1.0)
     assert (old_vf.verdict, old_vf.reason) == (Verdict.DROP, "port.unknown_vf")
     tiers = []
     for _ in range(3):
         d = from_vf(p, VM1, fwd, 1.0)
-        assert d.emits == [Emit(Out.VF, 103, fwd)]
+        assert d.emits == [Emit(PortKind.VF, 103, fwd)]
         tiers.append(d.tier)
-        d = p.process(Ingress.VF, 103, back, 1.0)
-        assert d.emits == [Emit(Out.VF, VM1.ppid, back)]
+        d = p.process(PortKind.VF, 103, back, 1.0)
+        assert d.emits == [Emit(PortKind.VF, VM1.ppid, back)]
         tiers.append(d.tier)
     assert tiers[-2:] == [Tier.ESWITCH, Tier.ESWITCH]
     assert p.ct.stats.created == created and len(p.ct) == 2
@@ -974,13 +974,13 @@ SHORT_TCP = [
     _ipv4_frame(PROTO_TCP, b"\0" * 10),
     build.ethernet(VM2.mac, VM1.mac, ETH_IPV6, build.ipv6(VM1.ip6, VM2.ip6, PROTO_TCP, b"\0" * 10)),
 ]
-PARSING_INGRESS = [(Ingress.VF, 101), (Ingress.UPLINK, 1), (Ingress.PEER_DELIVER, 1)]
+PARSING_INGRESS = [(PortKind.VF, 101), (PortKind.UPLINK, 1), (PortKind.PEER_DELIVER, 1)]
 
 
 @pytest.mark.parametrize(("ingress", "port"), PARSING_INGRESS, ids=lambda x: str(x))
 @pytest.mark.parametrize(("frame", "reason"), TRUNCATED, ids=[r for _, r in TRUNCATED])
 def test_truncated_frames_are_dropped_and_counted(
-    ingress: Ingress, port: int, frame: bytes, reason: str
+    ingress: PortKind, port: int, frame: bytes, reason: str
 ) -> None:
     """A frame cut short anywhere is a counted `malformed.*` drop on every parsing ingress."""
     p = make_pipeline("nic1")
@@ -991,12 +991,12 @@ def test_truncated_frames_are_dropped_and_counted(
 
 
 @pytest.mark.parametrize("frame", SHORT_TCP, ids=["ipv4", "ipv6"])
-@pytest.mark.parametrize("ingress", list(Ingress), ids=lambda x: x.name)
-def test_short_tcp_header_is_dropped_not_raised(ingress: Ingress, frame: bytes) -> None:
+@pytest.mark.parametrize("ingress", list(PortKind), ids=lambda x: x.name)
+def test_short_tcp_header_is_dropped_not_raised(ingress: PortKind, frame: bytes) -> None:
     """A 10-byte TCP header never escapes `process` as an exception, on any ingress."""
     p = make_pipeline("nic1")
-    d = p.process(ingress, 101 if ingress is Ingress.VF else 1, frame, 0.0)
-    if ingress is not Ingress.PEER_TRANSMIT:
+    d = p.process(ingress, 101 if ingress is PortKind.VF else 1, frame, 0.0)
+    if ingress is not PortKind.PEER_TRANSMIT:
         assert (d.verdict, d.reason) == (Verdict.DROP, "malformed.tcp.short")
     assert accounted(p)
 
@@ -1005,11 +1005,11 @@ def test_short_tcp_header_is_dropped_not_raised(ingress: Ingress, frame: bytes) 
 def test_truncated_frames_handed_over_for_transmit_are_dropped(frame: bytes, reason: str) -> None:
     """Transmit-only handovers are untrusted bytes too: less than an Ethernet header is not sent."""
     p = make_pipeline("nic2")
-    d = p.process(Ingress.PEER_TRANSMIT, 1, frame, 0.0)
+    d = p.process(PortKind.PEER_TRANSMIT, 1, frame, 0.0)
     assert (d.verdict, d.reason, d.emits) == (Verdict.DROP, "malformed." + reason, [])
 
 
-def _established_pipeline() -> tuple[Pipeline, list[tuple[Ingress, int, bytes]]]:
+def _established_pipeline() -> tuple[Pipeline, list[tuple[PortKind, int, bytes]]]:
     """nic1 with a few established flows, and valid frames of them to mutate."""
     p = make_pipeline("nic1", eswitch_capacity=4)
     connect_out(p, VM1, 40000, 80)
@@ -1017,30 +1017,30 @@ def _established_pipeline() -> tuple[Pipeline, list[tuple[Ingress, int, bytes]]]
     from_vf(p, VM1, udp(VM1, VM2, 3333, 53))
     from_vf(p, VM2, udp(VM2, VM1, 53, 3333))
     valid = [
-        (Ingress.VF, VM1.ppid, tcp_out(VM1, 40000, 80, DATA, 101, 501, b"abc")),
-        (Ingress.UPLINK, 1, tcp_in(VM1, 80, 40000, DATA, 501, 101, b"def")),
-        (Ingress.VF, VM1.ppid, tcp(VM1, VM2, 40001, 80, DATA, 101, 501, b"g")),
-        (Ingress.VF, VM2.ppid, tcp(VM2, VM1, 80, 40001, DATA, 501, 101, b"h")),
-        (Ingress.VF, VM1.ppid, udp(VM1, VM2, 3333, 53)),
-        (Ingress.PEER_DELIVER, 1, tcp(VM3, VM1, 80, 40003, TCP_SYN | TCP_ACK)),
-        (Ingress.PEER_TRANSMIT, 1, tcp_in(VM3, 80, 40000, DATA)),
-        (Ingress.VF, VM2.ppid, arp_request(VM2, IPv4Address("10.1.0.99"))),
-        (Ingress.UPLINK, 2, _TCP6),
+        (PortKind.VF, VM1.ppid, tcp_out(VM1, 40000, 80, DATA, 101, 501, b"abc")),
+        (PortKind.UPLINK, 1, tcp_in(VM1, 80, 40000, DATA, 501, 101, b"def")),
+        (PortKind.VF, VM1.ppid, tcp(VM1, VM2, 40001, 80, DATA, 101, 501, b"g")),
+        (PortKind.VF, VM2.ppid, tcp(VM2, VM1, 80, 40001, DATA, 501, 101, b"h")),
+        (PortKind.VF, VM1.ppid, udp(VM1, VM2, 3333, 53)),
+        (PortKind.PEER_DELIVER, 1, tcp(VM3, VM1, 80, 40003, TCP_SYN | TCP_ACK)),
+        (PortKind.PEER_TRANSMIT, 1, tcp_in(VM3, 80, 40000, DATA)),
+        (PortKind.VF, VM2.ppid, arp_request(VM2, IPv4Address("10.1.0.99"))),
+        (PortKind.UPLINK, 2, _TCP6),
     ]
     for ingress, port, frame in valid:  # the first of each path installs it
         p.process(ingress, port, frame, 0.0)
     return p, valid
 
 
-ingress_kinds = st.sampled_from(list(Ingress))
+ingress_kinds = st.sampled_from(list(PortKind))
 ports = st.sampled_from([0, 1, 2, 3, 4, 101, 102, 103])
 mutations = st.lists(st.tuples(st.integers(0, 120), st.integers(0, 255)), max_size=6)
 
 
 # Once crashes, replayed on every run: non-IP unicast from the network to a local VM (family 0
 # reached the classifier), and a short TCP header (fast_key read past it).
-NON_IP_MUTATION = ("mutated", 1, True, [(16, 0x88), (17, 0xB5)], None, Ingress.UPLINK)
-SHORT_TCP_RANDOM = ("random", Ingress.VF, 101, SHORT_TCP[0])
+NON_IP_MUTATION = ("mutated", 1, True, [(16, 0x88), (17, 0xB5)], None, PortKind.UPLINK)
+SHORT_TCP_RANDOM = ("random", PortKind.VF, 101, SHORT_TCP[0])
 
 
 @example(steps=[NON_IP_MUTATION])
@@ -1088,7 +1088,7 @@ def test_garbage_never_raises_and_every_frame_is_accounted(steps: list[tuple]) -
         d = p.process(ingress, port, frame, now)
         assert isinstance(d, Decision)
         assert (d.verdict is Verdict.DROP) == bool(d.reason)
-        if step[0] == "random" and ingress is not Ingress.PEER_TRANSMIT and len(frame) < 14:
+        if step[0] == "random" and ingress is not PortKind.PEER_TRANSMIT and len(frame) < 14:
             assert d.reason == "malformed.eth.short"
         p.tick(now)
     assert accounted(p)
@@ -1104,7 +1104,7 @@ def test_arp_request_for_a_host_vm_is_answered_by_the_vswitch(target: VM) -> Non
     d = from_vf(p, VM1, arp_request(VM1, target.ip))
     assert d.verdict is Verdict.FORWARD
     [e] = d.emits
-    assert (e.out, e.target, e.nic) == (Out.VF, VM1.ppid, "")
+    assert (e.out, e.target, e.nic) == (PortKind.VF, VM1.ppid, "")
     reply = parsed(e)
     assert reply.ethertype == ETH_ARP and reply.arp_op == 2
     assert (reply.arp_sha, reply.arp_spa) == (target.mac, int(target.ip))
@@ -1120,16 +1120,16 @@ def test_arp_request_for_an_unknown_ip_is_flooded_in_the_segment() -> None:
     d = from_vf(nic1, VM1, req)
     assert d.verdict is Verdict.FORWARD
     out = emits(d)
-    assert (Out.VF, VM2.ppid, "", req) in out
-    assert (Out.PEER_DELIVER, 3, "nic2", req) in out
-    to_net = [e for e in d.emits if e.out in (Out.UPLINK, Out.PEER_TRANSMIT)]
+    assert (PortKind.VF, VM2.ppid, "", req) in out
+    assert (PortKind.PEER_DELIVER, 3, "nic2", req) in out
+    to_net = [e for e in d.emits if e.out in (PortKind.UPLINK, PortKind.PEER_TRANSMIT)]
     assert [(e.out, e.target, e.nic, e.frame) for e in to_net] == [
         uplink_emit(nic1, 1, tagged(req, 10))
     ]
     assert len(out) == 3  # nothing for VM4: it is in the db segment
     assert nic1.vswitch.stats.arp_flooded == 1
-    d2 = nic2.process(Ingress.PEER_DELIVER, 3, req, 0.0)
-    assert d2.emits == [Emit(Out.VF, VM3.ppid, req)]
+    d2 = nic2.process(PortKind.PEER_DELIVER, 3, req, 0.0)
+    assert d2.emits == [Emit(PortKind.VF, VM3.ppid, req)]
     assert len(nic2.ct) == 0 and len(nic1.ct) == 0
 
 
@@ -1140,7 +1140,7 @@ def test_arp_reply_from_the_network_reaches_the_local_vm() -> None:
     d = from_uplink(p, reply)
     plain = build.arp_frame(2, PEER_MAC, PEER_IP, VM1.mac, VM1.ip)
     assert d.verdict is Verdict.FORWARD
-    assert d.emits == [Emit(Out.VF, VM1.ppid, plain)]
+    assert d.emits == [Emit(PortKind.VF, VM1.ppid, plain)]
     assert len(p.ct) == 0
 
 
@@ -1150,9 +1150,9 @@ def test_arp_reply_from_the_network_for_a_sibling_vm_is_handed_over() -> None:
     reply = build.arp_frame(2, PEER_MAC, PEER_IP, VM3.mac, VM3.ip, vlan=10)
     plain = build.arp_frame(2, PEER_MAC, PEER_IP, VM3.mac, VM3.ip)
     d = from_uplink(nic1, reply)
-    assert d.emits == [Emit(Out.PEER_DELIVER, 3, plain, "nic2")]
-    d2 = nic2.process(Ingress.PEER_DELIVER, 3, plain, 0.0)
-    assert d2.emits == [Emit(Out.VF, VM3.ppid, plain)]
+    assert d.emits == [Emit(PortKind.PEER_DELIVER, 3, plain, "nic2")]
+    d2 = nic2.process(PortKind.PEER_DELIVER, 3, plain, 0.0)
+    assert d2.emits == [Emit(PortKind.VF, VM3.ppid, plain)]
     assert len(nic1.ct) == len(nic2.ct) == 0
 
 
@@ -1165,8 +1165,8 @@ def test_broadcast_from_the_network_is_taken_once_and_flooded_untagged() -> None
     d = from_uplink(p, req, ppid=1)
     plain = build.arp_frame(1, PEER_MAC, PEER_IP, b"\0" * 6, VM1.ip)
     assert sorted(emits(d)) == sorted(
-        [(Out.VF, VM1.ppid, "", plain), (Out.VF, VM2.ppid, "", plain),
-         (Out.PEER_DELIVER, 3, "nic2", plain)]
+        [(PortKind.VF, VM1.ppid, "", plain), (PortKind.VF, VM2.ppid, "", plain),
+         (PortKind.PEER_DELIVER, 3, "nic2", plain)]
     )  # fmt: skip
 
 
@@ -1237,14 +1237,14 @@ def test_handover_counters_count_fast_path_frames_too() -> None:
         tcp(VM1, VM3, 40000, 80, TCP_ACK, 101, 501),
     ]
     synack = tcp(VM3, VM1, 80, 40000, TCP_SYN | TCP_ACK, seq=500, ack=101)
-    nic2.process(Ingress.PEER_DELIVER, 3, from_vf(nic1, VM1, frames[0]).emits[0].frame, 0.0)
-    nic1.process(Ingress.PEER_DELIVER, 1, from_vf(nic2, VM3, synack).emits[0].frame, 0.0)
-    nic2.process(Ingress.PEER_DELIVER, 3, from_vf(nic1, VM1, frames[1]).emits[0].frame, 0.0)
+    nic2.process(PortKind.PEER_DELIVER, 3, from_vf(nic1, VM1, frames[0]).emits[0].frame, 0.0)
+    nic1.process(PortKind.PEER_DELIVER, 1, from_vf(nic2, VM3, synack).emits[0].frame, 0.0)
+    nic2.process(PortKind.PEER_DELIVER, 3, from_vf(nic1, VM1, frames[1]).emits[0].frame, 0.0)
     data = tcp(VM1, VM3, 40000, 80, DATA, 101, 501, b"d")
     for _ in range(5):
         d = from_vf(nic1, VM1, data)
         assert d.tier is Tier.ESWITCH
-        nic2.process(Ingress.PEER_DELIVER, 3, d.emits[0].frame, 0.0)
+        nic2.process(PortKind.PEER_DELIVER, 3, d.emits[0].frame, 0.0)
     assert nic1.stats.handover_sent["peer_deliver"] == 7
     assert nic2.stats.handover_received["peer_deliver"] == 7
 
@@ -1276,6 +1276,6 @@ def test_transmit_batch_agrees_with_process() -> None:
     frames = [(1, tcp(VM1, VM3, 40000, 80, TCP_ACK)), (1, b"\x00" * 10), (7, b"\x00" * 60)]
     batch = make_pipeline("nic2").transmit_batch(frames)
     single = make_pipeline("nic2")
-    decisions = [single.process(Ingress.PEER_TRANSMIT, port, f, 0.0) for port, f in frames]
+    decisions = [single.process(PortKind.PEER_TRANSMIT, port, f, 0.0) for port, f in frames]
     assert batch == [(e.target, e.frame) for d in decisions for e in d.emits]
     assert single.eswitch.stats.misses == single.cache.stats.misses == 0  # no false misses

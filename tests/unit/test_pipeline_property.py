@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from nicd.datapath.conntrack import Timeouts
-from nicd.datapath.pipeline import Ingress, Pipeline, Verdict
+from nicd.datapath.pipeline import Pipeline, PortKind, Verdict
 from nicd.datapath.tiers import Tier
 from nicd.policy import ruleset_from_config
 from tests.unit.dpfixtures import PEER_IP, PEER_MAC, VMS, make_pipeline
@@ -67,7 +67,7 @@ FLOWS = [  # (kind, local VM index, other VM index, proto, sport, dport)
 ]
 
 
-def _frame(flow: int, back: bool, flags: int) -> tuple[Ingress, int, bytes]:
+def _frame(flow: int, back: bool, flags: int) -> tuple[PortKind, int, bytes]:
     """A frame of one of FLOWS, forward or back, as the NIC nic1 would receive it."""
     kind, a, b, proto, sport, dport = FLOWS[flow]
     vm = LOCAL[a]
@@ -89,12 +89,12 @@ def _frame(flow: int, back: bool, flags: int) -> tuple[Ingress, int, bytes]:
     else:
         f = build.udp_frame(src_mac, dst_mac, src, dst, sport, dport, b"u", vlan=vlan)
     if src_mac == PEER_MAC:
-        return Ingress.UPLINK, 1, f
+        return PortKind.UPLINK, 1, f
     sender = next(v for v in VMS if v.mac == src_mac)
     if sender.nic == "nic1":
-        return Ingress.VF, sender.ppid, f
+        return PortKind.VF, sender.ppid, f
     receiver = next(v for v in VMS if v.mac == dst_mac)
-    return Ingress.PEER_DELIVER, receiver.vpid, f
+    return PortKind.PEER_DELIVER, receiver.vpid, f
 
 
 OPEN = [(False, TCP_SYN), (True, TCP_SYN | TCP_ACK), (False, TCP_ACK)]
@@ -116,7 +116,7 @@ events = st.lists(
 )
 
 
-def _frames(ev: tuple) -> list[tuple[Ingress, int, bytes]]:
+def _frames(ev: tuple) -> list[tuple[PortKind, int, bytes]]:
     kind, flow = ev[0], ev[1]
     if kind == "open":
         steps = OPEN if FLOWS[flow][3] == "tcp" else [(False, 0), (True, 0)]

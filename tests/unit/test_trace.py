@@ -1,5 +1,7 @@
 """`nicd.datapath.trace`: a dry run that predicts `Pipeline.process` exactly and changes nothing.
 
+Also the operator's side of it: `nicd.tracespec` (port names, packet specs) and `ctl.trace`.
+
 Every test drives the two-NIC test host of tests/unit/dpfixtures.py from nic1. The trace is
 checked against what `process` then does with the same frame (on a deep copy, or on the same
 pipeline right after the trace), and the pipeline is pickled before and after each trace: a dry
@@ -18,22 +20,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nicd.datapath.pipeline import Decision, Ingress, Pipeline, Verdict
+from ctl.trace import format_trace
+from nicd.datapath.pipeline import Decision, Pipeline, PortKind, Verdict
 from nicd.datapath.teaming import TeamPolicy
 from nicd.datapath.tiers import fast_key
-from nicd.datapath.trace import (
-    PacketSpec,
-    Trace,
-    TraceError,
-    build_frame,
-    format_trace,
-    parse_spec,
-    resolve_port,
-    trace,
-    trace_packet,
-)
+from nicd.datapath.trace import Trace, trace
 from nicd.datapath.vswitch import Interface
 from nicd.policy import ruleset_from_config
+from nicd.tracespec import (
+    PacketSpec,
+    TraceError,
+    build_frame,
+    parse_spec,
+    resolve_port,
+    trace_packet,
+)
 from tests.unit.dpfixtures import (
     DEFAULT_RULES,
     PEER_IP,
@@ -93,7 +94,7 @@ def same_as_process(t: Trace, d: Decision) -> None:
 def learn_peer(p: Pipeline, now: float = 0.0) -> None:
     """The external peer answers VM1's ARP on nic1/p0: the vswitch learns PEER_IP's MAC."""
     reply = build.arp_frame(2, PEER_MAC, PEER_IP, VM1.mac, VM1.ip, vlan=10)
-    assert p.process(Ingress.UPLINK, 1, reply, now).verdict is Verdict.FORWARD
+    assert p.process(PortKind.UPLINK, 1, reply, now).verdict is Verdict.FORWARD
 
 
 def connect(p: Pipeline, dport: int = 80, sport: int = 40000) -> None:
@@ -144,7 +145,7 @@ def test_new_syn_to_the_network_is_slow_path_with_a_record_to_create() -> None:
     )  # fmt: skip
     assert step(t, "team")[0]["uplink"] == uplink.name
     assert not step(t, "install")[0]["cache"]  # a SYN never gets a fast key
-    same_as_process(t, copy.deepcopy(p).process(Ingress.VF, 101, *_frame_now(t, p)))
+    same_as_process(t, copy.deepcopy(p).process(PortKind.VF, 101, *_frame_now(t, p)))
 
 
 def _frame_now(t: Trace, p: Pipeline) -> tuple[bytes, float]:
@@ -264,17 +265,17 @@ def test_a_team_without_live_uplinks_drops_with_team_no_uplink() -> None:
 def test_a_malformed_frame_and_a_fenced_port() -> None:
     p = make_pipeline("nic1")
     short = VM2.mac + VM1.mac + b"\x08\x00" + b"\x45" * 6
-    t = trace(p, Ingress.VF, 101, short, 0.0)
+    t = trace(p, PortKind.VF, 101, short, 0.0)
     assert (t.verdict, t.reason, t.tier) == ("drop", "malformed.ipv4.short", "")
     assert t.packet == {"len": 20, "malformed": "ipv4.short"}
-    same_as_process(t, copy.deepcopy(p).process(Ingress.VF, 101, short, 0.0))
-    assert trace(p, Ingress.VF, 555, b"\x00" * 60, 0.0).reason == "port.unknown_vf"
+    same_as_process(t, copy.deepcopy(p).process(PortKind.VF, 101, short, 0.0))
+    assert trace(p, PortKind.VF, 555, b"\x00" * 60, 0.0).reason == "port.unknown_vf"
     with pytest.raises(TraceError, match="unknown ingress 7: expected one of 0 \\(vf\\)"):
         trace(p, 7, 1, short, 0.0)  # type: ignore[arg-type]
     frame = build.tcp_frame(VM3.mac, VM1.mac, VM3.ip, VM1.ip, 1, 80, TCP_SYN)
-    t = trace(p, Ingress.PEER_DELIVER, 3, frame, 0.0)  # VPID 3 is nic2's
+    t = trace(p, PortKind.PEER_DELIVER, 3, frame, 0.0)  # VPID 3 is nic2's
     assert t.reason == "fence.not_owner"
-    same_as_process(t, copy.deepcopy(p).process(Ingress.PEER_DELIVER, 3, frame, 0.0))
+    same_as_process(t, copy.deepcopy(p).process(PortKind.PEER_DELIVER, 3, frame, 0.0))
 
 
 def test_a_fragment_is_dropped_by_the_stage_before_conntrack() -> None:
@@ -328,10 +329,10 @@ def test_trace_changes_no_state(policy: TeamPolicy) -> None:
     learned, vs_stats = p.vswitch.learned(), copy.deepcopy(p.vswitch.stats)
     ct_wire = sorted(map(repr, (r.to_wire() for r in p.ct)))
     traces = [trace_packet(p, port, spec, 5.0) for port, spec in TRACED]
-    traces.append(trace(p, Ingress.VF, VM1.ppid, arp_request(VM1, VM2.ip), 5.0))
+    traces.append(trace(p, PortKind.VF, VM1.ppid, arp_request(VM1, VM2.ip), 5.0))
     peer = build.tcp_frame(VM3.mac, VM1.mac, VM3.ip, VM1.ip, 40000, 22, TCP_SYN | TCP_ACK)
-    traces.append(trace(p, Ingress.PEER_DELIVER, 1, peer, 5.0))
-    traces.append(trace(p, Ingress.PEER_TRANSMIT, 2, b"\x00" * 60, 5.0))
+    traces.append(trace(p, PortKind.PEER_DELIVER, 1, peer, 5.0))
+    traces.append(trace(p, PortKind.PEER_TRANSMIT, 2, b"\x00" * 60, 5.0))
     assert snapshot(p) == before
     assert p.stats == stats and len(p.ct) == n_ct and p.tier_stats() == tiers
     assert {name: dict(t.entries) for name, t in (("es", p.eswitch), ("c", p.cache))} == entries
@@ -344,7 +345,7 @@ def test_trace_changes_no_state(policy: TeamPolicy) -> None:
     assert {"eswitch", "slow", "frame", "tcp-rst", "arp-reply"} <= kinds
     for (port, spec), t in zip(TRACED, traces, strict=False):
         same_as_process(t, run(copy.deepcopy(p), port, spec, 5.0))
-    arp = copy.deepcopy(p).process(Ingress.VF, VM1.ppid, arp_request(VM1, VM2.ip), 5.0)
+    arp = copy.deepcopy(p).process(PortKind.VF, VM1.ppid, arp_request(VM1, VM2.ip), 5.0)
     same_as_process(traces[len(TRACED)], arp)
 
 
@@ -413,10 +414,10 @@ def test_parse_spec_errors_name_the_token_and_what_is_expected(text: str, words:
 def test_resolve_port_accepts_vm_uplink_and_ppid_names() -> None:
     p = make_pipeline("nic1")
     for name in ("vm1", "vm1/0", "vm1/eth0", "vf101", "vpid1"):
-        assert resolve_port(p, name) == (Ingress.VF, 101)
-    assert resolve_port(p, "vm2") == (Ingress.VF, 102)
+        assert resolve_port(p, name) == (PortKind.VF, 101)
+    assert resolve_port(p, "vm2") == (PortKind.VF, 102)
     for name in ("nic1/p1", "p1", "uplink2"):
-        assert resolve_port(p, name) == (Ingress.UPLINK, 2)
+        assert resolve_port(p, name) == (PortKind.UPLINK, 2)
     with pytest.raises(TraceError, match="homed on nic2, not nic1"):
         resolve_port(p, "vm3")
     with pytest.raises(TraceError, match="belongs to nic2"):
@@ -429,23 +430,27 @@ def test_resolve_port_accepts_vm_uplink_and_ppid_names() -> None:
 
 def test_build_frame_uses_the_macs_and_tags_the_pipeline_knows() -> None:
     p = make_pipeline("nic1")
-    to_vm = build_frame(p, Ingress.VF, 101, parse_spec(f"tcp dst={VM3.ip} dport=80"))
+    to_vm = build_frame(p, PortKind.VF, 101, parse_spec(f"tcp dst={VM3.ip} dport=80"))
     assert to_vm == build.tcp_frame(VM1.mac, VM3.mac, VM1.ip, VM3.ip, 40000, 80, TCP_SYN, 1, 1)
-    out = build_frame(p, Ingress.VF, 101, parse_spec(f"tcp dst={PEER_IP} dport=80"))
+    out = build_frame(p, PortKind.VF, 101, parse_spec(f"tcp dst={PEER_IP} dport=80"))
     assert out[:6] == bytes.fromhex("0affc0000232")  # made up, ends in 192.0.2.50
     learn_peer(p)
-    out = build_frame(p, Ingress.VF, 101, parse_spec(f"tcp dst={PEER_IP} dport=80"))
+    out = build_frame(p, PortKind.VF, 101, parse_spec(f"tcp dst={PEER_IP} dport=80"))
     assert out[:6] == PEER_MAC
-    wire = build_frame(p, Ingress.UPLINK, 1, parse_spec(f"udp src={PEER_IP} dst={VM4.ip} dport=53"))
+    wire = build_frame(
+        p, PortKind.UPLINK, 1, parse_spec(f"udp src={PEER_IP} dst={VM4.ip} dport=53")
+    )
     made_up = bytes.fromhex("0affc0000232")  # the peer is known in web, not in db
     assert wire == build.udp_frame(made_up, VM4.mac, PEER_IP, VM4.ip, 40000, 53, b"trace")
-    wire = build_frame(p, Ingress.UPLINK, 1, parse_spec(f"udp src={PEER_IP} dst={VM2.ip} dport=53"))
+    wire = build_frame(
+        p, PortKind.UPLINK, 1, parse_spec(f"udp src={PEER_IP} dst={VM2.ip} dport=53")
+    )
     assert wire[12:16] == b"\x81\x00\x00\x0a"  # the web segment's tag
     with pytest.raises(TraceError, match="src= is required"):
-        build_frame(p, Ingress.UPLINK, 1, parse_spec(f"udp dst={VM2.ip} dport=53"))
+        build_frame(p, PortKind.UPLINK, 1, parse_spec(f"udp dst={VM2.ip} dport=53"))
     p.set_topology(SEGMENTS, [Interface(1, "vm1", VM1.mac, (VM1.ip,), "web")])
     with pytest.raises(TraceError, match="vm1 has no IPv6 address: give src="):
-        build_frame(p, Ingress.VF, 101, parse_spec("tcp dst=2001:db8::1 dport=80"))
+        build_frame(p, PortKind.VF, 101, parse_spec("tcp dst=2001:db8::1 dport=80"))
 
 
 # -- (e) the dict crosses the bus --------------------------------------------------------------
@@ -493,13 +498,13 @@ FLAGS = [TCP_SYN, TCP_SYN | TCP_ACK, TCP_ACK, TCP_ACK | TCP_PSH, TCP_FIN | TCP_A
 OPEN = [(False, TCP_SYN), (True, TCP_SYN | TCP_ACK), (False, TCP_ACK)]
 
 
-def _port(p: Pipeline, name: str) -> tuple[Ingress, int]:
+def _port(p: Pipeline, name: str) -> tuple[PortKind, int]:
     if name.startswith("peer:"):  # a frame from a VM on nic2, delivered to VPID N here
-        return Ingress.PEER_DELIVER, int(name[5:])
+        return PortKind.PEER_DELIVER, int(name[5:])
     return resolve_port(p, name)
 
 
-def flow_frame(p: Pipeline, flow: int, back: bool, flags: int) -> tuple[Ingress, int, bytes]:
+def flow_frame(p: Pipeline, flow: int, back: bool, flags: int) -> tuple[PortKind, int, bytes]:
     proto, a_port, a_ip, b_port, b_ip, sport, dport = FLOWS[flow]
     if back:
         a_port, a_ip, b_port, b_ip, sport, dport = b_port, b_ip, a_port, a_ip, dport, sport
@@ -557,7 +562,7 @@ EVENTS = st.lists(
         ),
         st.tuples(
             st.just("raw"),
-            st.sampled_from(list(Ingress)),
+            st.sampled_from(list(PortKind)),
             st.integers(0, 4),
             st.binary(max_size=70),
         ),
@@ -572,13 +577,13 @@ EVENTS = st.lists(
 )
 
 
-def traced_process(p: Pipeline, ingress: Ingress, port: int, frame: bytes, now: float) -> None:
+def traced_process(p: Pipeline, ingress: PortKind, port: int, frame: bytes, now: float) -> None:
     """Trace, check nothing changed, process, check the trace foresaw it all."""
     before = snapshot(p)
     t = trace(p, ingress, port, frame, now)
     assert snapshot(p) == before
     assert plain(t.as_dict())
-    key = fast_key(ingress, port, frame) if ingress is not Ingress.PEER_TRANSMIT else None
+    key = fast_key(ingress, port, frame) if ingress is not PortKind.PEER_TRANSMIT else None
     old = {n: tb.entries.get(key) for n, tb in (("eswitch", p.eswitch), ("cache", p.cache))}
     d = p.process(ingress, port, frame, now)
     same_as_process(t, d)
