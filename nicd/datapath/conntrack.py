@@ -448,12 +448,14 @@ class ConntrackTable:
     def update(self, rec: CtRecord, is_reply: bool, pkt: Packet, now: float) -> bool:
         """Account `pkt` to `rec` and advance its state; False (counted) if `pkt` is invalid."""
         state = rec.state
+        new: TcpState | PseudoState
         if type(state) is TcpState:
             event = classify(pkt.tcp_flags)
-            new = None if event is None else TCP_TRANSITIONS.get((state, is_reply, event))
-            if new is None:
+            moved = None if event is None else TCP_TRANSITIONS.get((state, is_reply, event))
+            if moved is None:
                 self.stats.invalid += 1
                 return False
+            new = moved
         else:
             # An echo request in the reply direction (or the reverse) is not part of this flow.
             echo = _ECHO.get(rec.key[2])

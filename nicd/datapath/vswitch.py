@@ -217,11 +217,11 @@ class VSwitch:
         self._segments, self._by_vlan, self._interfaces = by_name, by_vlan, by_vpid
         self._members = {name: sorted(vpids) for name, vpids in members.items()}
         self._local_mac, self._local_ip = local_mac, local_ip
-        for key in list(self._learned):
-            if key[0] not in by_name:
-                self._forget(key)
-            elif key in local_mac:
-                self._forget(key)  # a VM with that MAC migrated into this host
+        for mac_key in list(self._learned):
+            if mac_key[0] not in by_name:
+                self._forget(mac_key)
+            elif mac_key in local_mac:
+                self._forget(mac_key)  # a VM with that MAC migrated into this host
                 self.stats.moved += 1
         for ip_key in list(self._remote_ip):
             if ip_key in local_ip:

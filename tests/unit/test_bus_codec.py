@@ -56,7 +56,9 @@ seconds = st.floats(0, 1e6, allow_nan=False)
 
 
 def plain(floats: bool) -> st.SearchStrategy[object]:
-    scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8)
+    scalars: st.SearchStrategy[object] = (
+        st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8)
+    )
     if floats:
         scalars |= st.floats(allow_nan=False, allow_infinity=False)
     keys = st.text(max_size=6)
@@ -172,9 +174,9 @@ def test_round_trip_every_type(cls: type, data: st.DataObject) -> None:
 
 
 def test_decoded_enums_are_enums() -> None:
-    handover = decode_untrusted(encode(Handover("n", 2, [])))
+    handover = decode_untrusted(encode(Handover("n", HandoverKind.DELIVER, [])))
     assert isinstance(handover, Handover) and handover.kind is HandoverKind.DELIVER
-    fault = decode_untrusted(encode(Fault("partition", "n", 1)))
+    fault = decode_untrusted(encode(Fault(FaultKind.PARTITION, "n", 1)))
     assert isinstance(fault, Fault) and fault.kind is FaultKind.PARTITION
     assert fault.seconds == 1.0 and isinstance(fault.seconds, float)
 
@@ -204,7 +206,7 @@ def test_frame_batch_flat_wire_form() -> None:
         (lambda: FrameBatch("h", ((1, b"x"),)), "frames"),  # type: ignore[arg-type]
         (lambda: FrameBatch("h", [(1, bytes(MAX_FRAME + 1))]), "frames"),
         (lambda: FrameBatch("h", [(1, b"")] * (MAX_FRAMES_PER_BATCH + 1)), "frames"),
-        (lambda: Handover("n", 3, []), "kind"),
+        (lambda: Handover("n", 3, []), "kind"),  # type: ignore[arg-type]
         (lambda: Handover("n", True, []), "kind"),  # type: ignore[arg-type]
         (lambda: Heartbeat("n", -1, 0, "up"), "seq"),
         (lambda: Heartbeat("n", 1, 1.0, "up"), "epoch"),  # type: ignore[arg-type]
@@ -216,18 +218,18 @@ def test_frame_batch_flat_wire_form() -> None:
         (lambda: SyncBatch("n", 1, [[b"x"]]), "changes"),
         (lambda: MapUpdate(1, [(1, "nic1")]), "entries"),  # type: ignore[list-item]
         (lambda: MapUpdate(1, [(1, "", 2)]), "entries"),
-        (lambda: PolicyUpdate(1, {"a": 1.5}), "policy"),
-        (lambda: PolicyUpdate(1, {"a": (1, 2)}), "policy"),
-        (lambda: PolicyUpdate(1, {1: "a"}), "policy"),  # type: ignore[dict-item]
-        (lambda: PolicyUpdate(1, {"a": b"bytes"}), "policy"),
-        (lambda: PolicyUpdate(1, {"a": 2**64}), "policy"),
+        (lambda: PolicyUpdate(1, {"a": 1.5}), "policy"),  # type: ignore[arg-type]
+        (lambda: PolicyUpdate(1, {"a": (1, 2)}), "policy"),  # type: ignore[arg-type]
+        (lambda: PolicyUpdate(1, {1: "a"}), "policy"),  # type: ignore[arg-type]
+        (lambda: PolicyUpdate(1, {"a": b"bytes"}), "policy"),  # type: ignore[arg-type]
+        (lambda: PolicyUpdate(1, {"a": 2**64}), "policy"),  # type: ignore[arg-type]
         (lambda: ControlRequest(1, "go", {"x": float("nan")}), "args"),
         (lambda: ControlReply(1, 1, {}, ""), "ok"),  # type: ignore[arg-type]
         (lambda: ControlReply(1, True, {}, None), "error"),  # type: ignore[arg-type]
         (lambda: Fault("explode", "n", 1), "kind"),  # type: ignore[arg-type]
-        (lambda: Fault("drop", "n", -1), "seconds"),
-        (lambda: Fault("drop", "n", 1, probability=1.5), "probability"),
-        (lambda: Fault("delay", "n", 1, delay=float("inf")), "delay"),
+        (lambda: Fault(FaultKind.DROP, "n", -1), "seconds"),
+        (lambda: Fault(FaultKind.DROP, "n", 1, probability=1.5), "probability"),
+        (lambda: Fault(FaultKind.DELAY, "n", 1, delay=float("inf")), "delay"),
     ],
 )
 def test_construction_rejects(build: object, field: str) -> None:

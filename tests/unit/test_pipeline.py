@@ -853,7 +853,8 @@ def test_vm_moved_away_is_fenced_on_its_old_nic() -> None:
 
     assert p.apply_map(1, map_entries()) is None  # a stale epoch changes nothing
     assert p.map.epoch == 2 and p.map.stats.stale_ignored == 1
-    assert p.map.home(1) is not None and p.map.home(1).nic == "nic2"
+    home = p.map.home(1)
+    assert home is not None and home.nic == "nic2"
     assert from_vf(p, VM1, tcp_out(VM1, 40002, 80, TCP_SYN)).verdict is Verdict.DROP
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 import msgpack
@@ -484,7 +485,9 @@ def test_format_trace_reads_like_ofproto_trace() -> None:
 # -- the property: trace predicts process, frame after frame -----------------------------------
 
 # Flows seen from nic1: (proto, sender port, sender ip, receiver port, receiver ip, sport, dport)
-FLOWS = [
+FLOWS: list[
+    tuple[str, str, IPv4Address | IPv6Address, str, IPv4Address | IPv6Address, int, int]
+] = [
     ("tcp", "vm1", VM1.ip, "nic1/p0", PEER_IP, 1000, 80),
     ("tcp", "nic1/p1", PEER_IP, "vm2", VM2.ip, 1001, 80),
     ("tcp", "vm1", VM1.ip, "vm2", VM2.ip, 1002, 22),
@@ -584,12 +587,13 @@ def traced_process(p: Pipeline, ingress: PortKind, port: int, frame: bytes, now:
     assert snapshot(p) == before
     assert plain(t.as_dict())
     key = fast_key(ingress, port, frame) if ingress is not PortKind.PEER_TRANSMIT else None
-    old = {n: tb.entries.get(key) for n, tb in (("eswitch", p.eswitch), ("cache", p.cache))}
+    tables = (("eswitch", p.eswitch), ("cache", p.cache))
+    old = {n: None if key is None else tb.entries.get(key) for n, tb in tables}
     d = p.process(ingress, port, frame, now)
     same_as_process(t, d)
     installed = {
-        n: tb.entries.get(key) is not None and tb.entries.get(key) is not old[n]
-        for n, tb in (("eswitch", p.eswitch), ("cache", p.cache))
+        n: key is not None and tb.entries.get(key) is not None and tb.entries.get(key) is not old[n]
+        for n, tb in tables
     }
     predicted = step(t, "install")
     want = {n: bool(predicted and predicted[0][n]) for n in ("eswitch", "cache")}
