@@ -39,6 +39,7 @@ from bus.nicstate import FORWARDING, NicSignal, NicState, next_state
 from configs.loader import FABRICD as FABRIC
 from configs.loader import NicSpec, Timers
 from nicd.channels import ChannelHealth
+from nicd.commands import Answer
 from nicd.datapath.pipeline import Emit, Pipeline
 from nicd.nicstats import FirstFrames, vpid_load
 from nicd.replication import Replicator, Sender
@@ -56,6 +57,7 @@ class NicControl:
         timers: Timers,
         out: Sender,
         emit: Emitter,
+        between_chunks: Callable[[], None],
         log: Any,
         now: float,
     ) -> None:
@@ -65,6 +67,7 @@ class NicControl:
         self.siblings = list(siblings)
         self.out = out
         self.emit = emit
+        self.between_chunks = between_chunks  # the worker beats if its clock says one is due
         self.log = log
         self.pipeline: Pipeline | None = None
         self.state = NicState.STARTING
@@ -92,6 +95,7 @@ class NicControl:
             LinkState: self.on_link_state,
             SyncBatch: self.on_sync_batch,
             SyncAck: lambda peer, msg, now: self.sync.on_ack(peer, msg),
+            SyncRequest: self.on_sync_request,
             Probe: self.on_probe,
         }
 
@@ -101,7 +105,7 @@ class NicControl:
         return self.state is NicState.FENCED
 
     def handles(self, kind: type) -> bool:
-        """True for the message types `handle` takes (SyncRequest: `on_sync_request`)."""
+        """True for the message types `handle` takes."""
         return kind in self._handlers
 
     def handle(self, peer: str, msg: Any, now: float) -> None:
@@ -392,14 +396,13 @@ class NicControl:
         self.sync.on_batch(peer, msg, self.pipeline, now)
         self._note_resync()
 
-    def on_sync_request(
-        self, peer: str, msg: SyncRequest, now: float, keepalive: Callable[[], None]
-    ) -> None:
-        """A sibling asks for our stream; `keepalive` runs between snapshot chunks."""
+    def on_sync_request(self, peer: str, msg: SyncRequest, now: float) -> None:
+        """A sibling asks for our stream (a snapshot's chunks may take longer than a beat)."""
         if self.pipeline is not None:
-            self.sync.on_request(peer, msg, self.pipeline, now, keepalive)
+            self.sync.on_request(peer, msg, self.pipeline, now, self.between_chunks)
 
-    def first_frames(self, emits: list[Emit], now: float) -> None:
-        """Log the first frame of each taken-over VPID among `emits` (cheap when none waits)."""
-        if self.first.pending:
-            self.first.seen(emits, now)
+    def digest(self, now: float) -> Answer:
+        """What `nicteam verify` compares: our table, each sibling's copy, their sequences."""
+        if self.pipeline is None:
+            return False, {}, "digest: no policy yet (the NIC is starting)"
+        return True, self.sync.digests(self.pipeline, now) | {"nic": self.name}, ""

@@ -114,7 +114,8 @@ class Replicator:
         if resend is not None:
             batches: Iterable[Batch] = [resend]
         else:
-            batches = self.origin.snapshot(p.ct, p.vswitch.learned())
+            # The table is sized and iterable, all a snapshot needs (it is no Collection: no `in`).
+            batches = self.origin.snapshot(p.ct, p.vswitch.learned())  # type: ignore[arg-type]
             self.log.info("sync.snapshot", to=peer, records=len(p.ct), seq=self.origin.seq)
         for b in batches:
             # Our own changes, made from validated state: no need to check them again here.
@@ -147,7 +148,7 @@ class Replicator:
         if cache is None:
             return
         try:
-            check_changes(msg.changes)
+            changes = check_changes(msg.changes)
             if msg.first_seq + len(msg.changes) > MAX_SEQ:
                 raise ValueError(f"first_seq: {msg.first_seq} past {MAX_SEQ}")
         except ValueError as e:
@@ -156,13 +157,13 @@ class Replicator:
             return
         if msg.reset:
             self._snapshot_t0.setdefault(peer, now)
-        want = cache.apply(Batch(msg.first_seq, msg.changes, msg.reset, msg.boot, msg.until))
+        want = cache.apply(Batch(msg.first_seq, changes, msg.reset, msg.boot, msg.until))
         if msg.made_at and not msg.reset and want is None:
             self.lag_ms.append((now - msg.made_at) * 1000)
         if p is not None:
-            self._learn(p, msg.changes, now)
+            self._learn(p, changes, now)
             local = set(p.map.local_vpids())
-            zones = {c[1] for c in msg.changes if c[0] == UPSERT} & local
+            zones = {c[1] for c in changes if c[0] == UPSERT} & local
             if zones or (msg.reset and local):
                 self._adopt(p, cache, local if msg.reset else zones)
         if want is not None:

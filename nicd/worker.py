@@ -1,12 +1,10 @@
-"""The NIC OS: one uvloop event loop that moves frame batches between the bus and the datapath.
+"""The NIC OS: one uvloop event loop between the bus and the NIC's sans-I/O code. I/O glue only.
 
-I/O glue only. Everything that decides lives elsewhere and reads no clock: the datapath in
-`nicd.datapath`; the control plane (state, fencing, siblings, the host's map, replication) in
-`nicd.control`. This module receives bus messages, hands frames to `Pipeline.process_batch` in
-batches and control messages to `NicControl`, sends what comes out (grouped per destination:
-the host's VF channel, the fabric's uplinks, sibling NICs over the private channel), and runs
-the timers (datapath tick, heartbeats, stats). It owns the one clock, `now()`. It starts with no
-policy: hostd sends the policy and the VPID map when the NIC says hello.
+It moves frame batches between the bus and `Pipeline.process_batch` (`nicd.datapath`), hands
+control messages to `NicControl` (`nicd.control`: state, fencing, siblings, the host's map,
+replication), sends what comes out, and runs the timers (tick, heartbeat, stats). It owns the
+one clock, `now()`. It starts with no policy: hostd sends the policy and the VPID map when the
+NIC says hello.
 
     python -m nicd.worker --config configs/default.toml --nic nic1
 """
@@ -16,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -24,16 +21,12 @@ import structlog
 
 from bus.log import configure_logging
 from bus.messages import (
-    ControlReply,
     ControlRequest,
-    Fault,
     FrameBatch,
     Handover,
     HandoverKind,
     Hello,
-    InvalidField,
     PolicyUpdate,
-    SyncRequest,
     frame_chunks,
     trusted,
 )
@@ -44,13 +37,15 @@ from configs.cmdline import daemon_args
 from configs.loader import FABRICD as FABRIC
 from configs.loader import Config, NicSpec, timeouts_from_ms
 from nicd.capture import IN, OUT
-from nicd.commands import Answer, InspectCommands
+from nicd.commands import InspectCommands
 from nicd.control import NicControl
 from nicd.datapath.pipeline import DatapathConfig, Emit, Ingress, Out, Pipeline
 from nicd.datapath.rules import ruleset_from_config
 from nicd.datapath.teaming import Uplink, team_policy_from_str
 from nicd.datapath.vswitch import interface_from_dict, segment_from_dict
-from nicd.nicstats import LOGGED, nic_stats
+from nicd.nicstats import LOGGED
+from nicd.opcommands import OperatorCommands
+from nicd.outlets import group
 
 HELLO_EVERY_S = 0.25
 
@@ -94,30 +89,25 @@ class NicWorker:
         self.log = structlog.get_logger().bind(nic=spec.name, host=spec.host)
         # Capture timestamps are wall clock: taken from the one clock, at the offset of the start.
         self._wall_offset = time.time() - self.now()
+        # Its messages leave by the node, its frames by `_send`; it beats when `_keepalive` asks.
         self.core = NicControl(
-            spec, self.siblings, config.timers, node, self._send, self.log, self.now()
-        )
-        self.sync = self.core.sync
-        self.liveness = self.core.liveness
+            spec, self.siblings, config.timers, node, self._send, self._keepalive, self.log,
+            self.now(),
+        )  # fmt: skip
+        self.sync, self.liveness = self.core.sync, self.core.liveness
+        # Delegates the policy handlers call by these names.
+        self._sibling_live, self._uplink_name = self.core.sibling_live, self.core.uplink_name
+        self._ingress = {self.host: Ingress.VF, FABRIC: Ingress.UPLINK}  # who sends frames
         self._stopping = asyncio.Event()
         self.crashed = False
-        self._handlers: dict[type, Callable[[str, Any], None]] = {
+        self._handlers: dict[type, Callable[[str, Any], object]] = {
             PolicyUpdate: self._on_policy,
-            SyncRequest: lambda peer, msg: self.core.on_sync_request(
-                peer, msg, self.now(), self._keepalive
-            ),
-            ControlRequest: self._on_control,
+            ControlRequest: lambda peer, msg: node.reply(peer, self.commands.answer(msg)),
             Hello: lambda peer, msg: None,
         }
         self.inspect = InspectCommands(lambda: self.pipeline, self.now)
         self.captures = self.inspect.captures
-        self._commands: dict[str, Callable[[dict[str, Any]], Answer]] = {
-            "stats": lambda _: (True, self.stats(), ""),
-            "ping": lambda _: (True, {"nic": self.spec.name}, ""),
-            "digest": self._digest,
-            "fault": self._fault,
-            **self.inspect.table(),
-        }
+        self.commands = OperatorCommands(self.core, node, self.inspect, self.log, self.now)
 
     def now(self) -> float:
         """The one clock of this NIC, CLOCK_MONOTONIC: shared by every local process (sync lag),
@@ -141,10 +131,8 @@ class NicWorker:
     async def run(self) -> None:
         """Bind, connect to host, fabric and siblings, then serve until `stop()`."""
         await self.node.start()
-        self.node.connect(self.host, self.config.endpoint(self.host))
-        self.node.connect(FABRIC, self.config.endpoint(FABRIC))
-        for sib in self.siblings:
-            self.node.connect(sib, self.config.endpoint(sib))
+        for peer in (self.host, FABRIC, *self.siblings):
+            self.node.connect(peer, self.config.endpoint(peer))
         self.node.on_peer_disconnect(lambda peer: self.core.on_disconnect(peer, self.now()))
         self.log.info("nic.start", siblings=self.siblings)
         timers = self.config.timers
@@ -196,7 +184,7 @@ class NicWorker:
         transmit: list[tuple[int, bytes]] = []
         for peer, msg in batch:
             if isinstance(msg, FrameBatch):
-                ingress = _frame_ingress(peer, self.host)
+                ingress = self._ingress.get(peer)
                 if ingress is None:
                     self.log.warning("nic.drop.unexpected_frames", peer=peer)
                     continue
@@ -210,7 +198,7 @@ class NicWorker:
                 core.channels.data(peer, made_at)
                 transmit += msg.frames
             else:
-                self._flush(frames)  # frames before a map or policy change see the old one
+                self._flush(frames, made_at)  # frames before a map or policy change see the old one
                 self._transmit(transmit)
                 frames, transmit = [], []
                 handler = self._handlers.get(type(msg))
@@ -221,7 +209,7 @@ class NicWorker:
                 else:
                     continue
                 self._keepalive()  # a resync's snapshot chunks add up
-        self._flush(frames)
+        self._flush(frames, made_at)
         self._transmit(transmit)
         core.replicate(made_at)
 
@@ -231,12 +219,13 @@ class NicWorker:
     def _keepalive(self) -> None:
         self.core.keepalive(self.now())
 
-    def _flush(self, frames: list[tuple[Ingress, int, bytes]]) -> None:
+    def _flush(self, frames: list[tuple[Ingress, int, bytes]], now: float) -> None:
         p = self.core.ready(len(frames))
         if p is None:
             return
-        emits = p.process_batch(frames, self.now())
-        self.core.first_frames(emits, self.now())
+        emits = p.process_batch(frames, now)
+        if self.core.first.pending:  # a short window after a takeover
+            self.core.first.seen(emits, self.now())
         self._send(emits)
 
     def _transmit(self, frames: list[tuple[int, bytes]]) -> None:
@@ -252,32 +241,20 @@ class NicWorker:
                 self.node.send(FABRIC, trusted(FrameBatch, self.spec.name, chunk))
 
     def _send(self, emits: list[Emit]) -> None:
-        """Group emitted frames per destination, one bus message each."""
+        """Send emitted frames, one bus message per destination."""
         if not emits:
             return
-        to_host: list[tuple[int, bytes]] = []
-        to_fabric: list[tuple[int, bytes]] = []
-        handovers: dict[tuple[str, HandoverKind], list[tuple[int, bytes]]] = defaultdict(list)
-        for e in emits:
-            if e.out is Out.VF:
-                to_host.append((e.target, e.frame))
-            elif e.out is Out.UPLINK:
-                to_fabric.append((e.target, e.frame))
-            elif e.out is Out.PEER_DELIVER:
-                handovers[(e.nic, HandoverKind.DELIVER)].append((e.target, e.frame))
-            else:
-                handovers[(e.nic, HandoverKind.TRANSMIT)].append((e.target, e.frame))
-        name = self.spec.name
+        out, name = group(emits), self.spec.name
         if self.captures.taps:
             wall = self._wall(self.now())
-            self.captures.see(Out.VF, OUT, to_host, wall)
-            self.captures.see(Out.UPLINK, OUT, to_fabric, wall)
+            self.captures.see(Out.VF, OUT, out.to_host, wall)
+            self.captures.see(Out.UPLINK, OUT, out.to_fabric, wall)
         # Our own frames, already checked: built without re-validation (the receiver validates).
-        if to_host:
-            self.node.send(self.host, trusted(FrameBatch, name, to_host))
-        if to_fabric:
-            self.node.send(FABRIC, trusted(FrameBatch, name, to_fabric))
-        for (nic, kind), frames in handovers.items():
+        if out.to_host:
+            self.node.send(self.host, trusted(FrameBatch, name, out.to_host))
+        if out.to_fabric:
+            self.node.send(FABRIC, trusted(FrameBatch, name, out.to_fabric))
+        for (nic, kind), frames in out.handovers.items():
             self.node.send(nic, trusted(Handover, name, kind, frames))
 
     # ------------------------------------------------------------- control plane messages
@@ -315,50 +292,12 @@ class NicWorker:
             self._send(p.set_policy(team_policy))
             self.log.info("team.policy", old=old_policy, new=team_policy.value)
 
-    def _sibling_live(self, p: Pipeline, peer: str) -> None:
-        self.core.sibling_live(p, peer)
-
-    def _uplink_name(self, ppid: int) -> str:
-        return self.core.uplink_name(ppid)
-
     def _on_map(self, peer: str, msg: Any) -> None:
         self.core.on_map(peer, msg, self.now())
 
-    # ------------------------------------------------------------- control commands
-
-    def _on_control(self, peer: str, msg: ControlRequest) -> None:
-        command = self._commands.get(msg.cmd)
-        try:
-            if command is None:
-                reply = ControlReply(msg.req_id, False, {}, f"unknown command {msg.cmd!r}")
-            else:
-                reply = ControlReply(msg.req_id, *command(msg.args))
-        except Exception as e:  # a bug in one command (or its reply) must not stop the loop
-            self.log.exception("nic.control.error", cmd=msg.cmd)
-            reply = ControlReply(msg.req_id, False, {}, f"{msg.cmd}: internal error: {e}")
-        self.node.reply(peer, reply)
-
-    def _digest(self, args: dict[str, Any]) -> Answer:
-        if self.pipeline is None:
-            return False, {}, "digest: no policy yet (the NIC is starting)"
-        return True, self.sync.digests(self.pipeline, self.now()) | {"nic": self.spec.name}, ""
-
-    def _fault(self, args: dict[str, Any]) -> Answer:
-        """Chaos: a fault on our bus channels (a partition of the private channel, say)."""
-        try:
-            fault = Fault(**args)
-        except (TypeError, InvalidField) as e:
-            return False, {}, f"fault: {e}"
-        self.node.apply_fault(fault)
-        self.log.warning(
-            "chaos.fault", kind=fault.kind.value, peer=fault.peer, seconds=fault.seconds
-        )
-        faults = [list(f) for f in self.node.faults.snapshot(self.now())]
-        return True, {"faults": faults}, ""
-
     def stats(self) -> dict[str, Any]:
         """Counters for the control socket and the periodic `nic.stats` event."""
-        return nic_stats(self.core, self.now(), self.node.stats)
+        return self.commands.stats()
 
     # ------------------------------------------------------------- timers
 
@@ -378,14 +317,6 @@ class NicWorker:
         while self.pipeline is None or not self.pipeline.map.epoch:
             self.node.send(self.host, Hello(self.spec.name, "nic"))
             await asyncio.sleep(HELLO_EVERY_S)
-
-
-def _frame_ingress(peer: str, host: str) -> Ingress | None:
-    if peer == host:
-        return Ingress.VF
-    if peer == FABRIC:
-        return Ingress.UPLINK
-    return None
 
 
 def main(argv: list[str] | None = None) -> None:
