@@ -198,7 +198,7 @@ class NicWorker:
                 core.channels.data(peer, made_at)
                 transmit += msg.frames
             else:
-                self._flush(frames, made_at)  # frames before a map or policy change see the old one
+                self._flush(frames)  # frames before a map or policy change see the old one
                 self._transmit(transmit)
                 frames, transmit = [], []
                 handler = self._handlers.get(type(msg))
@@ -209,7 +209,7 @@ class NicWorker:
                 else:
                     continue
                 self._keepalive()  # a resync's snapshot chunks add up
-        self._flush(frames, made_at)
+        self._flush(frames)
         self._transmit(transmit)
         core.replicate(made_at)
 
@@ -219,11 +219,12 @@ class NicWorker:
     def _keepalive(self) -> None:
         self.core.keepalive(self.now())
 
-    def _flush(self, frames: list[tuple[Ingress, int, bytes]], now: float) -> None:
+    def _flush(self, frames: list[tuple[Ingress, int, bytes]]) -> None:
         p = self.core.ready(len(frames))
         if p is None:
             return
-        emits = p.process_batch(frames, now)
+        # The time read now, not the batch's: the datapath never sees its clock go back.
+        emits = p.process_batch(frames, self.now())
         if self.core.first.pending:  # a short window after a takeover
             self.core.first.seen(emits, self.now())
         self._send(emits)
