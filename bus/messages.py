@@ -28,6 +28,8 @@ from wire.malformed import Malformed
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
+from bus.nicstate import NicState
+
 VERSION: Final = 1
 MAX_FRAME: Final = 9216  # jumbo Ethernet frame, bytes
 MAX_FRAMES_PER_BATCH: Final = 32768  # flat wire form: 2 items per frame, msgpack arrays <= 65536
@@ -84,6 +86,7 @@ class FaultKind(enum.StrEnum):
 
 _HANDOVER_KINDS: Final = frozenset(kind.value for kind in HandoverKind)
 _FAULT_KINDS: Final = frozenset(kind.value for kind in FaultKind)
+_NIC_STATES: Final = frozenset(state.value for state in NicState)
 
 
 # -- field validators: each raises only InvalidField ------------------------------------------
@@ -260,7 +263,7 @@ class Heartbeat:
     src: str
     seq: int
     epoch: int
-    state: str
+    state: NicState
     links_down: list[int] = field(default_factory=list)  # own uplink PPIDs without carrier
     # Load-based teaming: flat (team uplink index, VPID, bytes/s) triples of the last interval.
     vpid_load: list[int] = field(default_factory=list)
@@ -274,7 +277,9 @@ class Heartbeat:
         check_name("src", self.src)
         _check_uint("seq", self.seq)
         _check_uint("epoch", self.epoch)
-        check_name("state", self.state)
+        if type(self.state) not in (str, NicState) or self.state not in _NIC_STATES:
+            raise InvalidField("state", "unknown NIC state")
+        object.__setattr__(self, "state", NicState(self.state))
         _check_uint_list("links_down", self.links_down, MAX_PORT)
         _check_uint_list("vpid_load", self.vpid_load, limit=3 * 4096)
         if len(self.vpid_load) % 3:

@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from bus.log import configure_logging
+from bus.nicstate import NicState
 from configs import FABRICD, Config
 from ctl.client import ControlError, control
 
@@ -264,7 +265,7 @@ def unsettled(config: Config) -> list[str]:
             s = _ask(config, nic.name, "stats")
             if s is None:
                 problems.append(f"{nic.name}: does not answer")
-            elif s.get("state") != "up":
+            elif s.get("state") != NicState.UP:
                 problems.append(f"{nic.name}: {s.get('state')}")
             elif s.get("epoch") != m["epoch"]:
                 problems.append(f"{nic.name}: at epoch {s.get('epoch')}, {host.name} at "

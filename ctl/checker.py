@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bus.nicstate import NicState
 from configs import Config
 from ctl.bookseries import BookSeries
 from ctl.logs import Event, load
@@ -233,7 +234,7 @@ class _Host:
 
     def blackout(self) -> bool:
         """No NIC of the host is up as hostd sees it: nobody to take a VPID over."""
-        return not any(self.seen.get(n) == "up" and n not in self.down for n in self.nics)
+        return not any(self.seen.get(n) == NicState.UP and n not in self.down for n in self.nics)
 
 
 @dataclass(slots=True)
@@ -303,10 +304,10 @@ def _apply(h: _Host, e: Event) -> None:
         h.owner.update({int(v): str(to) for v, to in e.get("moves", [])})
         if name == "host.failback":
             h.down.discard(e["nic"])
-            h.seen[e["nic"]] = "up"
+            h.seen[e["nic"]] = NicState.UP
     elif name == "host.nic.down":
         h.down.add(e["nic"])
-        h.seen[e["nic"]] = "down"
+        h.seen[e["nic"]] = NicState.DOWN
     elif name == "host.nic.state":
         h.seen[e["nic"]] = str(e.get("state"))
     elif name == "map.epoch" and e.get("nic") and "vpids" in e:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bus.nicstate import NicState
 from configs import Config, load_config
 from ctl.client import ControlError, control
 
@@ -225,7 +226,7 @@ def wait_ready(
             if c.proc.poll() is not None:
                 tail = c.output.read_text(errors="replace").splitlines()[-5:]
                 raise ClusterExited(f"honcho exited ({c.proc.returncode}): " + " | ".join(tail))
-            return bool(c.control(nic, "stats")["state"] == "up")
+            return bool(c.control(nic, "stats")["state"] == NicState.UP)
 
         wait_for(f"{nic} up", up, timeout=left)
         if on_up is not None:

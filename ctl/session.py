@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bus.nicstate import NicState
 from configs import Config
 from ctl.cluster import (
     ClusterExited,
@@ -172,12 +173,14 @@ def wait_up(config: Config, timeout: float, update: Callable[[str, float], None]
 
     def all_up() -> bool:
         nonlocal last
-        states = {n: ask(config, n, "stats", timeout=1.0) or {"state": "down"} for n in names}
-        waiting = [n for n in names if states[n].get("state") != "up"]
+        states = {
+            n: ask(config, n, "stats", timeout=1.0) or {"state": NicState.DOWN} for n in names
+        }
+        waiting = [n for n in names if states[n].get("state") != NicState.UP]
         text, done = "every NIC up", 1.0
         if waiting:
             nic = waiting[0]
-            text, done = f"{nic} {states[nic].get('state', 'starting')}", 0.0
+            text, done = f"{nic} {states[nic].get('state', NicState.STARTING)}", 0.0
             got = resync_progress(states[nic])
             if got is not None:
                 text += f": {got[0]:,} / {got[1]:,} changes of its siblings' state"

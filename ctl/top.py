@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from bus.nicstate import NicState
 from configs import Config
 from ctl.views import ask
 
@@ -47,11 +48,11 @@ def rates(before: Sample, after: Sample, dt: float) -> list[dict[str, Any]]:
     rows = []
     for nic, s in after.items():
         if s is None:
-            rows.append({"nic": nic, "state": "down"})
+            rows.append({"nic": nic, "state": NicState.DOWN})
             continue
         old = before.get(nic) or {}
         new_c, old_c = counters(s), counters(old) if old else {}
-        row: dict[str, Any] = {"nic": nic, "state": s.get("state", "starting")}
+        row: dict[str, Any] = {"nic": nic, "state": s.get("state", NicState.STARTING)}
         for key, value in new_c.items():
             row[f"{key}_per_s"] = _rate(value, old_c.get(key, value), dt)
         drops, old_drops = s.get("drops", {}), old.get("drops", {})
@@ -76,7 +77,7 @@ def format_top(rows: list[dict[str, Any]], interval: float) -> str:
     )
     lines = [f"nicteam top: every {interval:g} s", head]
     for r in rows:
-        if r["state"] == "down":
+        if r["state"] == NicState.DOWN:
             lines.append(f"{r['nic']:<6} {'down':<10}")
             continue
         lag = "-" if r["sync_lag_ms_p99"] is None else f"{r['sync_lag_ms_p99']:.1f}ms"

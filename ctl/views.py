@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bus.nicstate import NicState
 from configs import Config
 from ctl.client import ControlError, control
 
@@ -38,10 +39,16 @@ def status(config: Config) -> dict[str, Any]:
             s = ask(config, spec.name, "stats")
             nic: dict[str, Any] = {"name": spec.name, "host": host.name}
             if s is None:
-                nic |= {"state": "down", "uplinks": [], "vpids": [], "conntrack": 0, "epoch": 0}
+                nic |= {
+                    "state": NicState.DOWN,
+                    "uplinks": [],
+                    "vpids": [],
+                    "conntrack": 0,
+                    "epoch": 0,
+                }
             else:
                 nic |= {
-                    "state": s.get("state", "starting"),
+                    "state": s.get("state", NicState.STARTING),
                     "host_view": seen.get(spec.name, "unknown"),
                     "uplinks": s.get("team", []),
                     "links_down": s.get("links_down", []),

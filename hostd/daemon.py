@@ -40,6 +40,7 @@ from bus.messages import (
     PolicyUpdate,
     Probe,
 )
+from bus.nicstate import NicState
 from bus.node import BaseNode, BusClosed
 from bus.policy import Policy, PolicyError, TeamPolicyName, team_policy_name
 from bus.runtime import crash_on_error, every, run_loop, run_until_signalled
@@ -76,7 +77,7 @@ class HostDaemon:
         self.policy_version = 1
         # Changed at run time by the `team-policy` command.
         self.team_policy = TeamPolicyName(spec.team_policy)
-        self.nic_state: dict[str, str] = {}
+        self.nic_state: dict[str, NicState] = {}
         self.links_down: dict[str, list[str]] = {}  # per NIC, from its heartbeats
         # Frames a NIC delivered for a port it does not hold (split brain, were it not 0).
         self.stale_frames: dict[str, int] = defaultdict(int)
@@ -268,7 +269,7 @@ class HostDaemon:
                 self._answers[peer] = msg.epoch
             self._recover(probe=False)  # done once every NIC has answered
             return
-        if msg.state == "up" and peer in self.supervisor.down:
+        if msg.state is NicState.UP and peer in self.supervisor.down:
             self._remap("failback", peer, self.supervisor.nic_up(peer))
         if 0 < msg.epoch < self.fpag.epoch and now - self._map_sent.get(peer, -1.0) > 0.25:
             # A NIC that missed a map (paused, or its queue overflowed) gets the current one.
@@ -280,7 +281,7 @@ class HostDaemon:
             for p in msg.links_down
             if 1 <= p <= len(spec.uplinks)
         ]
-        if msg.state == "up" and peer not in self._announced:
+        if msg.state is NicState.UP and peer not in self._announced:
             # The VMs behind a NIC that just came up tell the network where they are.
             self._announced.add(peer)
             out = {vpid: self.endpoints[vpid].announce() for vpid in self.fpag.vpids_on(peer)}
@@ -314,7 +315,7 @@ class HostDaemon:
         now = self.now()
         for nic, old, new in self.liveness.poll(now):
             if new is Liveness.DOWN and nic in self.fpag.nics:
-                self.nic_state[nic] = "down"
+                self.nic_state[nic] = NicState.DOWN
                 self.log.info("host.nic.down", nic=nic, was=old.value)
                 self.supervisor.nic_down(nic, now)
         self._supervise()
@@ -415,7 +416,7 @@ class HostDaemon:
                 self.liveness.heard(nic, now)
             # A NIC that holds nothing and is not up (rebooting, resyncing) is no failover
             # target; it gets its VPIDs back when it says it is up (failback).
-            if self.nic_state.get(nic) != "up" and not self.fpag.vpids_on(nic):
+            if self.nic_state.get(nic) is not NicState.UP and not self.fpag.vpids_on(nic):
                 self.supervisor.down.add(nic)
         self.liveness.poll(now)  # those "heard" transitions are ours, not news
         update = MapUpdate(self.fpag.epoch, self.fpag.entries())
@@ -498,7 +499,10 @@ class HostDaemon:
             raise ValueError(
                 f"no NIC {nic!r} on host {self.spec.name} (NICs: {', '.join(self.fpag.nics)})"
             )
-        if self.nic_state.get(nic) != "up" or self.liveness.state(nic) is not Liveness.UP:
+        if (
+            self.nic_state.get(nic) is not NicState.UP
+            or self.liveness.state(nic) is not Liveness.UP
+        ):
             state = self.nic_state.get(nic, "not heard from")
             raise ValueError(f"{nic} is {state}: migrate only to a NIC that is up (nicteam status)")
         before = {v: self.fpag.binding(v) for v in sorted(vpids)}

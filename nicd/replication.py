@@ -5,18 +5,17 @@
 each receive batch and tick, `SyncAck` with every heartbeat, `SyncRequest` on a gap or when a
 (re)started or fenced NIC resyncs before it rejoins. It also measures the sync lag: the time
 from the origin's change to its apply here, on the CLOCK_MONOTONIC every local process shares.
+It reads no clock: every call that needs the time is handed `now` (that clock) by the worker.
 """
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from bus.codec import encode
 from bus.messages import SyncAck, SyncBatch, SyncRequest, trusted
-from bus.node import BaseNode
 from nicd.datapath.conntrack import CtRecord
 from nicd.datapath.pipeline import Pipeline
 from nicd.statesync import (
@@ -37,6 +36,18 @@ LAG_SAMPLES = 8192
 MAX_SEQ = 1 << 62  # a stream numbered past this is not one of ours (and would overflow acks)
 
 
+class Sender(Protocol):
+    """Where messages go: the bus node in the worker, a recorder in tests."""
+
+    def send(self, peer: str, msg: Any) -> bool:
+        """Queue `msg` for `peer`; False if it was dropped."""
+        ...
+
+    def send_raw(self, peer: str, data: bytes) -> bool:
+        """Queue an encoded message for `peer`; False if it was dropped."""
+        ...
+
+
 class Replicator:
     """Replication and resync of one NIC with its siblings; see the module docstring."""
 
@@ -44,15 +55,13 @@ class Replicator:
         self,
         name: str,
         siblings: list[str],
-        node: BaseNode[Any],
+        node: Sender,
         log: Any,
-        now: Callable[[], float],
     ) -> None:
         self.name = name
         self.siblings = list(siblings)
         self.node = node
         self.log = log
-        self.now = now
         self.origin = Origin()
         self.caches = {sib: PeerCache(sib) for sib in siblings}
         self.resynced = not siblings
@@ -87,7 +96,12 @@ class Replicator:
                 self.node.send_raw(sib, data)
 
     def on_request(
-        self, peer: str, msg: SyncRequest, p: Pipeline, keepalive: Callable[[], None]
+        self,
+        peer: str,
+        msg: SyncRequest,
+        p: Pipeline,
+        now: float,
+        keepalive: Callable[[], None],
     ) -> None:
         """Answer a sibling from the resend log, or with a snapshot when the log falls short.
 
@@ -95,12 +109,13 @@ class Replicator:
         """
         if peer not in self.caches:
             return
-        self.replicate(p, time.monotonic())  # what it gets must include every change so far
+        self.replicate(p, now)  # what it gets must include every change so far
         resend = self.origin.resend(msg.from_seq) if msg.from_seq else None
         if resend is not None:
             batches: Iterable[Batch] = [resend]
         else:
-            batches = self.origin.snapshot(p.ct, p.vswitch.learned())
+            # The table is sized and iterable, all a snapshot needs (it is no Collection: no `in`).
+            batches = self.origin.snapshot(p.ct, p.vswitch.learned())  # type: ignore[arg-type]
             self.log.info("sync.snapshot", to=peer, records=len(p.ct), seq=self.origin.seq)
         for b in batches:
             # Our own changes, made from validated state: no need to check them again here.
@@ -127,13 +142,13 @@ class Replicator:
 
     # ------------------------------------------------------------- siblings' streams
 
-    def on_batch(self, peer: str, msg: SyncBatch, p: Pipeline | None) -> None:
+    def on_batch(self, peer: str, msg: SyncBatch, p: Pipeline | None, now: float) -> None:
         """Apply a sibling's batch; adopt records of zones that are ours; ask again on a gap."""
         cache = self.caches.get(peer)
         if cache is None:
             return
         try:
-            check_changes(msg.changes)
+            changes = check_changes(msg.changes)
             if msg.first_seq + len(msg.changes) > MAX_SEQ:
                 raise ValueError(f"first_seq: {msg.first_seq} past {MAX_SEQ}")
         except ValueError as e:
@@ -141,22 +156,22 @@ class Replicator:
             self.log.warning("sync.malformed", peer=peer, error=str(e))
             return
         if msg.reset:
-            self._snapshot_t0.setdefault(peer, time.monotonic())
-        want = cache.apply(Batch(msg.first_seq, msg.changes, msg.reset, msg.boot, msg.until))
+            self._snapshot_t0.setdefault(peer, now)
+        want = cache.apply(Batch(msg.first_seq, changes, msg.reset, msg.boot, msg.until))
         if msg.made_at and not msg.reset and want is None:
-            self.lag_ms.append((time.monotonic() - msg.made_at) * 1000)
+            self.lag_ms.append((now - msg.made_at) * 1000)
         if p is not None:
-            self._learn(p, msg.changes)
+            self._learn(p, changes, now)
             local = set(p.map.local_vpids())
-            zones = {c[1] for c in msg.changes if c[0] == UPSERT} & local
+            zones = {c[1] for c in changes if c[0] == UPSERT} & local
             if zones or (msg.reset and local):
                 self._adopt(p, cache, local if msg.reset else zones)
         if want is not None:
-            self._ask(peer, want, got=msg.first_seq)
+            self._ask(peer, want, msg.first_seq, now)
         if not self.resynced and all(c.synced for c in self.caches.values()):
-            self._resync_done("all siblings")
+            self._resync_done("all siblings", now)
 
-    def check_behind(self, peer: str, boot: int, seq: int) -> bool:
+    def check_behind(self, peer: str, boot: int, seq: int, now: float) -> bool:
         """A sibling's heartbeat says where its stream is: ask for what we lack (True if we
         lack some). A lost last batch leaves no later batch to show the gap, so a quiet stream
         is repaired here."""
@@ -167,19 +182,18 @@ class Replicator:
             if not self.resynced:
                 return False  # our resync asks for its snapshot itself
             # Our resync ended without it (it was cut off, or silent too long): ask now.
-            self._ask(peer, 0, got=seq)
+            self._ask(peer, 0, seq, now)
             return True
         if cache.boot == boot and cache.held < seq:
-            self._ask(peer, cache.held + 1, got=seq)
+            self._ask(peer, cache.held + 1, seq, now)
             return True
         if cache.boot != boot and seq:
-            self._ask(peer, 0, got=seq)  # a new boot whose stream never reached us
+            self._ask(peer, 0, seq, now)  # a new boot whose stream never reached us
             return True
         return False
 
-    def _ask(self, peer: str, want: int, got: int) -> None:
+    def _ask(self, peer: str, want: int, got: int, now: float) -> None:
         """Ask `peer` to resend from `want` (0: a snapshot), at most once per retry period."""
-        now = self.now()
         last = self._asked.get(peer)
         if last is not None and now - last[1] < RESYNC_RETRY_S and (last[0] == want or want == 0):
             return  # asked lately: a snapshot (0) most of all is not asked for twice in a row
@@ -187,8 +201,7 @@ class Replicator:
         self.log.info("sync.gap", origin=peer, want=want, got=got)
         self.node.send(peer, SyncRequest(self.name, want))
 
-    def _learn(self, p: Pipeline, changes: list[list[Any]]) -> None:
-        now = self.now()
+    def _learn(self, p: Pipeline, changes: list[list[Any]], now: float) -> None:
         for c in changes:
             if c[0] == LEARN:
                 p.vswitch.learn_remote(c[1], c[2].to_bytes(6, "big"), c[3] or None, now,
@@ -252,40 +265,37 @@ class Replicator:
 
     # ------------------------------------------------------------- resync
 
-    def start_resync(self) -> None:
+    def start_resync(self, now: float) -> None:
         """Ask every sibling for a snapshot; `resynced` once every live one has answered."""
         self.resynced = not self.siblings
         self.resyncs += 1
         self._snapshot_t0.clear()
         for cache in self.caches.values():
             cache.synced = False  # only a snapshot answered from now on counts
-        self._resync_started = self._resync_asked = self.now()
-        self._resync_t0 = time.monotonic()  # for the figure: the loop clock is in whole ms
+        self._resync_started = self._resync_asked = self._resync_t0 = now
         self._asked.clear()
         self.log.info("sync.resync.start", siblings=self.siblings, attempt=self.resyncs)
         for sib in self.siblings:
             self.node.send(sib, SyncRequest(self.name, 0))
 
-    def poll_resync(self, is_down: Callable[[str], bool]) -> None:
+    def poll_resync(self, is_down: Callable[[str], bool], now: float) -> None:
         """Ask again until every live sibling has answered; a dead one is not waited for."""
         if self.resynced or self._resync_started is None:
             return
-        now = self.now()
         waiting = [s for s, c in self.caches.items() if not c.synced and not is_down(s)]
         started = self._resync_started
         if not waiting and now - started >= RESYNC_RETRY_S:
-            self._resync_done("siblings down")
+            self._resync_done("siblings down", now)
         elif now - started >= RESYNC_WAIT_S:
-            self._resync_done("timeout")
+            self._resync_done("timeout", now)
         elif now - self._resync_asked >= RESYNC_RETRY_S:
             self._resync_asked = now
             for sib in waiting:
                 self.node.send(sib, SyncRequest(self.name, 0))
 
-    def _resync_done(self, why: str) -> None:
+    def _resync_done(self, why: str, now: float) -> None:
         self.resynced = True
         records = sum(len(c.records) for c in self.caches.values())
-        now = time.monotonic()
         ms = round((now - self._resync_t0) * 1000, 3)
         # The transfer alone: from the first snapshot batch to the last (the rest is waiting for
         # the siblings' links to come up after a reboot).
@@ -308,12 +318,12 @@ class Replicator:
             "max_ms": round(samples[-1], 3),
         }
 
-    def digests(self, p: Pipeline) -> dict[str, Any]:
+    def digests(self, p: Pipeline, now: float) -> dict[str, Any]:
         """What `nicteam verify` compares: our table and each sibling's copy, with sequences.
 
         O(records): a control command's work, never the periodic stats'.
         """
-        self.replicate(p, time.monotonic())  # the sequence number must cover the whole table
+        self.replicate(p, now)  # the sequence number must cover the whole table
         return {
             "seq": self.origin.seq,
             "digest": p.ct.digest(),

@@ -35,6 +35,7 @@ from bus.messages import (
     SyncBatch,
     SyncRequest,
 )
+from bus.nicstate import NicState
 from bus.policy import (
     ActionName,
     DirectionName,
@@ -103,7 +104,7 @@ MESSAGES: dict[type, st.SearchStrategy[Message]] = {
         names,
         u64,
         u64,
-        names,
+        st.sampled_from(NicState),
         st.lists(u32, max_size=4),
         st.lists(st.tuples(u32, u32, u64), max_size=4).map(lambda t: [x for r in t for x in r]),
         u64,
@@ -211,6 +212,7 @@ def test_frame_batch_flat_wire_form() -> None:
         (lambda: Heartbeat("n", -1, 0, "up"), "seq"),
         (lambda: Heartbeat("n", 1, 1.0, "up"), "epoch"),  # type: ignore[arg-type]
         (lambda: Heartbeat("n", 1, 1, "up", [-1]), "links_down"),
+        (lambda: Heartbeat("n", 1, 1, "sleeping"), "state"),  # type: ignore[arg-type]
         (lambda: Heartbeat("n", 1, 1, "up", (1,)), "links_down"),  # type: ignore[arg-type]
         (lambda: Heartbeat("n", 1, 1, "up", [], [0, 7]), "vpid_load"),
         (lambda: LinkState("f", 1, 1), "up"),  # type: ignore[arg-type]

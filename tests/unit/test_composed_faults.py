@@ -162,10 +162,10 @@ async def test_a_resync_waits_for_a_sibling_cut_off_by_a_partition_that_serves_v
         n2 = r.nics["nic2"]
         await holding(r, "nic2", ["nic1"])
         n2.node.apply_fault(Fault(FaultKind.PARTITION, "nic1", 1.5))
-        n2.sync.start_resync()  # as a rebooted NIC does
+        n2.core.start_resync(n2.now())  # as a rebooted NIC does
         await until("nic2 finds nic1 down", lambda: n2.liveness.state("nic1").value == "down")
-        beat = n2.hb_seq
-        await until("nic2 beats 8 more times", lambda: n2.hb_seq >= beat + 8)  # > retry period
+        beat = n2.core.hb_seq
+        await until("nic2 beats 8 more times", lambda: n2.core.hb_seq >= beat + 8)  # > retry period
         assert not n2.sync.resynced, "resynced without the sibling that owns VPIDs"
         await until("nic2 resynced once the partition healed", lambda: n2.sync.resynced)
         assert n2.sync.caches["nic1"].synced
@@ -180,7 +180,7 @@ async def test_a_rebooted_nic_with_no_map_yet_waits_for_every_silent_sibling(
         config = r.host.config
         fresh = NicWorker(config, config.nic("nic2"), r.net.node("nic2b", "inproc-nic2b"))
         assert fresh.pipeline is None
-        assert not fresh._gone("nic1")  # silent, but it may serve VMs: wait for it
+        assert not fresh.core.gone("nic1")  # silent, but it may serve VMs: wait for it
         r.nics["nic2"].liveness.disconnected("nic1", 0.0)
         r.nics["nic2"].liveness.poll(0.0)
-        assert not r.nics["nic2"]._gone("nic1")  # it serves VMs in the map: wait
+        assert not r.nics["nic2"].core.gone("nic1")  # it serves VMs in the map: wait

@@ -48,8 +48,8 @@ async def test_each_nics_table_and_its_siblings_copy_agree(tmp_path: Path) -> No
         await until("connections on both NICs", connections)
 
         def agree() -> bool:
-            d1 = n1.sync.digests(n1.pipeline)  # type: ignore[arg-type]
-            d2 = n2.sync.digests(n2.pipeline)  # type: ignore[arg-type]
+            d1 = n1.sync.digests(n1.pipeline, n1.now())  # type: ignore[arg-type]
+            d2 = n2.sync.digests(n2.pipeline, n2.now())  # type: ignore[arg-type]
             return (
                 d2["peers"]["nic1"]["held"] == d1["seq"]
                 and d2["peers"]["nic1"]["digest"] == d1["digest"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bus.nicstate import NicState
 from bus.node import BaseNode
 from bus.testing import MemoryNetwork
 from configs import DEFAULT_CONFIG, FABRICD, load_config
@@ -72,7 +73,7 @@ async def rig(tmp_path: Path, extra: list[str] = ()) -> AsyncIterator[Rig]:  # t
     tasks = [asyncio.create_task(d.run()) for d in (*nics.values(), host)]
     try:
         for nic in nics.values():
-            await until(f"{nic.spec.name} up", lambda nic=nic: nic._state(nic.pipeline) == "up")
+            await until(f"{nic.spec.name} up", lambda nic=nic: nic.core.state is NicState.UP)
         await until("the host sees every NIC up",
                     lambda: all(host.nic_state.get(n) == "up" for n in names))  # fmt: skip
         yield Rig(host, nics, fabric, net)
