@@ -445,7 +445,7 @@ class HostDaemon:
                 "dropped_recovering": self.dropped_recovering,
                 "stalls": self.stalls,
                 "flows": self.flow_stats(),
-                "nics": dict(self.nic_state),
+                "nics": {nic: state.value for nic, state in self.nic_state.items()},
                 "team_policy": str(self.team_policy),
                 "links_down": dict(self.links_down),
                 "stale_frames": dict(self.stale_frames),

@@ -134,7 +134,7 @@ def test_the_checker_reports_each_kind_of_forbidden_import(tmp_path: Path) -> No
             "wire/__init__.py": "",
             "wire/frames.py": "import struct\nfrom bus import codec\n",
             "hoststack/tcp.py": "from wire import frames\nimport hostd.daemon\n",
-            "bus/codec.py": "import msgpack\nfrom configs import Config\n",
+            "bus/codec.py": "import msgpack\nfrom configs.loader import Config\n",
             "bus/__init__.py": "",
             "configs/loader.py": "from bus.codec import x\nfrom nicd.datapath import rules\n",
             "nicd/__init__.py": "",

@@ -18,9 +18,9 @@ from bus.node import BusStats
 from configs import NicSpec, Timers
 from nicd.control import NicControl
 from nicd.datapath.pipeline import DatapathConfig, Emit, Pipeline
-from nicd.datapath.rules import ruleset_from_config
 from nicd.datapath.teaming import TeamPolicy
 from nicd.nicstats import nic_stats
+from nicd.policy import ruleset_from_config
 from nicd.statesync import Origin
 from tests.unit.dpfixtures import DEFAULT_RULES, SEGMENTS, UPLINKS, interfaces, map_entries
 
