@@ -43,6 +43,7 @@ from nicd.commands import Answer
 from nicd.datapath.pipeline import Emit, Pipeline
 from nicd.nicstats import FirstFrames, vpid_load
 from nicd.replication import Replicator, Sender
+from wire.malformed import Malformed
 
 Emitter = Callable[[list[Emit]], None]
 
@@ -359,7 +360,7 @@ class NicControl:
         committed = self.sync.commit(p, gained, msg.epoch) if takeover else 0
         try:
             change = p.apply_map(msg.epoch, msg.entries)
-        except ValueError as e:
+        except Malformed as e:  # hostd's map, checked here: an epoch or entries no map can have
             self.log.error("map.rejected", epoch=msg.epoch, error=str(e))
             return
         if change is None:

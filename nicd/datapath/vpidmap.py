@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from wire.malformed import Malformed
+
 __all__ = ["MapChange", "MapStats", "PortBinding", "VpidMap"]
 
 
@@ -59,6 +61,16 @@ class MapStats:
     vpids_moved: int = 0
 
 
+class MapError(Malformed, ValueError):
+    """A map from the host that is not a map: its message names the field (``entries[3].ppid``)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("map.entries", detail)
+
+    def __str__(self) -> str:
+        return self.detail
+
+
 def _is_int(x: object) -> bool:
     # bool is an int subclass; True as a VPID is a config or codec bug, not 1.
     return isinstance(x, int) and not isinstance(x, bool)
@@ -69,20 +81,20 @@ def _validate(entries: Iterable[tuple[int, str, int]]) -> dict[int, PortBinding]
     ports: dict[PortBinding, int] = {}
     for i, entry in enumerate(entries):
         if not isinstance(entry, tuple | list) or len(entry) != 3:
-            raise ValueError(f"entries[{i}]: must be (vpid, nic, ppid), got {entry!r}")
+            raise MapError(f"entries[{i}]: must be (vpid, nic, ppid), got {entry!r}")
         vpid, nic, ppid = entry
         if not _is_int(vpid) or vpid < 0:
-            raise ValueError(f"entries[{i}].vpid: must be an integer >= 0, got {vpid!r}")
+            raise MapError(f"entries[{i}].vpid: must be an integer >= 0, got {vpid!r}")
         if not isinstance(nic, str) or not nic:
-            raise ValueError(f"entries[{i}].nic: must be a non-empty string, got {nic!r}")
+            raise MapError(f"entries[{i}].nic: must be a non-empty string, got {nic!r}")
         if not _is_int(ppid) or ppid < 0:
-            raise ValueError(f"entries[{i}].ppid: must be an integer >= 0, got {ppid!r}")
+            raise MapError(f"entries[{i}].ppid: must be an integer >= 0, got {ppid!r}")
         if vpid in bindings:
-            raise ValueError(f"entries[{i}].vpid: VPID {vpid} appears twice")
+            raise MapError(f"entries[{i}].vpid: VPID {vpid} appears twice")
         binding = PortBinding(nic, ppid)
         # One VF port carries one VM interface; two VPIDs on it would make egress ambiguous.
         if binding in ports:
-            raise ValueError(
+            raise MapError(
                 f"entries[{i}].ppid: port {ppid} of {nic} already bound to VPID {ports[binding]}"
             )
         ports[binding] = vpid
@@ -104,7 +116,7 @@ class VpidMap:
     def apply(self, epoch: int, entries: Iterable[tuple[int, str, int]]) -> MapChange | None:
         """Replace the map with the full map at `epoch`; a stale epoch is counted, returns None."""
         if not _is_int(epoch) or epoch < 0:
-            raise ValueError(f"epoch: must be an integer >= 0, got {epoch!r}")
+            raise MapError(f"epoch: must be an integer >= 0, got {epoch!r}")
         if epoch <= self.epoch:
             self.stats.stale_ignored += 1
             return None

@@ -143,9 +143,9 @@ EXAMPLES: list[Message] = [
     FrameBatch("h1", [(7, b"\x02" * 60), (8, b"")]),
     Handover("nic1", HandoverKind.TRANSMIT, [(1, b"frame")]),
     Handover("nic2", HandoverKind.DELIVER, []),
-    Heartbeat("nic2", 41, 3, "up"),
-    Heartbeat("nic1", 42, 3, "up", [2], [0, 7, 125_000]),
-    Heartbeat("nic1", 43, 3, "up", [], [], 2**62, 17, 4),
+    Heartbeat("nic2", 41, 3, NicState.UP),
+    Heartbeat("nic1", 42, 3, NicState.UP, [2], [0, 7, 125_000]),
+    Heartbeat("nic1", 43, 3, NicState.UP, [], [], 2**62, 17, 4),
     Probe("h1", 3),
     Probe("h1", 4, want_map=True),
     LinkState("fabricd", 2, False),
@@ -209,12 +209,12 @@ def test_frame_batch_flat_wire_form() -> None:
         (lambda: FrameBatch("h", [(1, b"")] * (MAX_FRAMES_PER_BATCH + 1)), "frames"),
         (lambda: Handover("n", 3, []), "kind"),  # type: ignore[arg-type]
         (lambda: Handover("n", True, []), "kind"),  # type: ignore[arg-type]
-        (lambda: Heartbeat("n", -1, 0, "up"), "seq"),
-        (lambda: Heartbeat("n", 1, 1.0, "up"), "epoch"),  # type: ignore[arg-type]
-        (lambda: Heartbeat("n", 1, 1, "up", [-1]), "links_down"),
+        (lambda: Heartbeat("n", -1, 0, NicState.UP), "seq"),
+        (lambda: Heartbeat("n", 1, 1.0, NicState.UP), "epoch"),  # type: ignore[arg-type]
+        (lambda: Heartbeat("n", 1, 1, NicState.UP, [-1]), "links_down"),
         (lambda: Heartbeat("n", 1, 1, "sleeping"), "state"),  # type: ignore[arg-type]
-        (lambda: Heartbeat("n", 1, 1, "up", (1,)), "links_down"),  # type: ignore[arg-type]
-        (lambda: Heartbeat("n", 1, 1, "up", [], [0, 7]), "vpid_load"),
+        (lambda: Heartbeat("n", 1, 1, NicState.UP, (1,)), "links_down"),  # type: ignore[arg-type]
+        (lambda: Heartbeat("n", 1, 1, NicState.UP, [], [0, 7]), "vpid_load"),
         (lambda: LinkState("f", 1, 1), "up"),  # type: ignore[arg-type]
         (lambda: SyncBatch("n", 1, [1]), "changes"),  # type: ignore[list-item]
         (lambda: SyncBatch("n", 1, [[b"x"]]), "changes"),

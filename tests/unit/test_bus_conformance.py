@@ -15,6 +15,7 @@ import structlog
 
 from bus.faults import ANY, FaultTable
 from bus.messages import FrameBatch, Heartbeat, Hello, Message
+from bus.nicstate import NicState
 from bus.node import DEFAULT_HWM, BaseNode, BusClosed
 from bus.testing import MemoryNetwork, Scripted
 from bus.transport import BusNode
@@ -121,7 +122,7 @@ async def test_one_recv_batch_drains_many_in_order(bus: Harness) -> None:
     a, b = await bus.node("a"), await bus.node("b")
     await bus.link(a, b)
     for seq in range(200):
-        assert a.send("b", Heartbeat("a", seq, 1, "up"))
+        assert a.send("b", Heartbeat("a", seq, 1, NicState.UP))
     batches = await receive(b, 200, max_messages=64)
     assert seqs(batches) == list(range(200))
     assert all(1 <= len(batch) <= 64 for batch in batches)
@@ -197,7 +198,7 @@ async def test_fault_drops_on_receive(bus: Harness) -> None:
     b.faults = FaultTable(rng=Scripted(0.0, 0.9, 0.0, 0.9))
     b.faults.drop("a", probability=0.5)
     for seq in range(4):
-        assert a.send("b", Heartbeat("a", seq, 1, "up"))
+        assert a.send("b", Heartbeat("a", seq, 1, NicState.UP))
     batches = await receive(b, 2)
     assert seqs(batches) == [1, 3]
     assert b.stats.dropped_fault == 2 and b.stats.received == 2
@@ -207,10 +208,10 @@ async def test_delay_holds_messages_and_keeps_order(bus: Harness) -> None:
     a, b = await bus.node("a"), await bus.node("b")
     await bus.link(a, b)
     a.faults.delay("b", 0.05)
-    assert a.send("b", Heartbeat("a", 0, 1, "up"))
-    assert a.send("b", Heartbeat("a", 1, 1, "up"))
+    assert a.send("b", Heartbeat("a", 0, 1, NicState.UP))
+    assert a.send("b", Heartbeat("a", 1, 1, NicState.UP))
     a.faults.clear("b")
-    assert a.send("b", Heartbeat("a", 2, 1, "up"))  # must not overtake the held ones
+    assert a.send("b", Heartbeat("a", 2, 1, NicState.UP))  # must not overtake the held ones
     assert a.stats.sent == 0  # all held until the delay expires
     batches = await receive(b, 3)
     assert seqs(batches) == [0, 1, 2]

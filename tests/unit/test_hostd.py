@@ -18,6 +18,7 @@ from bus.messages import (
     PolicyUpdate,
     Probe,
 )
+from bus.nicstate import NicState
 from bus.node import BaseNode
 from bus.testing import MemoryNetwork
 from configs import load_default
@@ -58,7 +59,7 @@ class Rig:
         assert probe.want_map
         if epoch:
             self.nics[nic].send("h1", MapUpdate(epoch, entries or []))
-        self.nics[nic].send("h1", Heartbeat(nic, 1, epoch, "up" if epoch else "starting",
+        self.nics[nic].send("h1", Heartbeat(nic, 1, epoch, NicState.UP if epoch else NicState.STARTING,
                                             probe=probe.seq))  # fmt: skip
         return probe.seq
 
@@ -143,7 +144,7 @@ async def test_team_policy_command_pushes_a_new_policy_to_every_nic(tmp_path: Pa
 
 async def test_heartbeats_report_pulled_cables(tmp_path: Path) -> None:
     async with rig(tmp_path) as r:
-        r.nics["nic2"].send("h1", Heartbeat("nic2", 1, 1, "up", [2, 9]))  # 9: no such port
+        r.nics["nic2"].send("h1", Heartbeat("nic2", 1, 1, NicState.UP, [2, 9]))  # 9: no such port
         loop = asyncio.get_running_loop()
         end = loop.time() + DEADLINE
 
@@ -211,7 +212,7 @@ async def test_a_beat_echoing_an_earlier_boots_probe_is_no_answer_to_recovery(
     # that for an answer and end its recovery with no map (it took the config's map once).
     async with rig(tmp_path, recover=False, boot=2) as r:
         for nic in ("nic1", "nic2"):
-            r.nics[nic].send("h1", Heartbeat(nic, 9, 2, "up", probe=7))
+            r.nics[nic].send("h1", Heartbeat(nic, 9, 2, NicState.UP, probe=7))
         await r.answer_probe("nic1", 2, [(v, "nic2", 100 + v) for v in range(1, 6)])
         assert r.daemon.recovering  # nic2 has answered no probe of this boot
         await r.answer_probe("nic2", 2, [(v, "nic2", 100 + v) for v in range(1, 6)])
@@ -226,7 +227,7 @@ async def test_an_answer_whose_map_was_lost_is_asked_again(tmp_path: Path) -> No
     async with rig(tmp_path, recover=False, boot=2) as r:
         moved = [(v, "nic2", 100 + v) for v in range(1, 6)]
         probe = await r.received("nic1", Probe)
-        r.nics["nic1"].send("h1", Heartbeat("nic1", 3, 5, "up", probe=probe.seq))  # no map
+        r.nics["nic1"].send("h1", Heartbeat("nic1", 3, 5, NicState.UP, probe=probe.seq))  # no map
         await r.answer_probe("nic2", 5, moved)
         await r.answer_probe("nic1", 5, moved)  # asked again: this time the map arrives
         await until_recovered(r.daemon)

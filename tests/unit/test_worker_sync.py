@@ -31,7 +31,9 @@ async def test_a_mac_learned_on_one_nic_is_known_to_its_sibling(tmp_path: Path) 
 
         await until("nic1 learns the router", lambda: learned("nic1"))
         await until("nic2 learns it from nic1", lambda: learned("nic2"))
-        (entry,) = [e for e in r.nics["nic2"].pipeline.vswitch.learned() if e.mac == router]
+        p2 = r.nics["nic2"].pipeline
+        assert p2 is not None
+        (entry,) = [e for e in p2.vswitch.learned() if e.mac == router]
         assert entry.ip == int(IPv4Address("10.0.10.254"))
         # nic2 learned it from the stream, not from a frame: it does not echo it back.
         cache = r.nics["nic1"].sync.caches["nic2"]

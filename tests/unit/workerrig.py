@@ -58,6 +58,10 @@ def config_text(extra: list[str] = ()) -> str:  # type: ignore[assignment]
     return text.replace("[vms.web1]", extra_nics(list(extra)) + "[vms.web1]", 1)
 
 
+def _is_up(nic: NicWorker) -> Callable[[], bool]:
+    return lambda: nic.core.state is NicState.UP
+
+
 @asynccontextmanager
 async def rig(tmp_path: Path, extra: list[str] = ()) -> AsyncIterator[Rig]:  # type: ignore[assignment]
     """The default host with its NICs (plus `extra` ones), every NIC up."""
@@ -70,15 +74,16 @@ async def rig(tmp_path: Path, extra: list[str] = ()) -> AsyncIterator[Rig]:  # t
     names = [n.name for n in config.host("h1").nics]
     nics = {n: NicWorker(config, config.nic(n), net.node(n, config.endpoint(n))) for n in names}
     host = HostDaemon(config, config.host("h1"), net.node("h1", config.endpoint("h1")))
-    tasks = [asyncio.create_task(d.run()) for d in (*nics.values(), host)]
+    daemons: list[NicWorker | HostDaemon] = [*nics.values(), host]
+    tasks = [asyncio.create_task(d.run()) for d in daemons]
     try:
         for nic in nics.values():
-            await until(f"{nic.spec.name} up", lambda nic=nic: nic.core.state is NicState.UP)
+            await until(f"{nic.spec.name} up", _is_up(nic))
         await until("the host sees every NIC up",
-                    lambda: all(host.nic_state.get(n) == "up" for n in names))  # fmt: skip
+                    lambda: all(host.nic_state.get(n) is NicState.UP for n in names))  # fmt: skip
         yield Rig(host, nics, fabric, net)
     finally:
-        for d in (*nics.values(), host):
+        for d in daemons:
             d.stop()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
         await fabric.close()
