@@ -37,9 +37,10 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from bus.codec import MalformedMessage, decode_untrusted, encode
+from bus.codec import decode_untrusted, encode
 from bus.faults import ANY, FaultTable
 from bus.messages import Fault, InvalidField, Message, check_name
+from wire.malformed import Malformed
 
 log = structlog.get_logger(__name__)
 
@@ -380,7 +381,7 @@ class BaseNode(ABC, Generic[LinkT]):
             return None
         try:
             msg = decode_untrusted(payload)
-        except MalformedMessage as exc:
+        except Malformed as exc:
             self._malformed(peer, exc.reason)
             return None
         self.stats.received += 1

@@ -54,8 +54,9 @@ from zmq.utils.monitor import parse_monitor_message
 
 from bus.codec import MAX_MESSAGE_BYTES
 from bus.curve import ZAP_DOMAIN, CurveKeys
-from bus.messages import InvalidField, check_name
+from bus.messages import check_name
 from bus.node import DEFAULT_HWM, BaseNode, BusClosed, BusStats, RawMessage, Sender
+from wire.malformed import Malformed
 
 __all__ = ["BusClosed", "BusNode", "BusStats", "ipc_path"]
 
@@ -311,7 +312,7 @@ class BusNode(BaseNode[_Link]):
         if claimed is not None:
             try:
                 check_name("name", claimed)
-            except InvalidField:
+            except Malformed:
                 claimed = None
         fd = _source_fd(frame)
         facts: dict[str, object] = {"fd": fd}

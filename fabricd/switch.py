@@ -30,6 +30,7 @@ from typing import Any
 
 from wire.addr import mac_str
 from wire.frames import MalformedFrame
+from wire.malformed import Malformed
 from wire.protocols import ETH_VLAN
 
 __all__ = ["DEFAULT_AGING", "MacMove", "MacRow", "PortMode", "Switch", "SwitchStats"]
@@ -197,7 +198,7 @@ class Switch:
             return self._drop("port.down")
         try:
             dst, src, tag = _l2_untrusted(frame)
-        except MalformedFrame as exc:
+        except Malformed as exc:
             return self._drop(exc.reason)
         if src[0] & 1:
             return self._drop("eth.src_group")  # a group address is never a source (802.3 §3.2.3)

@@ -31,7 +31,6 @@ from typing import Any
 
 from hoststack.tcp import Segment, TcpConfig, TcpConnection, TcpState
 from hoststack.traffic import (
-    BadMessage,
     FlowSpec,
     FlowStats,
     SinkBook,
@@ -49,7 +48,8 @@ from wire.build import (
     tcp_reset_for,
     udp_frame,
 )
-from wire.frames import MalformedFrame, Packet, parse_frame_untrusted
+from wire.frames import Packet, parse_frame_untrusted
+from wire.malformed import Malformed
 from wire.protocols import (
     ETH_ARP,
     PROTO_ICMP,
@@ -210,7 +210,7 @@ class Endpoint:
         self.stats.rx_frames += 1
         try:
             pkt = parse_frame_untrusted(frame)
-        except MalformedFrame:
+        except Malformed:
             self.stats.malformed += 1
             return []
         if pkt.dst_mac != self.mac and not pkt.is_broadcast:
@@ -353,7 +353,7 @@ class Endpoint:
         try:
             name, seq, _n = decode_datagram_untrusted(payload)
             self.sink.record(name, seq, len(payload), now)
-        except BadMessage:
+        except Malformed:
             self.stats.bad_app += 1
         if not echo:
             return []

@@ -185,7 +185,7 @@ class StreamReader:
         while True:
             try:
                 msg = decode_message_untrusted(self._buf, off)
-            except BadMessage:
+            except Malformed:
                 self.broken = True  # no way to find the next boundary in a byte stream
                 self._buf.clear()
                 return out
@@ -356,7 +356,7 @@ class UdpClientFlow:
         """A datagram came back from the destination (an echo server)."""
         try:
             name, _seq, _n = decode_datagram_untrusted(payload)
-        except BadMessage:
+        except Malformed:
             return
         if name != self.spec.name:
             return

@@ -52,7 +52,8 @@ from nicd.datapath.upkeep import Upkeep
 from nicd.datapath.vpidmap import VpidMap
 from nicd.datapath.vswitch import Interface, Segment, VSwitch, VSwitchStats
 from wire import build
-from wire.frames import MalformedFrame, Packet, parse_frame_untrusted
+from wire.frames import Packet, parse_frame_untrusted
+from wire.malformed import Malformed
 from wire.protocols import ETH_ARP, PROTO_TCP
 
 if TYPE_CHECKING:
@@ -252,7 +253,7 @@ class Pipeline(Upkeep):
             return self._from_peer_transmit(port, frame)
         try:
             pkt = parse_frame_untrusted(frame)
-        except MalformedFrame as e:
+        except Malformed as e:
             if self._trace is not None:
                 self._trace.step("parse", ok=False, reason="malformed." + e.reason)
             return Decision(Verdict.DROP, reason="malformed." + e.reason)

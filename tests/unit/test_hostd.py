@@ -59,8 +59,8 @@ class Rig:
         assert probe.want_map
         if epoch:
             self.nics[nic].send("h1", MapUpdate(epoch, entries or []))
-        self.nics[nic].send("h1", Heartbeat(nic, 1, epoch, NicState.UP if epoch else NicState.STARTING,
-                                            probe=probe.seq))  # fmt: skip
+        state = NicState.UP if epoch else NicState.STARTING
+        self.nics[nic].send("h1", Heartbeat(nic, 1, epoch, state, probe=probe.seq))
         return probe.seq
 
 
