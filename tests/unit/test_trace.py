@@ -207,6 +207,28 @@ def test_the_ack_that_establishes_would_install_the_path() -> None:
     assert trace_packet(p, "vm1", out + " flags=A", 3.0).tier == "eswitch"
 
 
+@pytest.mark.parametrize("eswitch_capacity", [0, 64])
+def test_a_fin_that_evicts_counts_the_fast_hits_once_like_process(eswitch_capacity: int) -> None:
+    """The FIN evicts a VM-to-VM path (two records; one entry, in both tiers when hw_ok): its
+    hits are read back into each record once, in the dry run as for real."""
+    p = make_pipeline("nic1", eswitch_capacity=eswitch_capacity)
+    out = f"tcp dst={VM2.ip} sport=1002 dport=80"
+    run(p, "vm1", out + " flags=S")
+    run(p, "vm2", f"tcp src={VM2.ip} dst={VM1.ip} sport=80 dport=1002 flags=SA")
+    run(p, "vm1", out + " flags=A")
+    tier = "eswitch" if eswitch_capacity else "cache"
+    assert [trace_packet(p, "vm1", out + " flags=AP", 1.0).tier for _ in range(3)] == [tier] * 3
+    for _ in range(3):
+        run(p, "vm1", out + " flags=AP", 1.0)
+    before = snapshot(p)
+    t = trace_packet(p, "vm1", out + " flags=FA", 2.0)
+    assert snapshot(p) == before
+    d = run(p, "vm1", out + " flags=FA", 2.0)
+    same_as_process(t, d)
+    assert [(r.zone, r.packets) for r in d.records] == [(1, 7), (2, 7)]  # 3 slow, 3 fast, FIN
+    assert not p.cache.entries and not p.eswitch.entries
+
+
 # -- (b) drops: the same reason as the real pipeline -------------------------------------------
 
 DROPS = [
