@@ -45,7 +45,7 @@ from nicd.datapath.eswitch import DEFAULT_ESWITCH_CAPACITY, ESwitch
 from nicd.datapath.flowcache import DEFAULT_CACHE_CAPACITY, FlowCache
 from nicd.datapath.offload import offload_flags
 from nicd.datapath.rules import Direction, RuleAction, RuleSet
-from nicd.datapath.scratch import ScratchConntrack, scratch_table
+from nicd.datapath.scratch import EntryCopies, ScratchConntrack, scratch_table
 from nicd.datapath.teaming import Team, TeamPolicy, Uplink, flow_hash
 from nicd.datapath.tiers import FastKey, PathEntry, Tier, fast_key
 from nicd.datapath.upkeep import Upkeep
@@ -164,19 +164,21 @@ class Pipeline(Upkeep):
         """A pipeline to dry-run one frame (fast key `key`) on, recording its steps in `log`.
 
         It shares every table deciding reads and owns one for each it writes: counters,
-        conntrack (copies of the records touched; new ones), the fast-tier entry at `key`, the
+        conntrack (copies of the records touched; new ones), the fast-tier entries read (the
+        one at `key`; those of a record it evicts, their hits read back into the copies), the
         team's memo and load tally. So processing on it changes nothing here, and costs the
         same whatever the size of the tables. MAC learning is skipped (`_from_uplink`).
         """
         s = copy.copy(self)
         s.stats = PipelineStats()
-        s.ct = ScratchConntrack(self.ct)
-        s.cache = scratch_table(self.cache, key)
-        s.eswitch = scratch_table(self.eswitch, key)
+        s._keys_of = {}
+        s.ct = ct = ScratchConntrack(self.ct, self._keys_of, s._keys_of)
+        copies = EntryCopies(ct)
+        s.cache = scratch_table(self.cache, copies, key)
+        s.eswitch = scratch_table(self.eswitch, copies, key)
         s.vswitch = copy.copy(self.vswitch)
         s.vswitch.stats = VSwitchStats()
         s.team = self.team.dry_copy()
-        s._keys_of = {}
         s._team_moves = []
         s._trace = log
         return s

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ctl.trace import format_trace
@@ -205,6 +205,28 @@ def test_the_ack_that_establishes_would_install_the_path() -> None:
     assert step(t, "install") == [{"step": "install", "cache": True, "eswitch": True, "why": ""}]
     run(p, "vm1", out + " flags=A", 2.0)
     assert trace_packet(p, "vm1", out + " flags=A", 3.0).tier == "eswitch"
+
+
+@pytest.mark.parametrize("eswitch_capacity", [0, 64])
+def test_a_fin_that_evicts_counts_the_fast_hits_once_like_process(eswitch_capacity: int) -> None:
+    """The FIN evicts a VM-to-VM path (two records; one entry, in both tiers when hw_ok): its
+    hits are read back into each record once, in the dry run as for real."""
+    p = make_pipeline("nic1", eswitch_capacity=eswitch_capacity)
+    out = f"tcp dst={VM2.ip} sport=1002 dport=80"
+    run(p, "vm1", out + " flags=S")
+    run(p, "vm2", f"tcp src={VM2.ip} dst={VM1.ip} sport=80 dport=1002 flags=SA")
+    run(p, "vm1", out + " flags=A")
+    tier = "eswitch" if eswitch_capacity else "cache"
+    assert [trace_packet(p, "vm1", out + " flags=AP", 1.0).tier for _ in range(3)] == [tier] * 3
+    for _ in range(3):
+        run(p, "vm1", out + " flags=AP", 1.0)
+    before = snapshot(p)
+    t = trace_packet(p, "vm1", out + " flags=FA", 2.0)
+    assert snapshot(p) == before
+    d = run(p, "vm1", out + " flags=FA", 2.0)
+    same_as_process(t, d)
+    assert [(r.zone, r.packets) for r in d.records] == [(1, 7), (2, 7)]  # 3 slow, 3 fast, FIN
+    assert not p.cache.entries and not p.eswitch.entries
 
 
 # -- (b) drops: the same reason as the real pipeline -------------------------------------------
@@ -609,6 +631,10 @@ def traced_process(p: Pipeline, ingress: PortKind, port: int, frame: bytes, now:
     st.sampled_from([0, 1, 2, 64]),
     st.integers(2, 40),
 )
+# The FIN evicts the cache entry the second handshake's ACK hit: that hit is read back into the
+# record (7 packets), and the dry run must read it back into its copy too.
+@example([("open", 0), ("open", 0), ("pkt", 0, False, TCP_FIN | TCP_ACK)], [], "allow",
+         TeamPolicy.PORT_ID, 0, 2)  # fmt: skip
 def test_trace_always_predicts_process_and_never_changes_state(
     events: list[tuple], rules: list[dict], default: str, policy: TeamPolicy, es: int, ct: int
 ) -> None:
