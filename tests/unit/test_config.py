@@ -1,4 +1,4 @@
-"""Config loader: the embedded default, field-path errors, policy_dict over the bus, endpoints."""
+"""Config loader: the embedded default, the model, the policy over the bus, endpoints."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from configs import (
     DEFAULT_CONFIG,
     RUN_DIR_ENV,
     Config,
-    ConfigError,
     WorkloadFlow,
     load_config,
     load_default,
@@ -25,6 +24,7 @@ from nicd.datapath.classifier import Classifier
 from nicd.datapath.conntrack import Timeouts
 from nicd.datapath.rules import PROTO_NAMES, Direction, Rule, RuleAction, RuleSet
 from nicd.policy import build_pipeline, ruleset_from_spec, timeouts_from_ms
+from tests.unit.configrig import BASE, edit_base, load_text
 from wire.addr import mac_bytes
 
 
@@ -40,92 +40,6 @@ def _bindings(cfg: Config, host: str) -> list[tuple[int, str, int]]:
 
 
 # A small valid cluster; error cases edit it by exact text replacement or by appending.
-BASE = """\
-[[segments]]
-name = "web"
-vlan = 10
-
-[[segments]]
-name = "db"
-vlan = 20
-
-[firewall]
-default = "drop"
-
-[[firewall.rules]]
-name = "http"
-action = "allow"
-direction = "to-vm"
-proto = "tcp"
-dport = 80
-
-[[hosts]]
-name = "h1"
-
-[[hosts.nics]]
-name = "nic1"
-uplinks = ["p0", "p1"]
-
-[[hosts.nics]]
-name = "nic2"
-uplinks = ["p0"]
-eswitch_capacity = 16
-
-[vms.web1]
-nic = "nic1"
-tcp_listen = [80]
-[[vms.web1.interfaces]]
-mac = "02:00:00:00:01:01"
-ips = ["10.0.10.1/24"]
-segment = "web"
-
-[vms.web2]
-nic = "nic2"
-[[vms.web2.interfaces]]
-mac = "02:00:00:00:01:02"
-ips = ["10.0.10.2/24"]
-segment = "web"
-
-[vms.db1]
-nic = "nic2"
-tcp_listen = [5432]
-[[vms.db1.interfaces]]
-mac = "02:00:00:00:02:01"
-ips = ["10.0.20.1/24"]
-segment = "db"
-
-[peers.ext1]
-mac = "02:00:00:00:0e:01"
-ips = ["10.0.10.200/24"]
-segment = "web"
-tcp_listen = [80]
-
-[flows.f1]
-proto = "tcp"
-src = "web2"
-dst = "web1"
-dport = 80
-"""
-
-
-def _write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "cluster.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def _load(tmp_path: Path, text: str = BASE) -> Config:
-    return load_config(_write(tmp_path, text), run_dir=tmp_path / "run")
-
-
-def _edit(replace: dict[str, str] | None = None, append: str = "") -> str:
-    text = BASE
-    for old, new in (replace or {}).items():
-        assert text.count(old) == 1, f"edit target not unique in BASE: {old!r}"
-        text = text.replace(old, new)
-    return text + append
-
-
 # -- the embedded default ------------------------------------------------------------------------
 
 
@@ -232,7 +146,7 @@ def test_default_toml_ships_as_package_data() -> None:
 
 
 def test_config_is_frozen(tmp_path: Path) -> None:
-    cfg = _load(tmp_path)
+    cfg = load_text(tmp_path)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.flows = ()  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -243,7 +157,7 @@ def test_config_is_frozen(tmp_path: Path) -> None:
 
 
 def test_specs_and_lookups(tmp_path: Path) -> None:
-    cfg = _load(tmp_path)
+    cfg = load_text(tmp_path)
     nic1, nic2 = cfg.nic("nic1"), cfg.nic("nic2")
     assert nic1.host == "h1" and nic1.eswitch_capacity == 4096 and nic1.ct_limit == 262144
     assert nic2.eswitch_capacity == 16
@@ -271,7 +185,7 @@ def test_specs_and_lookups(tmp_path: Path) -> None:
 
 
 def test_defaults_when_sections_are_left_out(tmp_path: Path) -> None:
-    cfg = _load(tmp_path)
+    cfg = load_text(tmp_path)
     assert cfg.timers == type(cfg.timers)()
     assert cfg.timers.down_after_s == pytest.approx(0.15)
     assert cfg.timeouts == {} and timeouts_from_ms(cfg.timeouts_ms()) == Timeouts()
@@ -281,7 +195,7 @@ def test_defaults_when_sections_are_left_out(tmp_path: Path) -> None:
 
 
 def test_flow_targets_first_ipv4_on_a_shared_segment(tmp_path: Path) -> None:
-    text = _edit(
+    text = edit_base(
         replace={
             'ips = ["10.0.10.1/24"]': 'ips = ["fd00:10::1/64", "10.0.10.1/24", "10.0.10.11/24"]',
             'ips = ["10.0.10.2/24"]': 'ips = ["fd00:10::2/64", "10.0.10.2/24"]',
@@ -306,18 +220,18 @@ dport = 9
 expect = "deny"
 """,
     )
-    cfg = _load(tmp_path, text)
+    cfg = load_text(tmp_path, text)
     assert cfg.flow_target(cfg.flow("f1")) == ip_address("10.0.10.1")
     # db1's first IPv4 is on db, which web1 is not on: its web leg is the one reachable.
     assert cfg.flow_target(cfg.flow("to-db1")) == ip_address("10.0.10.3")
 
 
 def test_flow_to_a_ipv6_only_destination(tmp_path: Path) -> None:
-    text = _edit(replace={'ips = ["10.0.10.2/24"]': 'ips = ["fd00:10::2/64"]'})
+    text = edit_base(replace={'ips = ["10.0.10.2/24"]': 'ips = ["fd00:10::2/64"]'})
     text = text.replace('ips = ["10.0.10.1/24"]', 'ips = ["10.0.10.1/24", "fd00:10::1/64"]')
     text = text.replace('src = "web2"\ndst = "web1"', 'src = "web1"\ndst = "web2"')
     text = text.replace("[vms.web2]\n", "[vms.web2]\ntcp_listen = [80]\n")
-    cfg = _load(tmp_path, text)
+    cfg = load_text(tmp_path, text)
     assert cfg.flow_target(cfg.flow("f1")) == ip_address("fd00:10::2")
 
 
@@ -365,7 +279,7 @@ def test_policy_round_trips_through_the_bus(tmp_path: Path) -> None:
 
 def test_policy_carries_fractional_timeouts_as_ms(tmp_path: Path) -> None:
     text = "[timeouts]\nudp_first = 0.25\ntcp_established = 3\n" + BASE
-    cfg = _load(tmp_path, text)
+    cfg = load_text(tmp_path, text)
     assert cfg.timeouts == {"udp_first": 0.25, "tcp_established": 3}
     policy = cfg.policy("h1")
     assert policy.timeouts_ms["udp_first"] == 250
@@ -379,7 +293,7 @@ def test_policy_carries_fractional_timeouts_as_ms(tmp_path: Path) -> None:
 
 
 def test_policy_is_a_copy(tmp_path: Path) -> None:
-    cfg = _load(tmp_path)
+    cfg = load_text(tmp_path)
     plain = cfg.policy("h1").to_plain()
     plain["rules"][0]["dport"] = [9999, 9999]
     assert cfg.rules[0]["dport"] == 80
@@ -416,486 +330,7 @@ def test_tcp_endpoints_override_ipc(tmp_path: Path) -> None:
     text = (
         '[endpoints]\nfabricd = "tcp://192.0.2.10:7100"\nnic2 = "tcp://[2001:db8::2]:7102"\n' + BASE
     )
-    cfg = _load(tmp_path, text)
+    cfg = load_text(tmp_path, text)
     assert cfg.endpoint("fabricd") == "tcp://192.0.2.10:7100"
     assert cfg.endpoint("nic2") == "tcp://[2001:db8::2]:7102"
     assert cfg.endpoint("nic1") == f"ipc://{tmp_path}/run/nic1.sock"
-
-
-# -- errors name their field ---------------------------------------------------------------------
-
-ERROR_CASES: list[tuple[str, str, str, str]] = [
-    # (id, config text, field, reason fragment)
-    ("unknown-top-key", _edit(append="[bogus]\nx = 1\n"), "bogus", "unknown key"),
-    (
-        "eswitch-negative",
-        _edit(replace={"eswitch_capacity = 16": "eswitch_capacity = -1"}),
-        "hosts[0].nics[1].eswitch_capacity",
-        "must be an integer >= 0",
-    ),
-    (
-        "eswitch-bool",
-        _edit(replace={"eswitch_capacity = 16": "eswitch_capacity = true"}),
-        "hosts[0].nics[1].eswitch_capacity",
-        "must be an integer >= 0",
-    ),
-    (
-        "eswitch-str",
-        _edit(replace={"eswitch_capacity = 16": 'eswitch_capacity = "big"'}),
-        "hosts[0].nics[1].eswitch_capacity",
-        "integer",
-    ),
-    (
-        "nic-unknown-key",
-        _edit(replace={'uplinks = ["p0", "p1"]': 'uplinks = ["p0", "p1"]\nspeed = 25'}),
-        "hosts[0].nics[0].speed",
-        "unknown key",
-    ),
-    (
-        "ct-limit-zero",
-        _edit(replace={"eswitch_capacity = 16": "ct_limit = 0"}),
-        "hosts[0].nics[1].ct_limit",
-        "must be an integer >= 1",
-    ),
-    (
-        "uplinks-dup",
-        _edit(replace={'uplinks = ["p0", "p1"]': 'uplinks = ["p0", "p0"]'}),
-        "hosts[0].nics[0].uplinks[1]",
-        "listed twice",
-    ),
-    (
-        "uplinks-empty",
-        _edit(replace={'uplinks = ["p0", "p1"]': "uplinks = []"}),
-        "hosts[0].nics[0].uplinks",
-        "at least one uplink",
-    ),
-    (
-        "uplink-bad-name",
-        _edit(replace={'uplinks = ["p0", "p1"]': 'uplinks = ["p0", "p/1"]'}),
-        "hosts[0].nics[0].uplinks[1]",
-        "must be a name",
-    ),
-    (
-        "nic-missing-uplinks",
-        _edit(replace={'uplinks = ["p0"]\n': ""}),
-        "hosts[0].nics[1].uplinks",
-        "missing",
-    ),
-    ("hosts-not-array", _edit(append="").replace("[[hosts]]", "[hosts]"), "hosts", "array"),
-    (
-        "team-policy",
-        _edit(replace={'name = "h1"': 'name = "h1"\nteam_policy = "round-robin"'}),
-        "hosts[0].team_policy",
-        "must be one of",
-    ),
-    (
-        "uplink-mbps-zero",
-        _edit(replace={'name = "h1"': 'name = "h1"\nuplink_mbps = 0'}),
-        "hosts[0].uplink_mbps",
-        "0.001..1e6",
-    ),
-    (
-        "load-threshold-above-one",
-        _edit(replace={'name = "h1"': 'name = "h1"\nload_threshold = 1.5'}),
-        "hosts[0].load_threshold",
-        "0.01..1",
-    ),
-    (
-        "failback-str",
-        _edit(replace={'name = "h1"': 'name = "h1"\nfailback = "yes"'}),
-        "hosts[0].failback",
-        "true or false",
-    ),
-    (
-        "host-named-fabricd",
-        _edit(replace={'name = "h1"': 'name = "fabricd"'}),
-        "hosts[0].name",
-        "already used",
-    ),
-    (
-        "nic-name-dup-across-hosts",
-        _edit(append='\n[[hosts]]\nname = "h2"\n[[hosts.nics]]\nname = "nic1"\nuplinks = ["p0"]\n'),
-        "hosts[1].nics[0].name",
-        "'nic1' already used by hosts[0].nics[0].name",
-    ),
-    (
-        "host-name-is-a-nic",
-        _edit(
-            append='\n[[hosts]]\nname = "nic2"\n[[hosts.nics]]\nname = "nic3"\nuplinks = ["p0"]\n'
-        ),
-        "hosts[1].name",
-        "already used",
-    ),
-    (
-        "segment-dup-name",
-        _edit(replace={'name = "db"\nvlan = 20': 'name = "web"\nvlan = 20'}),
-        "segments[1].name",
-        "already defined",
-    ),
-    (
-        "segment-dup-vlan",
-        _edit(replace={"vlan = 20": "vlan = 10"}),
-        "segments[1].vlan",
-        "vlan 10 already used by segments[0]",
-    ),
-    (
-        "segment-vlan-range",
-        _edit(replace={"vlan = 20": "vlan = 4095"}),
-        "segments[1].vlan",
-        "1..4094",
-    ),
-    (
-        "segment-unknown-key",
-        _edit(replace={"vlan = 20": "vlan = 20\ncolor = 1"}),
-        "segments[1].color",
-        "unknown key",
-    ),
-    (
-        "vm-bad-mac",
-        _edit(replace={'mac = "02:00:00:00:01:01"': 'mac = "02:00:00:00:01"'}),
-        "vms.web1.interfaces[0].mac",
-        "not a MAC address",
-    ),
-    (
-        "vm-mac-not-str",
-        _edit(replace={'mac = "02:00:00:00:01:01"': "mac = 42"}),
-        "vms.web1.interfaces[0].mac",
-        "not a MAC address",
-    ),
-    (
-        "vm-multicast-mac",
-        _edit(replace={'mac = "02:00:00:00:01:01"': 'mac = "03:00:00:00:01:01"'}),
-        "vms.web1.interfaces[0].mac",
-        "not a unicast MAC address",
-    ),
-    (
-        "vm-dup-mac",
-        _edit(replace={'mac = "02:00:00:00:01:02"': 'mac = "02:00:00:00:01:01"'}),
-        "vms.web2.interfaces[0].mac",
-        "already used by vms.web1.interfaces[0].mac",
-    ),
-    (
-        "vm-dup-ip",
-        _edit(replace={'ips = ["10.0.10.2/24"]': 'ips = ["10.0.10.1/24"]'}),
-        "vms.web2.interfaces[0].ips[0]",
-        "10.0.10.1 already used in segment 'web' by vms.web1.interfaces[0].ips[0]",
-    ),
-    (
-        "vm-ip-twice",
-        _edit(replace={'ips = ["10.0.10.2/24"]': 'ips = ["10.0.10.2/24", "10.0.10.2/16"]'}),
-        "vms.web2.interfaces[0].ips[1]",
-        "listed twice",
-    ),
-    (
-        "vm-ip-no-prefix",
-        _edit(replace={'ips = ["10.0.10.1/24"]': 'ips = ["10.0.10.1"]'}),
-        "vms.web1.interfaces[0].ips[0]",
-        "prefix length",
-    ),
-    (
-        "vm-ip-garbage",
-        _edit(replace={'ips = ["10.0.10.1/24"]': 'ips = ["10.0.10.300/24"]'}),
-        "vms.web1.interfaces[0].ips[0]",
-        "not an address",
-    ),
-    (
-        "vm-ip-network-address",
-        _edit(replace={'ips = ["10.0.10.1/24"]': 'ips = ["10.0.10.0/24"]'}),
-        "vms.web1.interfaces[0].ips[0]",
-        "not a host address",
-    ),
-    (
-        "vm-unknown-nic",
-        _edit(replace={'[vms.web1]\nnic = "nic1"': '[vms.web1]\nnic = "nic9"'}),
-        "vms.web1.nic",
-        "unknown NIC 'nic9'",
-    ),
-    (
-        "vm-missing-nic",
-        _edit(replace={'[vms.web1]\nnic = "nic1"\n': "[vms.web1]\n"}),
-        "vms.web1.nic",
-        "missing",
-    ),
-    (
-        "vm-wrong-host",
-        _edit(replace={'[vms.web1]\nnic = "nic1"': '[vms.web1]\nnic = "nic1"\nhost = "h2"'}),
-        "vms.web1.host",
-        "is on 'h1'",
-    ),
-    (
-        "vm-unknown-segment",
-        _edit(replace={'ips = ["10.0.10.1/24"]\nsegment = "web"': 'segment = "dmz"'}),
-        "vms.web1.interfaces[0].segment",
-        "unknown segment 'dmz'",
-    ),
-    (
-        "vm-unknown-key",
-        _edit(replace={"tcp_listen = [80]\n[[vms.web1": "cpus = 2\ntcp_listen = [80]\n[[vms.web1"}),
-        "vms.web1.cpus",
-        "unknown key",
-    ),
-    (
-        "vm-interfaces-not-array",
-        _edit(append='\n[vms.x]\nnic = "nic1"\ninterfaces = "eth0"\n'),
-        "vms.x.interfaces",
-        "must be an array",
-    ),
-    (
-        "vm-no-interfaces",
-        _edit(append='\n[vms.x]\nnic = "nic1"\ninterfaces = []\n'),
-        "vms.x.interfaces",
-        "at least one interface",
-    ),
-    (
-        "vm-bad-name",
-        _edit(append='\n["vms"."a b"]\nnic = "nic1"\ninterfaces = []\n'),
-        "vms.a b",
-        "must be a name",
-    ),
-    (
-        "vm-listen-range",
-        _edit(replace={"tcp_listen = [80]\n[[vms.web1": "tcp_listen = [80, 70000]\n[[vms.web1"}),
-        "vms.web1.tcp_listen[1]",
-        "1..65535",
-    ),
-    (
-        "vm-listen-dup",
-        _edit(replace={"tcp_listen = [80]\n[[vms.web1": "tcp_listen = [80, 80]\n[[vms.web1"}),
-        "vms.web1.tcp_listen[1]",
-        "listed twice",
-    ),
-    (
-        "peer-named-like-vm",
-        _edit(
-            append='\n[peers.web1]\nmac = "02:00:00:00:0e:09"\nips = ["10.0.10.9/24"]\n'
-            'segment = "web"\n'
-        ),
-        "peers.web1",
-        "already used by vms.web1",
-    ),
-    (
-        "peer-dup-ip",
-        _edit(replace={'ips = ["10.0.10.200/24"]': 'ips = ["10.0.10.2/24"]'}),
-        "peers.ext1.ips[0]",
-        "already used in segment 'web' by vms.web2",
-    ),
-    (
-        "peer-dup-mac",
-        _edit(replace={'mac = "02:00:00:00:0e:01"': 'mac = "02:00:00:00:02:01"'}),
-        "peers.ext1.mac",
-        "already used by vms.db1",
-    ),
-    (
-        "peer-bad-gateway",
-        _edit(
-            replace={
-                'segment = "web"\ntcp_listen = [80]\n\n[flows': 'segment = "web"\n'
-                'gateway_mac = "zz"\ntcp_listen = [80]\n\n[flows'
-            }
-        ),
-        "peers.ext1.gateway_mac",
-        "not a MAC address",
-    ),
-    (
-        "peer-unknown-segment",
-        _edit(
-            replace={
-                'ips = ["10.0.10.200/24"]\nsegment = "web"': 'ips = ["10.0.10.200/24"]\n'
-                'segment = "wan"'
-            }
-        ),
-        "peers.ext1.segment",
-        "unknown segment 'wan'",
-    ),
-    (
-        "peer-no-ips",
-        _edit(replace={'ips = ["10.0.10.200/24"]': "ips = []"}),
-        "peers.ext1.ips",
-        "at least one address",
-    ),
-    (
-        "flow-unknown-src",
-        _edit(replace={'src = "web2"': 'src = "ghost"'}),
-        "flows.f1.src",
-        "unknown VM or peer 'ghost'",
-    ),
-    (
-        "flow-unknown-dst",
-        _edit(replace={'dst = "web1"': 'dst = "ghost"'}),
-        "flows.f1.dst",
-        "unknown VM or peer 'ghost'",
-    ),
-    (
-        "flow-to-self",
-        _edit(replace={'dst = "web1"': 'dst = "web2"'}),
-        "flows.f1.dst",
-        "same as src",
-    ),
-    (
-        "flow-proto",
-        _edit(replace={'proto = "tcp"\nsrc': 'proto = "sctp"\nsrc'}),
-        "flows.f1.proto",
-        "'tcp' or 'udp'",
-    ),
-    (
-        "flow-dport-zero",
-        _edit(replace={'dst = "web1"\ndport = 80': 'dst = "web1"\ndport = 0'}),
-        "flows.f1.dport",
-        "1..65535",
-    ),
-    (
-        "flow-not-listening",
-        _edit(replace={'dst = "web1"\ndport = 80': 'dst = "web1"\ndport = 81'}),
-        "flows.f1.dport",
-        "'web1' does not listen on tcp 81",
-    ),
-    (
-        "flow-across-segments",
-        _edit(replace={'dst = "web1"\ndport = 80': 'dst = "db1"\ndport = 5432'}),
-        "flows.f1.dst",
-        "segments are not routed",
-    ),
-    (
-        "flow-expect",
-        _edit(append='expect = "maybe"\n'),
-        "flows.f1.expect",
-        "'deliver' or 'deny'",
-    ),
-    ("flow-rate", _edit(append="rate = -1\n"), "flows.f1.rate", ">= 0"),
-    ("flow-rate-nan", _edit(append="rate = nan\n"), "flows.f1.rate", ">= 0"),
-    ("flow-size", _edit(append="size = 70000\n"), "flows.f1.size", "over the tcp limit"),
-    ("flow-unknown-key", _edit(append="burst = 3\n"), "flows.f1.burst", "unknown key"),
-    (
-        "firewall-bad-dport",
-        _edit(replace={"dport = 80\n\n[[hosts]]": 'dport = "eighty"\n\n[[hosts]]'}),
-        "firewall.rules[0].dport",
-        "bad port",
-    ),
-    (
-        "firewall-unknown-rule-key",
-        _edit(replace={'name = "http"': 'name = "http"\nlog = true'}),
-        "firewall.rules[0].log",
-        "unknown key",
-    ),
-    (
-        "firewall-inspect-on-drop",
-        _edit(replace={'action = "allow"': 'action = "drop"\ninspect = true'}),
-        "firewall.rules[0].inspect",
-        "only valid with action allow",
-    ),
-    (
-        "firewall-rule-segment",
-        _edit(replace={'name = "http"': 'name = "http"\nsegment = "dmz"'}),
-        "firewall.rules[0].segment",
-        "unknown segment 'dmz'",
-    ),
-    (
-        "firewall-dup-rule",
-        _edit(
-            replace={"[[hosts]]": '[[firewall.rules]]\nname = "http"\naction = "drop"\n\n[[hosts]]'}
-        ),
-        "firewall.rules[1].name",
-        "duplicates",
-    ),
-    (
-        "firewall-default",
-        _edit(replace={'default = "drop"': 'default = "maybe"'}),
-        "firewall.default",
-        "unknown action",
-    ),
-    (
-        "firewall-unknown-key",
-        _edit(replace={'default = "drop"': 'default = "drop"\nstateful = true'}),
-        "firewall.stateful",
-        "unknown key",
-    ),
-    ("timeouts-unknown", "[timeouts]\ntcp_forever = 1\n" + BASE, "timeouts.tcp_forever", "unknown"),
-    ("timeouts-negative", "[timeouts]\nudp_first = -1\n" + BASE, "timeouts.udp_first", "positive"),
-    ("timeouts-sub-ms", "[timeouts]\nudp_first = 0.0005\n" + BASE, "timeouts.udp_first", "ms"),
-    ("timers-zero", "[timers]\nheartbeat_s = 0\n" + BASE, "timers.heartbeat_s", "> 0"),
-    (
-        "timers-misses",
-        "[timers]\nheartbeat_misses = 1.5\n" + BASE,
-        "timers.heartbeat_misses",
-        ">= 1",
-    ),
-    ("timers-unknown", "[timers]\nlease_s = 1\n" + BASE, "timers.lease_s", "unknown key"),
-    (
-        "endpoints-unknown-proc",
-        '[endpoints]\nnic9 = "tcp://a:1"\n' + BASE,
-        "endpoints.nic9",
-        "fabricd",
-    ),
-    (
-        "endpoints-not-tcp",
-        '[endpoints]\nnic1 = "udp://a:1"\n' + BASE,
-        "endpoints.nic1",
-        "tcp://host:port",
-    ),
-    ("endpoints-port", '[endpoints]\nnic1 = "tcp://a:70000"\n' + BASE, "endpoints.nic1", "tcp://"),
-    (
-        "endpoints-dup",
-        '[endpoints]\nnic1 = "tcp://a:7000"\nnic2 = "tcp://a:7000"\n' + BASE,
-        "endpoints.nic2",
-        "already used by endpoints.nic1",
-    ),
-    ("segments-renamed", BASE.replace("[[segments]]", "[[segment]]"), "segment", "unknown key"),
-    (
-        "segments-empty",
-        "segments = []\n[firewall]" + BASE.split("[firewall]")[1],
-        "segments",
-        "at least one",
-    ),
-]
-
-
-@pytest.mark.parametrize(
-    ("text", "field", "reason"), [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES]
-)
-def test_errors_name_their_field(tmp_path: Path, text: str, field: str, reason: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        _load(tmp_path, text)
-    err = info.value
-    assert err.field == field, str(err)
-    assert str(err).startswith(f"{field}: ")
-    assert reason in err.reason, str(err)
-    assert isinstance(err, ValueError)
-
-
-def test_base_config_is_valid(tmp_path: Path) -> None:
-    # The error cases above are meaningful only if each differs from a valid config.
-    _load(tmp_path)
-
-
-@pytest.mark.parametrize(
-    ("text", "field"),
-    [
-        ('[[segments]]\nname = "web"\n', "hosts"),
-        ("", "segments"),
-        (BASE.split("[[hosts]]")[0], "hosts"),
-    ],
-)
-def test_missing_sections(tmp_path: Path, text: str, field: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        _load(tmp_path, text)
-    assert info.value.field == field
-    assert "missing" in info.value.reason
-
-
-def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
-    path = _write(tmp_path, BASE + "\n[flows.f2]\nproto = tcp\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    line = BASE.count("\n") + 3
-    assert str(info.value).startswith(f"{path}: line {line}, column ")
-    assert "TOML syntax error" in str(info.value)
-
-
-def test_unreadable_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read") as info:
-        load_config(tmp_path / "absent.toml")
-    assert info.value.field == str(tmp_path / "absent.toml")
-    bad = tmp_path / "latin1.toml"
-    bad.write_bytes(b'# caf\xe9\n[[segments]]\nname = "web"\n')
-    with pytest.raises(ConfigError, match="not UTF-8"):
-        load_config(bad)
