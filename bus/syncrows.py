@@ -192,8 +192,10 @@ def rows_from_wire_untrusted(rows: object) -> list[SyncRow]:
             append(DeleteRow(*_key(row)))
         elif op == 3 and len(row) == 4:
             append(_learn(row))
+        elif 1 <= op <= 3:
+            raise SyncRowError("arity", f"a {SyncOp(op).name} row of {len(row)} items")
         else:
-            raise SyncRowError("op", f"unknown op {op!r} of {len(row)} items")
+            raise SyncRowError("op", f"unknown op {op!r}")
     return out
 
 
