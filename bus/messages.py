@@ -23,6 +23,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from bus.policy import Policy
+from bus.syncrows import WireRow
 from wire.malformed import Malformed
 
 if TYPE_CHECKING:
@@ -408,12 +409,14 @@ class SyncBatch:
     ``boot``: the sender's boot id (its numbering restarts with each boot); ``until``: on a
     snapshot's first batch, the sequence number its last batch ends at. ``made_at``: the
     sender's CLOCK_MONOTONIC when it made the changes (0: unknown), which every process of one
-    machine shares, so the receiver measures the sync lag.
+    machine shares, so the receiver measures the sync lag. ``changes`` are `bus.syncrows` rows
+    in their wire form: the receiver's stream decodes them (`rows_from_wire_untrusted`), so a
+    bad row is a drop its replication counts, not a malformed bus message.
     """
 
     src: str
     first_seq: int
-    changes: list[list[object]]
+    changes: list[WireRow]
     reset: bool = False
     boot: int = 0
     until: int = 0

@@ -2,8 +2,8 @@
 
 Theory of operation. Every NIC is the *origin* of the conntrack records of the VPIDs it owns
 and of the remote MACs it learns on its uplinks. Each change it makes (a record created, its
-state changed, a record deleted, a MAC learned) is a *change*: a plain list,
-``[UPSERT, *record.to_wire()]``, ``[DELETE, *key wire]`` or ``[LEARN, segment, mac, ip]``.
+state changed, a record deleted, a MAC learned) is a *change*: a typed row of
+`bus.syncrows` (`UpsertRow`, `DeleteRow`, `LearnRow`), made here from the datapath's records.
 `Origin` numbers its changes 1, 2, 3, ... (the per-origin sequence number), keeps them in a
 bounded log until every sibling has acknowledged them, and sends them in batches
 ``(first_seq, changes)``.
@@ -29,35 +29,49 @@ from collections import deque
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice
-from typing import Any
+from typing import Protocol
 
-from nicd.datapath.conntrack import CtRecord, digest_rows
+from bus.syncrows import DeleteRow, LearnRow, RowKey, SyncRow, UpsertRow
+from nicd.datapath.conntrack import CtRecord, PseudoState, TcpState, digest_rows
+from nicd.datapath.rules import Direction
 from nicd.datapath.vswitch import LearnedMac
 
-UPSERT = 1
-DELETE = 2
-LEARN = 3  # [LEARN, segment, MAC as a 48-bit int, IPv4 as an int (0: none known)]
-KEY_FIELDS = 9  # zone, family, proto, src hi/lo, dst hi/lo, sport, dport: the key in wire form
-RECORD_FIELDS = 18
 RESEND_MAX = 8192  # changes in one resend batch (a bus batch holds at most 32768)
 
-Change = list[Any]
-WireKey = tuple[int, ...]
+_STATES = {s.name: s for s in (*TcpState, *PseudoState)}
 
 
-def upsert(rec: CtRecord) -> Change:
+class Records(Protocol):
+    """What a snapshot reads: sized and iterable, as `ConntrackTable` (which has no `in`) is."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[CtRecord]: ...
+
+
+def upsert(rec: CtRecord) -> UpsertRow:
     """The change that makes a sibling's copy of `rec` what it is now."""
-    return [UPSERT, *rec.to_wire()]
+    zone, family, proto, src, dst, sport, dport = rec.key
+    # `_name_` (a documented sunder name) is the plain attribute: `.name` is a slow property.
+    return UpsertRow(zone, family, proto, src, dst, sport, dport, int(rec.origin),
+                     rec.state._name_, rec.rule, rec.sw_ok, rec.hw_capable, rec.created,
+                     rec.last_seen, rec.packets, rec.bytes)  # fmt: skip
 
 
-def delete(rec: CtRecord) -> Change:
+def delete(rec: CtRecord) -> DeleteRow:
     """The change that removes `rec` from a sibling's copy."""
-    return [DELETE, *rec.to_wire()[:KEY_FIELDS]]
+    return DeleteRow(*rec.key)
 
 
-def learn(entry: LearnedMac) -> Change:
+def learn(entry: LearnedMac) -> LearnRow:
     """The change that tells a sibling a remote MAC (and its address) we learned."""
-    return [LEARN, entry.segment, int.from_bytes(entry.mac, "big"), entry.ip or 0]
+    return LearnRow(entry.segment, int.from_bytes(entry.mac, "big"), entry.ip or 0)
+
+
+def record_of(row: UpsertRow) -> CtRecord:
+    """The conntrack record an upsert (decoded, so checked) describes, ready to commit."""
+    return CtRecord(row.key, Direction(row.origin), _STATES[row.state], row.rule, row.sw_ok,
+                    row.hw_capable, row.created, row.last_seen, row.packets, row.bytes)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -65,7 +79,7 @@ class Batch:
     """Changes `first_seq` .. `first_seq + len(changes) - 1` of one origin."""
 
     first_seq: int
-    changes: list[Change]
+    changes: list[SyncRow]
     reset: bool = False  # a snapshot's first batch: forget everything held of this origin
     boot: int = 0  # the origin's boot id
     until: int = 0  # on a snapshot's first batch: the number its last batch ends at
@@ -83,9 +97,9 @@ class Origin:
     seq: int = 0  # the last number given out
     boot: int = field(default_factory=lambda: random.getrandbits(62) + 1)
     acked: dict[str, int] = field(default_factory=dict)
-    _log: deque[tuple[int, Change]] = field(default_factory=deque)
+    _log: deque[tuple[int, SyncRow]] = field(default_factory=deque)
 
-    def add(self, changes: list[Change]) -> Batch | None:
+    def add(self, changes: list[SyncRow]) -> Batch | None:
         """Number new changes; the batch to send every sibling (None if there are none)."""
         if not changes:
             return None
@@ -122,7 +136,7 @@ class Origin:
         return Batch(from_seq, [c for _, c in list(self._log)[start:]], boot=self.boot)
 
     def snapshot(
-        self, records: Collection[CtRecord], macs: Collection[LearnedMac] = (), chunk: int = 2048
+        self, records: Records, macs: Collection[LearnedMac] = (), chunk: int = 2048
     ) -> Iterator[Batch]:
         """Every record and learned MAC we hold, numbered to end at our current sequence number.
 
@@ -139,7 +153,7 @@ class Origin:
         if not total:
             yield Batch(first, [], reset=True, boot=self.boot, until=self.seq)
             return
-        rows = chain((upsert(r) for r in records), (learn(m) for m in macs))
+        rows: Iterator[SyncRow] = chain(map(upsert, records), map(learn, macs))
         for start in range(0, total, chunk):
             changes = list(islice(rows, chunk))
             reset = start == 0
@@ -156,7 +170,7 @@ class PeerCache:
     synced: bool = False  # holds a whole snapshot or the stream from its start
     _until: int = 0  # a snapshot is arriving: synced once held up to here
     _from: int = 0  # ... and its first sequence number
-    records: dict[WireKey, Change] = field(default_factory=dict)
+    records: dict[RowKey, UpsertRow] = field(default_factory=dict)
     macs: dict[tuple[str, int], int] = field(default_factory=dict)  # (segment, MAC) -> IPv4
     gaps: int = 0
     applied: int = 0
@@ -202,20 +216,18 @@ class PeerCache:
         total = self._until - self._from + 1
         return min(total, max(0, self.held - self._from + 1)), total
 
-    def _apply(self, change: Change) -> None:
+    def _apply(self, change: SyncRow) -> None:
         self.applied += 1
-        if change[0] == LEARN:
-            self.macs[(change[1], change[2])] = change[3]
-            return
-        key = tuple(change[1 : 1 + KEY_FIELDS])
-        if change[0] == UPSERT:
-            self.records[key] = change
+        if isinstance(change, UpsertRow):
+            self.records[change.key] = change
+        elif isinstance(change, DeleteRow):
+            self.records.pop(change.key, None)
         else:
-            self.records.pop(key, None)
+            self.macs[(change.segment, change.mac)] = change.ip
 
     def digest(self) -> str:
         """The digest the origin's own table has when this copy is faithful (`ConntrackTable`)."""
-        return digest_rows(change[1:] for change in self.records.values())
+        return digest_rows(row.to_wire()[1:] for row in self.records.values())
 
     @property
     def held(self) -> int:
@@ -224,53 +236,23 @@ class PeerCache:
 
     def take(self, zones: set[int]) -> list[CtRecord]:
         """Remove and return the records of `zones` (VPIDs now ours), ready to commit."""
-        return [CtRecord.from_wire(change[1:]) for change in self.pop_zones(zones)]
+        return [record_of(row) for row in self.pop_zones(zones)]
 
-    def pop_zones(self, zones: Collection[int]) -> list[Change]:
+    def pop_zones(self, zones: Collection[int]) -> list[UpsertRow]:
         """Remove and return the upserts of `zones`, as they are held."""
         if not zones:
             return []
         keys = [k for k in self.records if k[0] in zones]
         return [self.records.pop(key) for key in keys]
 
-    def hold(self, changes: list[Change]) -> int:
+    def hold(self, changes: list[UpsertRow]) -> int:
         """Keep copies handed to this origin's cache by a map move (a release, or a copy of a
         zone that moved between two others): what the origin streams itself stands over them.
         Returns how many were new here."""
         added = 0
         for change in changes:
-            key = tuple(change[1 : 1 + KEY_FIELDS])
+            key = change.key
             if key not in self.records:
                 self.records[key] = change
                 added += 1
         return added
-
-
-def check_changes(changes: object) -> list[Change]:
-    """Validate a batch from a sibling: ValueError naming the problem (records fully checked)."""
-    if type(changes) is not list:
-        raise ValueError("changes: must be a list")
-    for change in changes:
-        if type(change) is not list or not change:
-            raise ValueError("changes: items must be non-empty lists")
-        op = change[0]
-        if op == UPSERT and len(change) == 1 + RECORD_FIELDS:
-            CtRecord.from_wire(change[1:])
-        elif op == DELETE and len(change) == 1 + KEY_FIELDS:
-            if any(type(v) is not int or v < 0 for v in change[1:]):
-                raise ValueError("changes: a delete's key must be ints >= 0")
-        elif op == LEARN and len(change) == 4:
-            _check_learn(change)
-        else:
-            raise ValueError(f"changes: unknown change {op!r} of {len(change)} items")
-    return changes  # type: ignore[return-value]
-
-
-def _check_learn(change: Change) -> None:
-    _, segment, mac, ip = change
-    if type(segment) is not str or not 0 < len(segment) <= 64:
-        raise ValueError("changes: a learn's segment must be a name of 1..64 characters")
-    if type(mac) is not int or not 0 <= mac < 1 << 48 or (mac >> 40) & 1:
-        raise ValueError("changes: a learn's MAC must be a unicast 48-bit int")
-    if type(ip) is not int or not 0 <= ip < 1 << 32:
-        raise ValueError("changes: a learn's address must be an IPv4 int (0: none)")

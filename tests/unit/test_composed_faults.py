@@ -12,22 +12,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from bus.messages import Fault, FaultKind, MapUpdate
-from nicd.statesync import WireKey
+from bus.syncrows import RowKey
 from nicd.worker import NicWorker
 from tests.unit.workerrig import Rig, rig, until
 
 APP1 = {3, 4}  # app1's two interfaces, homed on nic1 in the default config
 
 
-def copies(nic: NicWorker, zones: set[int]) -> dict[str, set[WireKey]]:
+def copies(nic: NicWorker, zones: set[int]) -> dict[str, set[RowKey]]:
     """The records of `zones` a NIC holds as copies, per origin."""
     return {o: {k for k in c.records if k[0] in zones} for o, c in nic.sync.caches.items()}
 
 
-def tracked(nic: NicWorker, zones: set[int]) -> set[WireKey]:
-    """The keys (wire form) of the records of `zones` in a NIC's own table."""
+def tracked(nic: NicWorker, zones: set[int]) -> set[RowKey]:
+    """The keys of the records of `zones` in a NIC's own table."""
     assert nic.pipeline is not None
-    return {tuple(rec.to_wire()[:9]) for rec in nic.pipeline.ct if rec.zone in zones}
+    return {rec.key for rec in nic.pipeline.ct if rec.zone in zones}
 
 
 def homes(r: Rig) -> dict[int, str]:

@@ -15,6 +15,7 @@ from bus.heartbeat import Liveness
 from bus.messages import Heartbeat, Hello, LinkState, MapUpdate, Probe, SyncBatch
 from bus.nicstate import NicState
 from bus.node import BusStats
+from bus.syncrows import rows_to_wire
 from configs import NicSpec, Timers
 from nicd.control import NicControl
 from nicd.datapath.pipeline import DatapathConfig, Emit, Pipeline
@@ -89,7 +90,7 @@ class Nic:
     def snapshot_from(self, peer: str = "nic2") -> None:
         """A sibling answers our resync with its (empty) snapshot."""
         (b,) = Origin().snapshot([], [])
-        msg = SyncBatch(peer, b.first_seq, b.changes, b.reset, b.boot, b.until)
+        msg = SyncBatch(peer, b.first_seq, rows_to_wire(b.changes), b.reset, b.boot, b.until)
         self.core.handle(peer, msg, self.now)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import structlog
 
 from bus.messages import SyncBatch, SyncRequest
+from bus.syncrows import rows_to_wire
 from nicd.replication import RESYNC_RETRY_S, Replicator
 from nicd.statesync import Origin
 from tests.unit.test_statesync import changes_of, table_with
@@ -36,7 +37,7 @@ def replicator() -> tuple[Replicator, Sent]:
 def synced_copy(sync: Replicator, origin: Origin, n: int) -> None:
     batch = origin.add(changes_of(table_with(n)))
     assert batch is not None
-    msg = SyncBatch("nic1", batch.first_seq, batch.changes, False, batch.boot, 0, 0.0)
+    msg = SyncBatch("nic1", batch.first_seq, rows_to_wire(batch.changes), False, batch.boot, 0, 0.0)
     sync.on_batch("nic1", msg, None, 0.0)
 
 

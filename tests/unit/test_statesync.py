@@ -2,31 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from ipaddress import IPv4Address
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bus.syncrows import (
+    DeleteRow,
+    SyncOp,
+    SyncRow,
+    SyncRowError,
+    UpsertRow,
+    WireRow,
+    rows_from_wire_untrusted,
+    rows_to_wire,
+)
 from nicd.datapath.conntrack import ConntrackTable, Timeouts
 from nicd.datapath.vswitch import LearnedMac
-from nicd.statesync import (
-    DELETE,
-    LEARN,
-    UPSERT,
-    Batch,
-    Origin,
-    PeerCache,
-    check_changes,
-    delete,
-    learn,
-    upsert,
-)
+from nicd.statesync import Batch, Origin, PeerCache, delete, learn, upsert
 from wire import build
 from wire.addr import mac_bytes
 from wire.frames import parse_frame_untrusted
 from wire.protocols import TCP_ACK, TCP_SYN
 
+UPSERT, DELETE, LEARN = SyncOp.UPSERT, SyncOp.DELETE, SyncOp.LEARN
 A, B = mac_bytes("02:00:00:00:00:01"), mac_bytes("02:00:00:00:00:02")
 IP_A, IP_B = IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2")
 
@@ -40,8 +42,19 @@ def table_with(n: int, zone: int = 1) -> ConntrackTable:
     return ct
 
 
-def changes_of(ct: ConntrackTable) -> list[list[object]]:
+def changes_of(ct: ConntrackTable) -> list[SyncRow]:
     return [upsert(r) if alive else delete(r) for alive, r in ct.take_journal()]
+
+
+def ct_changes_of(ct: ConntrackTable) -> list[UpsertRow | DeleteRow]:
+    return [upsert(r) if alive else delete(r) for alive, r in ct.take_journal()]
+
+
+def added(origin: Origin, changes: list[SyncRow]) -> Batch:
+    """`Origin.add` of changes there are (so never None)."""
+    batch = origin.add(changes)
+    assert batch is not None
+    return batch
 
 
 def test_journal_records_creates_state_changes_and_removals() -> None:
@@ -53,7 +66,7 @@ def test_journal_records_creates_state_changes_and_removals() -> None:
     ct.update(first, False, parse_frame_untrusted(ack), 2.0)  # established: a change
     ct.update(first, False, parse_frame_untrusted(ack), 2.1)  # same state: not a change
     ct.remove(second)
-    ops = [(c[0], c[11] if c[0] == UPSERT else c[8]) for c in changes_of(ct)]
+    ops = [(c.op, c.state if isinstance(c, UpsertRow) else c.key[5]) for c in ct_changes_of(ct)]
     # Four changes to `first` and `second`, each sent as the record is when drained.
     est, sent = (UPSERT, "ESTABLISHED"), (UPSERT, "SYN_SENT")
     assert ops == [est, sent, est, est, (DELETE, 1001)]
@@ -67,7 +80,7 @@ def test_in_order_batches_build_the_same_state() -> None:
     assert batch is not None and (batch.first_seq, batch.last_seq) == (1, 3)
     assert cache.apply(batch) is None and cache.synced and cache.held == 3
     ct.remove(next(iter(ct)))
-    assert cache.apply(origin.add(changes_of(ct))) is None  # type: ignore[arg-type]
+    assert cache.apply(added(origin, changes_of(ct))) is None
     assert len(cache.records) == 2 == len(ct)
 
 
@@ -78,9 +91,9 @@ def test_a_gap_asks_for_a_resend_which_the_log_answers() -> None:
     for i in range(3):
         frame = build.tcp_frame(A, B, IP_A, IP_B, 2000 + i, 80, TCP_SYN)
         ct.create(1, 0, parse_frame_untrusted(frame), 1.0, "r", True, True)
-        batches.append(origin.add(changes_of(ct)))
-    assert cache.apply(batches[0]) is None  # type: ignore[arg-type]
-    assert cache.apply(batches[2]) == 2 and cache.gaps == 1  # type: ignore[arg-type]
+        batches.append(added(origin, changes_of(ct)))
+    assert cache.apply(batches[0]) is None
+    assert cache.apply(batches[2]) == 2 and cache.gaps == 1
     resend = origin.resend(2)
     assert resend is not None and (resend.first_seq, resend.last_seq) == (2, 3)
     assert cache.apply(resend) is None and len(cache.records) == 3
@@ -97,7 +110,8 @@ def test_acks_trim_the_log_and_a_lost_start_needs_a_snapshot() -> None:
     origin.ack("nic2", 99)  # from before a restart of ours: ignored
     assert origin.acked["nic2"] == 2
     cache = PeerCache("nic1", next_seq=7)  # held state from an older life of the origin
-    cache.records[(9,) * 9] = ["stale"]
+    stale = upsert(next(iter(table_with(1, zone=9))))
+    cache.records[stale.key] = stale
     progress = []
     for batch in origin.snapshot(ct, chunk=3):
         assert cache.apply(batch) is None
@@ -132,13 +146,15 @@ def test_take_hands_over_one_zones_records() -> None:
     ],
 )
 def test_bad_changes_are_refused(bad: object) -> None:
-    with pytest.raises(ValueError):
-        check_changes(bad)
+    with pytest.raises(SyncRowError):
+        rows_from_wire_untrusted(bad)
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 5)), max_size=40), st.randoms())
-def test_any_delivery_order_converges_with_resends(script, rnd) -> None:  # type: ignore[no-untyped-def]
+def test_any_delivery_order_converges_with_resends(
+    script: list[tuple[bool, int]], rnd: random.Random
+) -> None:
     """Batches lost, reordered or duplicated: with resends the cache ends equal to the origin."""
     ct = ConntrackTable(Timeouts(), 100)
     ct.journal = []
@@ -167,19 +183,19 @@ def test_any_delivery_order_converges_with_resends(script, rnd) -> None:  # type
     final = origin.resend(cache.next_seq)
     assert final is not None
     cache.apply(final)
-    want_keys = {tuple(upsert(r)[1:10]) for r in ct}
+    want_keys = {upsert(r).key for r in ct}
     assert set(cache.records) == want_keys
 
 
 def test_a_restarted_origin_replaces_its_old_stream() -> None:
     old, cache = Origin(), PeerCache("nic1")
     ct = table_with(3)
-    assert cache.apply(old.add(changes_of(ct))) is None
+    assert cache.apply(added(old, changes_of(ct))) is None
     assert cache.held == 3
     new = Origin()  # the origin's worker rebooted: numbering starts again at 1
     assert new.boot != old.boot
     fresh = table_with(1, zone=2)
-    assert cache.apply(new.add(changes_of(fresh))) is None  # not skipped as an overlap
+    assert cache.apply(added(new, changes_of(fresh))) is None  # not skipped as an overlap
     assert cache.restarts == 1 and cache.held == 1 and cache.synced
     assert {k[0] for k in cache.records} == {2}
     assert cache.digest() == fresh.digest()
@@ -187,9 +203,9 @@ def test_a_restarted_origin_replaces_its_old_stream() -> None:
 
 def test_a_restarted_origin_mid_stream_is_a_gap_from_its_start() -> None:
     old, new, cache = Origin(), Origin(), PeerCache("nic1")
-    cache.apply(old.add(changes_of(table_with(3))))
+    cache.apply(added(old, changes_of(table_with(3))))
     new.add(changes_of(table_with(2)))
-    second = new.add(changes_of(table_with(1, zone=5)))
+    second = added(new, changes_of(table_with(1, zone=5)))
     assert cache.apply(second) == 1  # ask from the new boot's first change
     assert cache.records == {} and not cache.synced
 
@@ -197,21 +213,22 @@ def test_a_restarted_origin_mid_stream_is_a_gap_from_its_start() -> None:
 def test_the_copy_digests_like_the_origin_table() -> None:
     ct = table_with(4)
     origin, cache = Origin(), PeerCache("nic1")
-    cache.apply(origin.add(changes_of(ct)))
+    cache.apply(added(origin, changes_of(ct)))
     assert cache.digest() == ct.digest()
     ct.remove(next(iter(ct)))
     assert cache.digest() != ct.digest()
-    cache.apply(origin.add(changes_of(ct)))
+    cache.apply(added(origin, changes_of(ct)))
     assert cache.digest() == ct.digest()
 
 
 def test_learned_macs_travel_in_the_stream_and_in_snapshots() -> None:
     mac = LearnedMac("lan", mac_bytes("02:00:00:00:00:09"), int(IP_B), 1.0)
     change = learn(mac)
-    assert change == [LEARN, "lan", 0x020000000009, int(IP_B)]
-    assert check_changes([change, learn(LearnedMac("lan", B, None, 1.0))])
+    assert change.to_wire() == [LEARN, "lan", 0x020000000009, int(IP_B)]
+    rows: list[SyncRow] = [change, learn(LearnedMac("lan", B, None, 1.0))]
+    assert rows_from_wire_untrusted(rows_to_wire(rows)) == rows
     origin, cache = Origin(), PeerCache("nic1")
-    cache.apply(origin.add([change]))
+    cache.apply(added(origin, [change]))
     assert cache.macs == {("lan", 0x020000000009): int(IP_B)}
     late = PeerCache("nic1")
     for batch in origin.snapshot(table_with(1), [mac]):
@@ -229,9 +246,9 @@ def test_learned_macs_travel_in_the_stream_and_in_snapshots() -> None:
         [LEARN, "lan", 1],
     ],
 )
-def test_malformed_learns_are_refused(change: list[object]) -> None:
-    with pytest.raises(ValueError):
-        check_changes([change])
+def test_malformed_learns_are_refused(change: WireRow) -> None:
+    with pytest.raises(SyncRowError):
+        rows_from_wire_untrusted([change])
 
 
 def test_a_snapshot_of_more_rows_than_numbers_still_numbers_from_1() -> None:
@@ -276,8 +293,9 @@ def test_hold_keeps_what_the_origin_streamed_over_a_handed_copy() -> None:
     cache = PeerCache("nic2")
     own = changes_of(ct)
     cache.apply(Batch(1, own, boot=7))
-    stale = [list(c) for c in own]
-    stale[0][11] = "other-rule"  # the handed copy is older than the origin's own
-    assert cache.hold(stale) == 0 and cache.records[tuple(own[0][1:10])] == own[0]
-    assert cache.hold(changes_of(table_with(1, zone=9))) == 1
+    assert all(isinstance(c, UpsertRow) for c in own)
+    ups = [c for c in own if isinstance(c, UpsertRow)]
+    stale = [dataclasses.replace(ups[0], rule="other-rule"), *ups[1:]]  # older than the origin's
+    assert cache.hold(stale) == 0 and cache.records[ups[0].key] == own[0]
+    assert cache.hold([upsert(r) for r in table_with(1, zone=9)]) == 1
     assert len(cache.pop_zones({9})) == 1 and len(cache.records) == 2
