@@ -163,11 +163,7 @@ class Upkeep:
             self._evict(rec)
         self.vswitch.age(now)
         if self.eswitch.capacity and waiting:
-            for old, new in self.eswitch.rebalance(rates, waiting, self.config.rebalance_swaps):
-                for r in old.records:
-                    r.tier = Tier.CACHE
-                for r in new.records:
-                    r.tier = Tier.ESWITCH
+            self._rebalance_eswitch(rates, waiting)
         if self.team.policy is TeamPolicy.LOAD_BASED:
             before = self.team.assignments(self.map.local_vpids())
             moves = self.team.rebalance(now)
@@ -215,6 +211,20 @@ class Upkeep:
                     self.team.account(name, vpid, entry.bytes, entry.last_hit)
                 entry.packets = entry.bytes = 0
         return rates, waiting
+
+    def _rebalance_eswitch(
+        self, rates: dict[FastKey, float], waiting: list[tuple[float, FastKey, PathEntry]]
+    ) -> None:
+        """Swap idle eSwitch entries for busier ones waiting in the cache (read back before
+        expiry: only those the cache still holds, or the eSwitch would take an entry whose
+        connection has ended, which no eviction would ever find again)."""
+        cached = self.cache.entries
+        waiting = [w for w in waiting if cached.get(w[1]) is w[2]]
+        for old, new in self.eswitch.rebalance(rates, waiting, self.config.rebalance_swaps):
+            for r in old.records:
+                r.tier = Tier.CACHE
+            for r in new.records:
+                r.tier = Tier.ESWITCH
 
     # ----------------------------------------------------------------- tier bookkeeping
 

@@ -8,7 +8,7 @@ tiers switched off.
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from nicd.datapath.conntrack import Timeouts
@@ -135,6 +135,14 @@ def _outcome(d) -> tuple:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rules, st.sampled_from(["allow", "allow", "drop"]), events)
+# The UDP flow's cached path waits for the full eSwitch and expires at the tick that would
+# promote it: offload-rebalance must not install it (its record gone, nothing would evict it).
+@example(
+    initial=[],
+    default="allow",
+    evs=[("open", 0), ("open", 1), ("open", 2), ("open", 3), ("open", 4), ("time", 1.0),
+         ("open", 4), ("time", 5.0)],
+)  # fmt: skip
 def test_tiered_pipeline_decides_as_the_slow_path_alone(initial, default, evs) -> None:
     rs = ruleset_from_config(_valid(initial), default=default)
     tiered = make_pipeline(rules=rs, eswitch_capacity=4, timeouts=SHORT)
