@@ -260,27 +260,34 @@ class Upkeep:
             r.tier = max(r.tier, tier)
 
     def _evict_where(self, doomed: Callable[[PathEntry], bool]) -> int:
-        """Evict every fast-tier entry for which `doomed` holds (a map or team change)."""
+        """Evict every fast-tier entry for which `doomed` holds (a map or team change), its
+        hits read back first."""
         gone = 0
         for table in (self.eswitch, self.cache):
             for key in [k for k, e in table.entries.items() if doomed(e)]:
+                self._touch_records(table.entries[key])
                 table.evict(key)
                 gone += 1
         return gone
 
     def _evict(self, rec: CtRecord) -> None:
-        """Remove every fast-tier entry that depends on this record, its hits read back first
-        (or the record would age as if those packets never came, and expire while in use)."""
+        """Remove every fast-tier entry that depends on this record, its hits read back first."""
         for key in self._keys_of.pop(id(rec), ()):
             for table in (self.eswitch, self.cache):
                 entry = table.entries.get(key)
-                if entry is not None and entry.packets:
-                    for r in entry.records:
-                        self.ct.touch(r, entry.last_hit, entry.packets, entry.bytes)
-                    entry.packets = entry.bytes = 0
+                if entry is not None:
+                    self._touch_records(entry)
             self.eswitch.evict(key, rec)
             self.cache.evict(key, rec)
         rec.tier = Tier.SLOW
+
+    def _touch_records(self, entry: PathEntry) -> None:
+        """Hand an entry's pending hits to its records before it goes (or they would age as if
+        those packets never came, and expire while in use)."""
+        if entry.packets:
+            for r in entry.records:
+                self.ct.touch(r, entry.last_hit, entry.packets, entry.bytes)
+            entry.packets = entry.bytes = 0
 
     def _forget(self, rec: CtRecord) -> None:
         self._evict(rec)

@@ -1231,6 +1231,22 @@ def test_offloaded_flow_follows_the_team_after_an_uplink_failure() -> None:
         assert (e.out, e.target, e.nic, e.frame) == uplink_emit(p, 1, e.frame)
 
 
+def test_a_team_change_reads_the_evicted_hits_back_into_conntrack() -> None:
+    """The hits of a path a team change evicts still count: the flow's record lives on as if
+    the slow path had seen them, and the reply after a quiet spell is still its own."""
+    p = make_pipeline("nic1", timeouts=Timeouts(udp_first=5, udp_multiple=5))
+    assert from_vf(p, VM1, udp_out(VM1, 5000, 53), 0.0).verdict is Verdict.FORWARD
+    assert from_uplink(p, udp_in(VM1, 53, 5000), 0.0).verdict is Verdict.FORWARD
+    assert from_vf(p, VM1, udp_out(VM1, 5000, 53), 0.0).tier is Tier.SLOW  # installs the path
+    assert from_vf(p, VM1, udp_out(VM1, 5000, 53), 3.0).tier is Tier.ESWITCH
+    p.set_uplink_live(p.team.assignments([1])[1], False)
+    rec = record(p, 1, 53)
+    assert rec.last_seen == 3.0 and rec.packets == 4
+    p.tick(6.0)  # 3.0 + 5 is still ahead
+    assert rec in records(p)
+    assert from_uplink(p, udp_in(VM1, 53, 5000), 6.0).verdict is Verdict.FORWARD
+
+
 def test_no_live_uplink_drops_frames_to_the_network() -> None:
     """With every uplink of the team down, frames for the network are `team.no_uplink`."""
     p = make_pipeline("nic1")
