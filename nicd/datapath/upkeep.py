@@ -7,9 +7,10 @@ Theory of operation. The slow path's decision goes down to the fast tiers `offlo
 entries first, their hits read back into it. On each `tick` the counters of every hit entry are
 read back into conntrack (`last_seen`), MAC learning and load accounting; idle records expire;
 offload-rebalance swaps idle eSwitch entries for busier waiting ones; load-based teaming may
-move VPIDs. A team change evicts every path to the network and announces (RARP) each local MAC
-whose uplink moved. A rule change revalidates every connection, so no tier keeps forwarding a
-flow the new rules deny. `Pipeline` inherits this; the frame decision lives in pipeline.py.
+move VPIDs. A team change evicts every path to the network and every path in from an uplink
+that left the team, and announces (RARP) each local MAC whose uplink moved. A rule change
+revalidates every connection, so no tier keeps forwarding a flow the new rules deny.
+`Pipeline` inherits this; the frame decision lives in pipeline.py.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Upkeep:
     _recs: list[CtRecord]
     _learn: tuple[str, bytes] | None
     _account: tuple[str, int] | None
+    _ingress_uplink: str | None
     _trace: TraceLog | None
     _last_tick: float | None
     _team_moves: list[tuple[int, str, str]]
@@ -147,8 +149,14 @@ class Upkeep:
         return self._announce_moves(before)
 
     def _announce_moves(self, before: dict[int, str]) -> list[Emit]:
-        """RARP for every local MAC whose uplink changed, sent on its new uplink."""
-        self._evict_where(lambda e: e.to_network)
+        """RARP for every local MAC whose uplink changed, sent on its new uplink.
+
+        Paths out through the team are evicted (the team may pick another uplink now), and so
+        are paths in from an uplink that left it (the team no longer accepts its frames)."""
+        live = self.team.is_live
+        self._evict_where(
+            lambda e: e.to_network or (e.from_uplink is not None and not live(e.from_uplink))
+        )
         after = self.team.assignments(self.map.local_vpids())
         return self.announce(v for v, name in after.items() if before.get(v) != name)
 
@@ -246,7 +254,7 @@ class Upkeep:
         to_network = any(e.out in (PortKind.UPLINK, PortKind.PEER_TRANSMIT) for e in d.emits)
         entry = PathEntry(
             actions, recs, d.rule, self._gen, frozenset(vpids), to_network,
-            self._learn, self._account,
+            self._learn, self._account, self._ingress_uplink,
         )  # fmt: skip
         tier = Tier.SLOW
         if plan.cache:

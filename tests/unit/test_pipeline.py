@@ -158,9 +158,11 @@ def data_out(p: Pipeline, a: VM, sport: int, dport: int, now: float = 0.0) -> De
     return from_vf(p, a, tcp_out(a, sport, dport, DATA, 101, 501, b"payload"), now)
 
 
-def data_in(p: Pipeline, a: VM, sport: int, dport: int, now: float = 0.0) -> Decision:
+def data_in(
+    p: Pipeline, a: VM, sport: int, dport: int, now: float = 0.0, ppid: int = 1
+) -> Decision:
     """One data segment of an open connection, external peer to VM `a` (`sport` is the VM's)."""
-    return from_uplink(p, tcp_in(a, dport, sport, DATA, 501, 101, b"answer"), now)
+    return from_uplink(p, tcp_in(a, dport, sport, DATA, 501, 101, b"answer"), now, ppid)
 
 
 def all_forward(ds: Iterable[Decision]) -> bool:
@@ -1245,6 +1247,19 @@ def test_a_team_change_reads_the_evicted_hits_back_into_conntrack() -> None:
     p.tick(6.0)  # 3.0 + 5 is still ahead
     assert rec in records(p)
     assert from_uplink(p, udp_in(VM1, 53, 5000), 6.0).verdict is Verdict.FORWARD
+
+
+def test_a_path_in_from_an_uplink_that_left_the_team_is_evicted() -> None:
+    """The slow path no longer accepts frames from an uplink out of the team; nor may a fast
+    tier keep forwarding them."""
+    p = make_pipeline("nic1")
+    assert all_forward(connect_out(p, VM1, 40000, 80))
+    assert data_in(p, VM1, 40000, 80, ppid=1).verdict is Verdict.FORWARD  # installs it
+    assert data_in(p, VM1, 40000, 80, ppid=1).tier is Tier.ESWITCH
+    p.set_uplink_live("nic1/p0", False)  # PPID 1
+    d = data_in(p, VM1, 40000, 80, ppid=1)
+    assert (d.verdict, d.reason, d.tier) == (Verdict.DROP, "team.not_accepted", None)
+    assert data_in(p, VM1, 40000, 80, ppid=2).verdict is Verdict.FORWARD
 
 
 def test_no_live_uplink_drops_frames_to_the_network() -> None:
