@@ -168,8 +168,8 @@ def test_tiered_pipeline_decides_as_the_slow_path_alone(initial, default, evs) -
             slow.tick(now)
             assert len(tiered.ct) == len(slow.ct)
         elif ev[0] == "link":
-            a, b = tiered.set_uplink_live(ev[1], ev[2]), slow.set_uplink_live(ev[1], ev[2])
-            assert list(map(_emit, a)) == list(map(_emit, b))
+            rarps = tiered.set_uplink_live(ev[1], ev[2])
+            assert list(map(_emit, rarps)) == list(map(_emit, slow.set_uplink_live(*ev[1:])))
         elif ev[0] == "rules":
             rs = ruleset_from_config(_valid(ev[1]), default=ev[2])
             tiered.set_rules(rs, now)
