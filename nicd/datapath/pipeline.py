@@ -144,6 +144,7 @@ class Pipeline(Upkeep):
         self._recs: list[CtRecord] = []
         self._learn: tuple[str, bytes] | None = None
         self._account: tuple[str, int] | None = None
+        self._ingress_uplink: str | None = None
         self._team_moves: list[tuple[int, str, str]] = []
         self._trace: TraceLog | None = None  # set on a dry copy only
 
@@ -236,7 +237,7 @@ class Pipeline(Upkeep):
         self.stats.frames_in += 1
         self.stats.slow_path += 1
         self._recs = []
-        self._learn = self._account = None
+        self._learn = self._account = self._ingress_uplink = None
         d = self._decide(ingress, port, frame, now)
         if d.verdict is Verdict.DROP:
             self.stats.drops[d.reason] += 1
@@ -299,6 +300,7 @@ class Pipeline(Upkeep):
         uplink = self._uplinks.get(ppid)
         if uplink is None:
             return Decision(Verdict.DROP, reason="port.unknown_uplink")
+        self._ingress_uplink = uplink.name
         seg = self.vswitch.segment_of_vlan(pkt.vlan)
         if seg is None:
             return Decision(Verdict.DROP, reason="l2.unknown_vlan")

@@ -57,6 +57,7 @@ class PathEntry:
     to_network: bool  # leaves through the team: a team change evicts it
     learn: tuple[str, bytes] | None = None  # (segment, MAC) to refresh: frames from an uplink
     account: tuple[str, int] | None = None  # (uplink, VPID) for load-based teaming
+    from_uplink: str | None = None  # came in on this uplink: evicted when it leaves the team
     packets: int = 0
     bytes: int = 0
     last_hit: float = 0.0

@@ -7,9 +7,10 @@ Theory of operation. The slow path's decision goes down to the fast tiers `offlo
 entries first, their hits read back into it. On each `tick` the counters of every hit entry are
 read back into conntrack (`last_seen`), MAC learning and load accounting; idle records expire;
 offload-rebalance swaps idle eSwitch entries for busier waiting ones; load-based teaming may
-move VPIDs. A team change evicts every path to the network and announces (RARP) each local MAC
-whose uplink moved. A rule change revalidates every connection, so no tier keeps forwarding a
-flow the new rules deny. `Pipeline` inherits this; the frame decision lives in pipeline.py.
+move VPIDs. A team change evicts every path to the network and every path in from an uplink
+that left the team, and announces (RARP) each local MAC whose uplink moved. A rule change
+revalidates every connection, so no tier keeps forwarding a flow the new rules deny.
+`Pipeline` inherits this; the frame decision lives in pipeline.py.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Upkeep:
     _recs: list[CtRecord]
     _learn: tuple[str, bytes] | None
     _account: tuple[str, int] | None
+    _ingress_uplink: str | None
     _trace: TraceLog | None
     _last_tick: float | None
     _team_moves: list[tuple[int, str, str]]
@@ -147,8 +149,14 @@ class Upkeep:
         return self._announce_moves(before)
 
     def _announce_moves(self, before: dict[int, str]) -> list[Emit]:
-        """RARP for every local MAC whose uplink changed, sent on its new uplink."""
-        self._evict_where(lambda e: e.to_network)
+        """RARP for every local MAC whose uplink changed, sent on its new uplink.
+
+        Paths out through the team are evicted (the team may pick another uplink now), and so
+        are paths in from an uplink that left it (the team no longer accepts its frames)."""
+        live = self.team.is_live
+        self._evict_where(
+            lambda e: e.to_network or (e.from_uplink is not None and not live(e.from_uplink))
+        )
         after = self.team.assignments(self.map.local_vpids())
         return self.announce(v for v, name in after.items() if before.get(v) != name)
 
@@ -163,11 +171,7 @@ class Upkeep:
             self._evict(rec)
         self.vswitch.age(now)
         if self.eswitch.capacity and waiting:
-            for old, new in self.eswitch.rebalance(rates, waiting, self.config.rebalance_swaps):
-                for r in old.records:
-                    r.tier = Tier.CACHE
-                for r in new.records:
-                    r.tier = Tier.ESWITCH
+            self._rebalance_eswitch(rates, waiting)
         if self.team.policy is TeamPolicy.LOAD_BASED:
             before = self.team.assignments(self.map.local_vpids())
             moves = self.team.rebalance(now)
@@ -216,6 +220,20 @@ class Upkeep:
                 entry.packets = entry.bytes = 0
         return rates, waiting
 
+    def _rebalance_eswitch(
+        self, rates: dict[FastKey, float], waiting: list[tuple[float, FastKey, PathEntry]]
+    ) -> None:
+        """Swap idle eSwitch entries for busier ones waiting in the cache (read back before
+        expiry: only those the cache still holds, or the eSwitch would take an entry whose
+        connection has ended, which no eviction would ever find again)."""
+        cached = self.cache.entries
+        waiting = [w for w in waiting if cached.get(w[1]) is w[2]]
+        for old, new in self.eswitch.rebalance(rates, waiting, self.config.rebalance_swaps):
+            for r in old.records:
+                r.tier = Tier.CACHE
+            for r in new.records:
+                r.tier = Tier.ESWITCH
+
     # ----------------------------------------------------------------- tier bookkeeping
 
     def _install(self, key: FastKey | None, frame: bytes, d: Decision) -> None:
@@ -236,7 +254,7 @@ class Upkeep:
         to_network = any(e.out in (PortKind.UPLINK, PortKind.PEER_TRANSMIT) for e in d.emits)
         entry = PathEntry(
             actions, recs, d.rule, self._gen, frozenset(vpids), to_network,
-            self._learn, self._account,
+            self._learn, self._account, self._ingress_uplink,
         )  # fmt: skip
         tier = Tier.SLOW
         if plan.cache:
@@ -250,27 +268,34 @@ class Upkeep:
             r.tier = max(r.tier, tier)
 
     def _evict_where(self, doomed: Callable[[PathEntry], bool]) -> int:
-        """Evict every fast-tier entry for which `doomed` holds (a map or team change)."""
+        """Evict every fast-tier entry for which `doomed` holds (a map or team change), its
+        hits read back first."""
         gone = 0
         for table in (self.eswitch, self.cache):
             for key in [k for k, e in table.entries.items() if doomed(e)]:
+                self._touch_records(table.entries[key])
                 table.evict(key)
                 gone += 1
         return gone
 
     def _evict(self, rec: CtRecord) -> None:
-        """Remove every fast-tier entry that depends on this record, its hits read back first
-        (or the record would age as if those packets never came, and expire while in use)."""
+        """Remove every fast-tier entry that depends on this record, its hits read back first."""
         for key in self._keys_of.pop(id(rec), ()):
             for table in (self.eswitch, self.cache):
                 entry = table.entries.get(key)
-                if entry is not None and entry.packets:
-                    for r in entry.records:
-                        self.ct.touch(r, entry.last_hit, entry.packets, entry.bytes)
-                    entry.packets = entry.bytes = 0
+                if entry is not None:
+                    self._touch_records(entry)
             self.eswitch.evict(key, rec)
             self.cache.evict(key, rec)
         rec.tier = Tier.SLOW
+
+    def _touch_records(self, entry: PathEntry) -> None:
+        """Hand an entry's pending hits to its records before it goes (or they would age as if
+        those packets never came, and expire while in use)."""
+        if entry.packets:
+            for r in entry.records:
+                self.ct.touch(r, entry.last_hit, entry.packets, entry.bytes)
+            entry.packets = entry.bytes = 0
 
     def _forget(self, rec: CtRecord) -> None:
         self._evict(rec)

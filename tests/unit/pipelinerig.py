@@ -128,9 +128,11 @@ def data_out(p: Pipeline, a: VM, sport: int, dport: int, now: float = 0.0) -> De
     return from_vf(p, a, tcp_out(a, sport, dport, DATA, 101, 501, b"payload"), now)
 
 
-def data_in(p: Pipeline, a: VM, sport: int, dport: int, now: float = 0.0) -> Decision:
+def data_in(
+    p: Pipeline, a: VM, sport: int, dport: int, now: float = 0.0, ppid: int = 1
+) -> Decision:
     """One data segment of an open connection, external peer to VM `a` (`sport` is the VM's)."""
-    return from_uplink(p, tcp_in(a, dport, sport, DATA, 501, 101, b"answer"), now)
+    return from_uplink(p, tcp_in(a, dport, sport, DATA, 501, 101, b"answer"), now, ppid)
 
 
 def all_forward(ds: Iterable[Decision]) -> bool:

@@ -7,7 +7,7 @@ with real frames and checks the decision, the frames emitted and the counters. N
 
 from __future__ import annotations
 
-from nicd.datapath.conntrack import CtRecord, PseudoState, TcpState
+from nicd.datapath.conntrack import CtRecord, PseudoState, TcpState, Timeouts
 from nicd.datapath.pipeline import Emit, Pipeline, PortKind, Verdict
 from nicd.datapath.tiers import Tier
 from nicd.policy import ruleset_from_config
@@ -554,6 +554,22 @@ def test_rebalance_keeps_the_busier_hardware_flow() -> None:
     p.tick(2.0)
     assert p.eswitch.swaps == 0
     assert a in fast_records(p, Tier.ESWITCH) and b not in fast_records(p, Tier.ESWITCH)
+
+
+def test_rebalance_never_promotes_a_path_whose_connection_expired() -> None:
+    """The busier waiting flow expires at the very tick that would swap it into hardware:
+    its path leaves the cache and goes nowhere, so no fast tier keeps a dead connection."""
+    p = make_pipeline("nic1", eswitch_capacity=2, timeouts=Timeouts(tcp_established=5))
+    a, b = _two_flows_one_in_hardware(p)
+    p.tick(1.0)
+    for _ in range(10):
+        data_in(p, VM1, 40001, 81, 1.0)  # B busy, last seen at 1.0
+    data_in(p, VM1, 40000, 80, 3.0)  # A idler, but seen later
+    p.tick(6.0)  # B's deadline: 1.0 + 5
+    assert b not in records(p) and a in records(p)
+    assert not in_fast_tiers(p, b)
+    assert p.eswitch.swaps == 0 and a in fast_records(p, Tier.ESWITCH)
+    assert data_in(p, VM1, 40001, 81, 6.0).verdict is Verdict.DROP  # the slow path judges it
 
 
 # -- 8. SYN, FIN and RST always go to the slow path -------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from nicd.datapath.conntrack import Timeouts
 from nicd.datapath.pipeline import Decision, Emit, Pipeline, PortKind, Verdict
 from nicd.datapath.tiers import Tier
 from tests.unit.dpfixtures import (
@@ -23,6 +24,8 @@ from tests.unit.dpfixtures import (
     tcp_in,
     tcp_out,
     udp,
+    udp_in,
+    udp_out,
     vm,
 )
 from tests.unit.pipelinerig import (
@@ -35,12 +38,15 @@ from tests.unit.pipelinerig import (
     accounted,
     all_forward,
     connect_out,
+    data_in,
     data_out,
     emits,
     from_uplink,
     from_vf,
     handshake_vms,
     parsed,
+    record,
+    records,
     tagged,
     uplink_emit,
 )
@@ -330,6 +336,35 @@ def test_offloaded_flow_follows_the_team_after_an_uplink_failure() -> None:
         [e] = d.emits
         assert (e.out, e.target, e.nic) != (old.out, old.target, old.nic)
         assert (e.out, e.target, e.nic, e.frame) == uplink_emit(p, 1, e.frame)
+
+
+def test_a_team_change_reads_the_evicted_hits_back_into_conntrack() -> None:
+    """The hits of a path a team change evicts still count: the flow's record lives on as if
+    the slow path had seen them, and the reply after a quiet spell is still its own."""
+    p = make_pipeline("nic1", timeouts=Timeouts(udp_first=5, udp_multiple=5))
+    assert from_vf(p, VM1, udp_out(VM1, 5000, 53), 0.0).verdict is Verdict.FORWARD
+    assert from_uplink(p, udp_in(VM1, 53, 5000), 0.0).verdict is Verdict.FORWARD
+    assert from_vf(p, VM1, udp_out(VM1, 5000, 53), 0.0).tier is Tier.SLOW  # installs the path
+    assert from_vf(p, VM1, udp_out(VM1, 5000, 53), 3.0).tier is Tier.ESWITCH
+    p.set_uplink_live(p.team.assignments([1])[1], False)
+    rec = record(p, 1, 53)
+    assert rec.last_seen == 3.0 and rec.packets == 4
+    p.tick(6.0)  # 3.0 + 5 is still ahead
+    assert rec in records(p)
+    assert from_uplink(p, udp_in(VM1, 53, 5000), 6.0).verdict is Verdict.FORWARD
+
+
+def test_a_path_in_from_an_uplink_that_left_the_team_is_evicted() -> None:
+    """The slow path no longer accepts frames from an uplink out of the team; nor may a fast
+    tier keep forwarding them."""
+    p = make_pipeline("nic1")
+    assert all_forward(connect_out(p, VM1, 40000, 80))
+    assert data_in(p, VM1, 40000, 80, ppid=1).verdict is Verdict.FORWARD  # installs it
+    assert data_in(p, VM1, 40000, 80, ppid=1).tier is Tier.ESWITCH
+    p.set_uplink_live("nic1/p0", False)  # PPID 1
+    d = data_in(p, VM1, 40000, 80, ppid=1)
+    assert (d.verdict, d.reason, d.tier) == (Verdict.DROP, "team.not_accepted", None)
+    assert data_in(p, VM1, 40000, 80, ppid=2).verdict is Verdict.FORWARD
 
 
 def test_no_live_uplink_drops_frames_to_the_network() -> None:
