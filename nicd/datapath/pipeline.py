@@ -23,14 +23,14 @@ take. Periodic upkeep (tick, readback, team changes) is in upkeep.py.
 from __future__ import annotations
 
 import copy
-from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from nicd.datapath.classifier import Classifier
-from nicd.datapath.conntrack import ConntrackTable, CtRecord, Timeouts
+from nicd.datapath.config import DatapathConfig, PipelineStats
+from nicd.datapath.conntrack import ConntrackTable, CtRecord
 from nicd.datapath.decision import (
     HANDOVER_NAMES,
     Decision,
@@ -41,8 +41,8 @@ from nicd.datapath.decision import (
     tag,
     untag,
 )
-from nicd.datapath.eswitch import DEFAULT_ESWITCH_CAPACITY, ESwitch
-from nicd.datapath.flowcache import DEFAULT_CACHE_CAPACITY, FlowCache
+from nicd.datapath.eswitch import ESwitch
+from nicd.datapath.flowcache import FlowCache
 from nicd.datapath.offload import offload_flags
 from nicd.datapath.rules import Direction, RuleAction, RuleSet
 from nicd.datapath.scratch import EntryCopies, ScratchConntrack, scratch_table
@@ -61,38 +61,6 @@ if TYPE_CHECKING:
 
 # The types of a decision are decision.py's; the worker and tests take them from here too.
 __all__ = ["DatapathConfig", "Decision", "Emit", "Pipeline", "PipelineStats", "PortKind", "Verdict"]
-
-
-@dataclass(slots=True)
-class DatapathConfig:
-    """Sizes and switches of one NIC's datapath."""
-
-    eswitch_capacity: int = DEFAULT_ESWITCH_CAPACITY
-    cache_capacity: int = DEFAULT_CACHE_CAPACITY
-    cache_enabled: bool = True
-    ct_limit: int = 262_144
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    rebalance_swaps: int = 64
-    failback: bool = True  # active-backup: the first uplink takes back over when it returns
-    uplink_bps: float = 1e10  # load-based: each uplink's capacity ...
-    load_threshold: float = 0.75  # ... and the share of it that counts as overloaded
-
-
-@dataclass(slots=True)
-class PipelineStats:
-    """Datapath-wide counters; drops by reason (dotted codes)."""
-
-    frames_in: int = 0
-    slow_path: int = 0  # frames no fast tier decided
-    forwarded: int = 0
-    drops: Counter[str] = field(default_factory=Counter)
-    handover_sent: Counter[str] = field(default_factory=Counter)
-    handover_received: Counter[str] = field(default_factory=Counter)
-    remap_flows_kept: int = 0
-    revalidated: int = 0
-    revalidate_removed: int = 0
-    announcements: int = 0
-    team_moves: int = 0  # VPIDs load-based teaming moved to another uplink
 
 
 @dataclass(slots=True)

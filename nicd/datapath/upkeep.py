@@ -32,7 +32,7 @@ from nicd.datapath.vswitch import Interface, Segment, VSwitch
 from wire import build
 
 if TYPE_CHECKING:
-    from nicd.datapath.pipeline import DatapathConfig, PipelineStats
+    from nicd.datapath.config import DatapathConfig, PipelineStats
     from nicd.datapath.trace import TraceLog
 
 
