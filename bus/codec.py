@@ -164,4 +164,4 @@ def decode_untrusted(data: bytes) -> Message:
                 args[i] = from_wire(args[i])
         return cls(*args)
     except InvalidField as exc:
-        raise MalformedMessage(f"field.{exc.field}") from None
+        raise MalformedMessage(f"field.{exc.field}", exc.detail) from None

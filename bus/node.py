@@ -382,7 +382,7 @@ class BaseNode(ABC, Generic[LinkT]):
         try:
             msg = decode_untrusted(payload)
         except Malformed as exc:
-            self._malformed(peer, exc.reason)
+            self._malformed(peer, exc.reason, exc.detail)
             return None
         self.stats.received += 1
         return peer, msg
@@ -420,11 +420,16 @@ class BaseNode(ABC, Generic[LinkT]):
             log.info("bus.identity.claimed", node=self.name, claimed=name, conn=sender.facts)
         return True
 
-    def _malformed(self, peer: str, reason: str) -> None:
+    def _malformed(self, peer: str, reason: str, detail: str = "") -> None:
         counts = self.stats.malformed
         count = counts[reason] = counts.get(reason, 0) + 1
         if count & (count - 1) == 0:  # log the 1st, 2nd, 4th, 8th...: a flood cannot fill logs
-            log.warning("bus.drop.malformed", node=self.name, peer=peer, reason=reason, count=count)
+            # `error` names the field at fault (a policy's `rules[0].dport`, say): the operator's
+            # only clue when a NIC sits waiting for a policy it keeps dropping.
+            log.warning(
+                "bus.drop.malformed",
+                node=self.name, peer=peer, reason=reason, error=detail, count=count,
+            )  # fmt: skip
 
 
 def _payload_size(raw: RawMessage) -> int:

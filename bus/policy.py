@@ -293,6 +293,10 @@ def team_policy_name(v: object, where: str) -> TeamPolicyName:
     raise PolicyError(where, f"must be one of {names}, got {v!r}")
 
 
+#: The longest conntrack timeout a policy may set: a year (Linux's longest default is 5 days).
+MAX_TIMEOUT_MS: Final = 365 * 86_400 * 1000
+
+
 def timeouts_ms_from_plain(d: object, where: str = "timeouts_ms") -> dict[str, int]:
     """Conntrack timeout overrides in whole milliseconds; errors name ``where.field``."""
     if not isinstance(d, Mapping):
@@ -301,8 +305,10 @@ def timeouts_ms_from_plain(d: object, where: str = "timeouts_ms") -> dict[str, i
     for key, value in d.items():
         if key not in TIMEOUT_NAMES:
             raise PolicyError(f"{where}.{key}", "unknown timeout")
-        if not _is_int(value) or value <= 0:
-            raise PolicyError(f"{where}.{key}", "must be a positive integer (milliseconds)")
+        if not _is_int(value) or not 0 < value <= MAX_TIMEOUT_MS:
+            raise PolicyError(
+                f"{where}.{key}", f"must be a positive integer (milliseconds) <= {MAX_TIMEOUT_MS}"
+            )
         out[key] = value
     return out
 

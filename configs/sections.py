@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bus.policy import (
+    MAX_TIMEOUT_MS,
     TIMEOUT_NAMES,
     ActionName,
     PolicyError,
@@ -205,6 +206,8 @@ def _timeouts(v: object) -> dict[str, Any]:
             raise ConfigError(f"timeouts.{key}", "unknown timeout")
         if _number(value) is None or value <= 0:
             raise ConfigError(f"timeouts.{key}", "must be a positive number")
+        if value * 1000 > MAX_TIMEOUT_MS:
+            raise ConfigError(f"timeouts.{key}", f"must be at most {MAX_TIMEOUT_MS // 1000} s")
         # The policy carries timeouts as whole milliseconds (PolicyUpdate has no floats).
         ms = value * 1000
         if round(ms) < 1 or abs(ms - round(ms)) > 1e-6:

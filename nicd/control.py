@@ -88,6 +88,7 @@ class NicControl:
         self.not_ready_drops = 0
         self.fenced_drops = 0
         self.first = FirstFrames(log)
+        self._took: tuple[set[int], int] | None = None  # VPIDs taken over by the map in hand
         self.hb_seq = 0
         self.probe = 0  # the newest probe of the host we answered
         self._handlers: dict[type, Callable[[str, Any, float], None]] = {
@@ -375,13 +376,21 @@ class NicControl:
         if takeover:
             self.log.info("team.takeover", epoch=msg.epoch, vpids=sorted(gained),
                           records=committed)  # fmt: skip
-            self.first.expect(p, gained, msg.epoch, now)
+            self._took = (gained, msg.epoch)
         if gained:
             self.emit(p.announce(sorted(gained)))  # the network learns the VMs' new path
         if self.fenced:
             self._unfence(p, now)
         elif not before or not self.sync.resynced:
             self.log.info("nic.ready", epoch=msg.epoch, vpids=sorted(local))
+
+    def map_settled(self, now: float) -> None:
+        """After `on_map`, at a `now` read afresh: a takeover of many records takes a while, and
+        its first-frame timing and the sync lag of its changes count from when it was done."""
+        if self._took is not None and self.pipeline is not None:
+            gained, epoch = self._took
+            self.first.expect(self.pipeline, gained, epoch, now)
+        self._took = None
         self.replicate(now)
 
     # ------------------------------------------------------------- replication

@@ -19,7 +19,7 @@ from bus.messages import SyncAck, SyncBatch, SyncRequest, trusted
 from bus.syncrows import LearnRow, SyncRow, UpsertRow, rows_from_wire_untrusted, rows_to_wire
 from nicd.datapath.conntrack import CtRecord
 from nicd.datapath.pipeline import Pipeline
-from nicd.statesync import Batch, Origin, PeerCache, delete, learn, upsert
+from nicd.statesync import RESEND_MAX, Batch, Origin, PeerCache, delete, learn, upsert
 from wire.malformed import Malformed
 
 RESYNC_RETRY_S = 0.25  # a resync request unanswered (the sibling's link to us not up yet)
@@ -70,7 +70,11 @@ class Replicator:
     # ------------------------------------------------------------- our stream
 
     def replicate(self, p: Pipeline, made_at: float) -> None:
-        """Send every change since the last call to every sibling, as one batch."""
+        """Send every change since the last call to every sibling, in batches a sibling takes.
+
+        A takeover, a mass expiry or a SYN flood can journal more changes at once than one bus
+        message may carry: they go as consecutive batches of at most `RESEND_MAX`.
+        """
         if not self.siblings:
             return
         journal = p.ct.take_journal()
@@ -79,8 +83,10 @@ class Replicator:
             return
         changes: list[SyncRow] = [upsert(r) if alive else delete(r) for alive, r in journal]
         changes += map(learn, macs)
-        batch = self.origin.add(changes)
-        if batch is not None:
+        for start in range(0, len(changes), RESEND_MAX):
+            batch = self.origin.add(changes[start : start + RESEND_MAX])
+            if batch is None:
+                continue
             msg = trusted(SyncBatch, self.name, batch.first_seq, rows_to_wire(batch.changes),
                           False, batch.boot, 0, made_at)  # fmt: skip
             data = encode(msg)

@@ -62,7 +62,6 @@ class NicWorker:
         self.policy: Policy | None = None
         self.log = structlog.get_logger().bind(nic=spec.name, host=spec.host)
         # Capture timestamps are wall clock: taken from the one clock, at the offset of the start.
-        self._wall_offset = time.time() - self.now()
         # Its messages leave by the node, its frames by `_send`; it beats when `_keepalive` asks.
         self.core = NicControl(
             spec, self.siblings, config.timers, node, self._send, self._keepalive, self.log,
@@ -164,7 +163,7 @@ class NicWorker:
                     continue
                 frames.extend((ingress, port, f) for port, f in msg.frames)
                 if self.captures.taps:
-                    self.captures.see(ingress, IN, msg.frames, self._wall(made_at))
+                    self.captures.see(ingress, IN, msg.frames, self._wall())
             elif isinstance(msg, Handover) and msg.kind is HandoverKind.DELIVER:
                 core.channels.data(peer, made_at)
                 frames.extend((PortKind.PEER_DELIVER, port, f) for port, f in msg.frames)
@@ -187,8 +186,10 @@ class NicWorker:
         self._transmit(transmit)
         core.replicate(made_at)
 
-    def _wall(self, now: float) -> float:
-        return now + self._wall_offset
+    @staticmethod
+    def _wall() -> float:
+        # pcap stamps are wall time by format; read afresh, so a clock step shows as in tcpdump.
+        return time.time()
 
     def _keepalive(self) -> None:
         self.core.keepalive(self.now())
@@ -210,7 +211,7 @@ class NicWorker:
             return
         wire = p.transmit_batch(frames)
         if self.captures.taps:
-            self.captures.see(PortKind.UPLINK, OUT, wire, self._wall(self.now()))
+            self.captures.see(PortKind.UPLINK, OUT, wire, self._wall())
         if wire:
             for chunk in frame_chunks(wire):
                 self.node.send(FABRIC, trusted(FrameBatch, self.spec.name, chunk))
@@ -221,7 +222,7 @@ class NicWorker:
             return
         out, name = group(emits), self.spec.name
         if self.captures.taps:
-            wall = self._wall(self.now())
+            wall = self._wall()
             self.captures.see(PortKind.VF, OUT, out.to_host, wall)
             self.captures.see(PortKind.UPLINK, OUT, out.to_fabric, wall)
         # Our own frames, already checked: built without re-validation (the receiver validates).
@@ -261,6 +262,7 @@ class NicWorker:
 
     def _on_map(self, peer: str, msg: Any) -> None:
         self.core.on_map(peer, msg, self.now())
+        self.core.map_settled(self.now())
 
     def stats(self) -> dict[str, Any]:
         """Counters for the control socket and the periodic `nic.stats` event."""

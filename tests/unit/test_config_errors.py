@@ -408,6 +408,12 @@ ERROR_CASES: list[tuple[str, str, str, str]] = [
     ("timeouts-unknown", "[timeouts]\ntcp_forever = 1\n" + BASE, "timeouts.tcp_forever", "unknown"),
     ("timeouts-negative", "[timeouts]\nudp_first = -1\n" + BASE, "timeouts.udp_first", "positive"),
     ("timeouts-sub-ms", "[timeouts]\nudp_first = 0.0005\n" + BASE, "timeouts.udp_first", "ms"),
+    (
+        "timeouts-huge",
+        "[timeouts]\ntcp_established = 1e17\n" + BASE,
+        "timeouts.tcp_established",
+        "at most",
+    ),
     ("timers-zero", "[timers]\nheartbeat_s = 0\n" + BASE, "timers.heartbeat_s", "> 0"),
     (
         "timers-misses",

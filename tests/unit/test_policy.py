@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from bus.policy import TIMEOUT_NAMES, ActionName, DirectionName, TeamPolicyName
+import pytest
+
+from bus.policy import (
+    MAX_TIMEOUT_MS,
+    TIMEOUT_NAMES,
+    ActionName,
+    DirectionName,
+    PolicyError,
+    TeamPolicyName,
+    timeouts_ms_from_plain,
+)
 from nicd.datapath.conntrack import Timeouts
 from nicd.datapath.rules import Direction, RuleAction
 from nicd.datapath.teaming import TeamPolicy
@@ -22,3 +32,13 @@ def test_names_match_the_datapath() -> None:
 def test_timeouts_are_overrides_of_the_datapath_defaults() -> None:
     assert timeouts_from_ms({}) == Timeouts()
     assert timeouts_from_ms({"udp_first": 250}) == Timeouts(udp_first=0.25)
+
+
+def test_a_timeout_past_a_year_is_refused_before_it_reaches_the_codec() -> None:
+    assert timeouts_ms_from_plain({"tcp_established": MAX_TIMEOUT_MS}) == {
+        "tcp_established": MAX_TIMEOUT_MS
+    }
+    with pytest.raises(PolicyError, match=r"timeouts_ms\.tcp_established"):
+        timeouts_ms_from_plain({"tcp_established": MAX_TIMEOUT_MS + 1})
+    with pytest.raises(PolicyError):
+        timeouts_ms_from_plain({"tcp_established": 10**20})
