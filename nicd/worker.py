@@ -26,6 +26,7 @@ from bus.messages import (
     Handover,
     HandoverKind,
     Hello,
+    MapUpdate,
     PolicyUpdate,
     frame_chunks,
     trusted,
@@ -75,6 +76,7 @@ class NicWorker:
         self.crashed = False
         self._handlers: dict[type, Callable[[str, Any], object]] = {
             PolicyUpdate: self._on_policy,
+            MapUpdate: self._on_map,  # the core's, then `map_settled` at a fresh `now`
             ControlRequest: lambda peer, msg: node.reply(peer, self.commands.answer(msg)),
             Hello: lambda peer, msg: None,
         }
@@ -260,7 +262,7 @@ class NicWorker:
         self.policy = policy
         self.log.info("nic.policy", version=msg.version, team_policy=str(policy.team_policy))
 
-    def _on_map(self, peer: str, msg: Any) -> None:
+    def _on_map(self, peer: str, msg: MapUpdate) -> None:
         self.core.on_map(peer, msg, self.now())
         self.core.map_settled(self.now())
 

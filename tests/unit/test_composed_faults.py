@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from structlog.testing import capture_logs
+
 from bus.messages import Fault, FaultKind, MapUpdate
 from bus.syncrows import RowKey
 from nicd.worker import NicWorker
@@ -184,3 +186,19 @@ async def test_a_rebooted_nic_with_no_map_yet_waits_for_every_silent_sibling(
         r.nics["nic2"].liveness.disconnected("nic1", 0.0)
         r.nics["nic2"].liveness.poll(0.0)
         assert not r.nics["nic2"].core.gone("nic1")  # it serves VMs in the map: wait
+
+
+async def test_a_takeover_by_bus_message_times_the_first_frames_on_the_new_path(
+    tmp_path: Path,
+) -> None:
+    """The failover map reaches the survivor as a bus message like any other: it logs the first
+    frame of each VPID it took over (`team.first_frame`), the end of the outage the report
+    measures."""
+    with capture_logs() as logs:
+        async with rig(tmp_path) as r:
+            await holding(r, "nic2", ["nic1"])
+            r.net.kill("nic1")
+            await until("nic2 times the first frames of what it took over",
+                        lambda: [e for e in logs if e["event"] == "team.first_frame"])  # fmt: skip
+    firsts = [e for e in logs if e["event"] == "team.first_frame"]
+    assert {e["vpid"] for e in firsts} <= APP1 | {v for v in range(1, 6)}
