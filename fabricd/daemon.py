@@ -45,6 +45,7 @@ from bus.transport import BusNode
 from fabricd.switch import DEFAULT_AGING, MacMove, PortMode, Switch
 from hoststack.endpoint import Endpoint
 from hoststack.traffic import wall_times
+from wire.protocols import ETH_ARP
 
 __all__ = ["NAME", "Fabric", "FabricDaemon", "FabricStats", "serve"]
 
@@ -54,6 +55,7 @@ Port = Hashable
 PortId = tuple[str, int | str]  # how the fabric names its ports: (nic, uplink ppid), (PEER, name)
 NAME = "fabricd"  # process name, bus identity and endpoint key (configs.FABRICD)
 PEER = "peer"  # first element of an external peer's port id
+_ARP = ETH_ARP.to_bytes(2, "big")
 
 
 @dataclass(slots=True)
@@ -108,9 +110,18 @@ class Fabric:
             port = (PEER, spec.name)
             self._add(port, f"{PEER}/{spec.name}", PortMode.ACCESS, vlans[spec.segment])
             self.peers[spec.name] = self._peer_ports[port] = peer
+        # A peer's flow to a VM starts on the first ARP frame the peer hears from that VM: a
+        # VM says nothing until its host is ready (every NIC holds its policy and map) and
+        # announces itself then, so the peer sends nothing a NIC would drop at boot. (A NIC's
+        # RARP for the VM says only that this one NIC has its map: it does not count.)
+        self._waiting: list[tuple[str, Any, bytes]] = []
+        self._heard: set[tuple[Port, bytes]] = set()  # (peer port, VM MAC) heard, while waiting
+        macs = _vm_macs(config)
         for flow in config.flows:
             if flow.src in self.peers:  # flows from VMs are hostd's
-                self.peers[flow.src].add_flow(config.flow_spec(flow), now)
+                spec = config.flow_spec(flow)
+                self._waiting.append((flow.src, spec, macs.get(spec.dst, b"")))
+        self._start_ready(now)
 
     def _add(self, port: PortId, label: str, mode: PortMode, vlan: int | None) -> None:
         self.switch.add_port(port, mode, vlan)
@@ -135,8 +146,28 @@ class Fabric:
             for frame in peer.announce():
                 self._switch(port, frame, now)
 
+    def _start_ready(self, now: float) -> None:
+        """Start the peers' flows whose destination VM has announced itself (or is no VM)."""
+        if not self._waiting:
+            return
+        still = []
+        for peer, spec, mac in self._waiting:
+            if mac and ((PEER, peer), mac) not in self._heard:
+                still.append((peer, spec, mac))
+                continue
+            self.peers[peer].add_flow(spec, now)
+            log.info("fabric.flow.start", peer=peer, flow=spec.name, dst=str(spec.dst))
+        self._waiting = still
+        if not still:
+            self._heard.clear()
+
+    def _hear(self, port: Port, mac: bytes) -> None:
+        if any(m == mac for _, _, m in self._waiting):  # only what is waited for: bounded
+            self._heard.add((port, mac))
+
     def tick(self, now: float) -> None:
-        """Run the peers' timers and flows, and age the MAC table."""
+        """Start the flows now ready, run the peers' timers and flows, age the MAC table."""
+        self._start_ready(now)
         for port, peer in self._peer_ports.items():
             for frame in peer.poll(now):
                 self._switch(port, frame, now)
@@ -158,6 +189,8 @@ class Fabric:
                     nic, ppid = cast("tuple[str, int]", egress)
                     self._out.setdefault(nic, []).append((ppid, out))
                 else:
+                    if self._waiting and out[12:14] == _ARP:  # untagged: an access port
+                        self._hear(egress, out[6:12])
                     work.extend((egress, answer) for answer in peer.receive(out, now))
 
     # --- link state and control -------------------------------------------------------------
@@ -235,6 +268,16 @@ class Fabric:
             extra = {"from": self.labels[m.old], "to": self.labels[m.new]}
             log.info("fabric.mac.move", vlan=m.vlan, mac=m.mac, **extra)
         return moves
+
+
+def _vm_macs(config: Any) -> dict[Any, bytes]:
+    """Every VM interface's MAC by its addresses (a peer flow's destination)."""
+    return {
+        ip.ip: iface.mac
+        for vm in getattr(config, "vms", ())
+        for iface in vm.interfaces
+        for ip in iface.ips
+    }
 
 
 class FabricDaemon:

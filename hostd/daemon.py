@@ -56,6 +56,9 @@ from wire.addr import mac_str
 POLL_S = 0.005
 RECOVER_WAIT_S = 5.0  # NICs that say nothing for this long are recovered without
 RECOVER_LINK_S = 0.5  # ... or, after a restart, this long with no connection to them
+# A fresh host's workload waits for every NIC to be up (policy and map in force), so nothing is
+# sent into a NIC that would drop it; a NIC neither up nor declared down by then is not awaited.
+START_WAIT_S = 10.0
 PORTS_PER_BOOT = 1024  # each boot's VMs start their ephemeral ports this much further
 # Each boot of the daemon numbers its epochs from (boot - 1) << EPOCH_BOOT_SHIFT: a restarted
 # daemon can never issue an epoch an earlier boot issued with another map (say to a NIC that
@@ -129,7 +132,8 @@ class HostDaemon:
         self._maps: dict[str, int] = {}
         self._recover_until = 0.0
         self.dropped_recovering = 0
-        self._started = False  # the workload starts after the first recovery
+        self._started = False  # the workload starts after the first recovery (see _may_start)
+        self._start_by: float | None = None  # when it starts even if a NIC is not up yet
         self.crashed = False
 
     def now(self) -> float:
@@ -281,13 +285,22 @@ class HostDaemon:
             for p in msg.links_down
             if 1 <= p <= len(spec.uplinks)
         ]
-        if msg.state is NicState.UP and peer not in self._announced:
-            # The VMs behind a NIC that just came up tell the network where they are.
-            self._announced.add(peer)
-            out = {vpid: self.endpoints[vpid].announce() for vpid in self.fpag.vpids_on(peer)}
-            self._send(out)
         if old != msg.state:
             self.log.info("host.nic.state", nic=peer, state=msg.state, epoch=msg.epoch)
+        self._may_start()
+        if msg.state is NicState.UP and self._started:
+            self._announce(peer)
+
+    def _announce(self, nic: str) -> None:
+        """The VMs behind a NIC that came up tell the network where they are (once per NIC).
+
+        Only once the workload runs: the fabric's external peers start sending to a VM when
+        they have seen it announce itself, that is when its host is ready.
+        """
+        if nic in self._announced:
+            return
+        self._announced.add(nic)
+        self._send({vpid: self.endpoints[vpid].announce() for vpid in self.fpag.vpids_on(nic)})
 
     def _on_disconnect(self, peer: str) -> None:
         if peer in self.fpag.nics:
@@ -319,6 +332,7 @@ class HostDaemon:
                 self.log.info("host.nic.down", nic=nic, was=old.value)
                 self.supervisor.nic_down(nic, now)
         self._supervise()
+        self._may_start()
 
     def _supervise(self) -> None:
         """Send the supervisor's probes; commit its failover once the survivors answered."""
@@ -423,8 +437,33 @@ class HostDaemon:
         for nic in self.fpag.nics:
             self.node.send(nic, update)  # only a NIC behind applies it
         if first:
-            self._started = True
-            self._start_flows(now)
+            # A restarted host's NICs are forwarding already: its VMs' workload resumes now.
+            self._start_by = now + (START_WAIT_S if self.boot == 1 else 0.0)
+            self._may_start()
+
+    def _not_ready(self) -> list[str]:
+        """This host's NICs the workload still waits for: neither up nor known to be down."""
+        return [
+            n
+            for n in self.fpag.nics
+            if self.nic_state.get(n) is not NicState.UP and n not in self.supervisor.down
+        ]
+
+    def _may_start(self) -> None:
+        """Start the VMs' workload once every NIC holds its policy and map (or the wait is over),
+        so a fresh cluster loses nothing at boot."""
+        if self._started or self.recovering or self._start_by is None:
+            return
+        now = self.now()
+        waiting = self._not_ready()
+        if waiting and now < self._start_by:
+            return
+        self._started = True
+        self.log.info("host.workload.start", not_up=waiting, boot=self.boot)
+        for nic in self.fpag.nics:
+            if self.nic_state.get(nic) is NicState.UP:
+                self._announce(nic)
+        self._start_flows(now)
 
     def _on_control(self, peer: str, msg: ControlRequest) -> None:
         try:
