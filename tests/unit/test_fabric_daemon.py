@@ -31,7 +31,7 @@ from fabricd.daemon import Fabric, FabricDaemon, serve
 from fabricd.switch import Switch
 from hoststack.traffic import FlowSpec
 from wire.addr import mac_bytes
-from wire.build import arp_frame, gratuitous_arp, tcp_frame, udp_frame
+from wire.build import arp_frame, gratuitous_arp, rarp_frame, tcp_frame, udp_frame
 from wire.frames import Packet, parse_frame_untrusted
 from wire.protocols import BROADCAST_MAC, ETH_ARP, PROTO_UDP, TCP_ACK, TCP_SYN
 
@@ -322,3 +322,19 @@ async def test_real_bus_sigterm_stops_cleanly_and_removes_the_socket(tmp_path: P
         assert not sock.exists()
     finally:
         await nic1.close()
+
+
+def test_a_peer_flow_to_a_vm_starts_on_the_first_arp_the_peer_hears_from_it() -> None:
+    """A VM speaks once its host is ready; a NIC's RARP for it (one NIC mapped) is not enough."""
+    flow = NS(name="ext-udp", proto="udp", src="ext1", dst="vm1", dport=5000, rate=100.0, size=64)
+    config = make_config([flow])
+    config.vms = [NS(interfaces=[NS(mac=VM_A, ips=(ip_interface("10.0.10.1/24"),))])]
+    fabric = Fabric(config, now=0.0)
+    fabric.set_nic_link("nic1", True)
+    peer = fabric.peers["ext1"]
+    fabric.from_nic("nic1", [(1, rarp_frame(VM_A, vlan=10))], 0.05)
+    fabric.tick(0.1)
+    assert "ext-udp" not in peer.flows, "a NIC's RARP does not start the flow"
+    fabric.from_nic("nic1", [(1, gratuitous_arp(VM_A, IP_A, vlan=10))], 0.15)
+    fabric.tick(0.2)
+    assert "ext-udp" in peer.flows

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,3 +242,26 @@ async def test_a_nic_map_that_cannot_be_this_hosts_is_not_recovered_from(tmp_pat
         await r.answer_probe("nic1", 5, good)
         await until_recovered(r.daemon)
         assert r.daemon.fpag.entries() == good
+
+
+async def test_a_fresh_hosts_workload_waits_until_every_nic_is_up(tmp_path: Path) -> None:
+    """Nothing is sent into a NIC that has no policy and map yet: the VMs wait for all."""
+    async with rig(tmp_path) as r:
+        epoch = r.daemon.fpag.epoch
+        r.nics["nic1"].send("h1", Heartbeat("nic1", 2, epoch, NicState.UP))
+        r.nics["nic2"].send("h1", Heartbeat("nic2", 2, epoch, NicState.RESYNCING))
+        await until(lambda: r.daemon.nic_state.get("nic2") is NicState.RESYNCING)
+        assert not any(ep.flows for ep in r.daemon.endpoints.values()), "started too soon"
+        assert not r.daemon._announced
+        r.nics["nic2"].send("h1", Heartbeat("nic2", 3, epoch, NicState.UP))
+        await until(lambda: any(ep.flows for ep in r.daemon.endpoints.values()))
+        assert r.daemon._announced == {"nic1", "nic2"}
+
+
+async def until(cond: Callable[[], bool]) -> None:
+    """Poll `cond` on the loop until it holds; fail after DEADLINE."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + DEADLINE
+    while not cond():
+        assert loop.time() < end, "condition not met before the deadline"
+        await asyncio.sleep(0.005)
