@@ -3,8 +3,10 @@
 Theory of operation. `Fabric` is the sans-I/O core: it owns the `Switch`, one trunk port per
 uplink of every NIC (``(nic, ppid)``, PPID of ``uplinks[i]`` is ``i + 1``) and one access port
 per external peer (``("peer", name)``, in its segment's VLAN), where an `Endpoint` answers ARP,
-TCP and UDP and runs the workload flows the peer sources. Frames go in with a clock and come out
-as per-NIC lists of ``(ppid, frame)``; a peer's answers are switched again at once.
+TCP and UDP and runs the workload flows the peer sources; a flow to a VM starts on the first ARP
+the peer hears from that VM (a VM speaks once its host is ready), so a fresh cluster loses none.
+Frames go in with a clock and come out as per-NIC lists of ``(ppid, frame)``; a peer's answers
+are switched again at once.
 
 `FabricDaemon` is the driver: one uvloop event loop and one bus node. Each iteration awaits a
 batch of messages or the next tick, switches every frame, polls the peers on the tick, then

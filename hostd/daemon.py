@@ -8,9 +8,11 @@ the current VPID map.
 A host daemon may be restarted by its card (`hostd.card`) while the NICs go on forwarding: it
 starts *recovering*. It asks every NIC for the map it holds (`Probe` with ``want_map``) and
 takes the newest one, so no epoch ever goes backwards, before it decides anything: no failover,
-failback, migrate or map is sent, and the VMs' workload starts only then. Its built-in VMs are
-new (a host crash ends their connections): their books carry the daemon's boot number, and their
-ephemeral ports start elsewhere each boot so new connections never reuse a tracked tuple.
+failback, migrate or map is sent, and the VMs' workload starts only then; on a fresh host, only
+once every NIC is up too (holds its policy and map), so nothing is lost at boot. Its built-in
+VMs are new (a host crash ends their connections): their books carry the daemon's boot number,
+and their ephemeral ports start elsewhere each boot so new connections never reuse a tracked
+tuple.
 
     python -m hostd.daemon --config configs/default.toml --host h1
 """
