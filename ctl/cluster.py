@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bus.nicstate import NicState
+from bus.rundir import PRIVATE_UMASK, private_dir, private_file, write_private
 from configs import Config, load_config
 from ctl.client import ControlError, control
 
@@ -182,11 +183,8 @@ def procfile_for(config: Config) -> Path:
     into the run directory (0700, the file 0600, like everything a run writes)."""
     if config.path.resolve() == DEFAULT_CONFIG.resolve():
         return REPO / "Procfile"
-    config.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = config.run_dir / "Procfile"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(procfile(config))
+    path = private_dir(config.run_dir) / "Procfile"
+    write_private(path, procfile(config))
     return path
 
 
@@ -201,8 +199,10 @@ def launch(config_path: Path, run_dir: Path, tag: str, output: Path) -> Cluster:
         "PYTHONUNBUFFERED": "1",
         "NICTEAM_TEST_TAG": tag,
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("wb") as out:
+    private_dir(run_dir)
+    private_dir(output.parent)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    with os.fdopen(private_file(output, flags), "wb") as out:
         proc = subprocess.Popen(
             [str(BIN / "honcho"), "start", "-f", str(procfile_path)],
             cwd=REPO,
@@ -210,6 +210,7 @@ def launch(config_path: Path, run_dir: Path, tag: str, output: Path) -> Cluster:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own session: cleanup finds every descendant
+            umask=PRIVATE_UMASK,  # whatever ours is, the cluster's files and sockets are 0600
         )
     return Cluster(proc, run_dir, config, output, config_path, tag)
 
