@@ -215,6 +215,53 @@ def launch(config_path: Path, run_dir: Path, tag: str, output: Path) -> Cluster:
     return Cluster(proc, run_dir, config, output, config_path, tag)
 
 
+# honcho's output: `HH:MM:SS name.1 | text`; a daemon's console lines: `HH:MM:SS.mmm proc event`.
+_HONCHO_LINE = re.compile(r"^\d\d:\d\d:\d\d (\S+?)(?:\.\d+)?\s+\| ?(.*)$")
+_STOPPED = re.compile(r"^(\S+?)(?:\.\d+)? stopped \(rc=(-?\d+)\)")
+_INFO_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} \S+ [a-z][\w.]*( |$)")  # no WARNING/ERROR
+_WORKER_EXIT = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} \S+-card \w+\.worker\.exit code=(-?\d+)")
+ERROR_LINES = 3
+
+
+def launch_death(output: str) -> str | None:
+    """The first process of honcho's `output` that died (or whose worker did), with its own
+    last lines before it did; None while nothing has died."""
+    seen: dict[str, list[str]] = {}
+    for line in output.splitlines():
+        m = _HONCHO_LINE.match(line)
+        if m is None:
+            continue
+        name, text = m.groups()
+        if name == "system":
+            stopped = _STOPPED.match(text)
+            if stopped is not None:
+                return _died(stopped[1], f"exited ({stopped[2]})", seen.get(stopped[1], []))
+            continue
+        worker_exit = _WORKER_EXIT.match(text)
+        if worker_exit is not None:
+            return _died(name, f"worker exited ({worker_exit[1]})", seen.get(name, []))
+        if text.strip() and not _INFO_LINE.match(text):
+            seen.setdefault(name, []).append(text.rstrip())
+    return None
+
+
+def _died(name: str, how: str, lines: list[str]) -> str:
+    last = " | ".join(line.strip() for line in lines[-ERROR_LINES:]) or "no output"
+    return f"{name} {how} during launch: {last}"
+
+
+def launch_failure(c: Cluster) -> str | None:
+    """Why the launch of `c` failed: a process (or a card's worker) died; None if none did."""
+    try:
+        text = c.output.read_text(errors="replace")
+    except OSError:
+        text = ""
+    died = launch_death(text)
+    if died is None and c.proc.poll() is not None:
+        died = f"honcho exited ({c.proc.returncode}) during launch"
+    return died
+
+
 def wait_ready(
     c: Cluster, timeout: float = 30.0, on_up: Callable[[str, float], None] | None = None
 ) -> None:
@@ -224,10 +271,12 @@ def wait_ready(
         left = max(0.1, timeout - (time.monotonic() - t0))
 
         def up(nic: str = nic) -> bool:
-            if c.proc.poll() is not None:
-                tail = c.output.read_text(errors="replace").splitlines()[-5:]
-                raise ClusterExited(f"honcho exited ({c.proc.returncode}): " + " | ".join(tail))
-            return bool(c.control(nic, "stats")["state"] == NicState.UP)
+            died = launch_failure(c)
+            if died is not None:
+                raise ClusterExited(died)
+            # A short wait per ask: a death elsewhere is seen within about this long.
+            stats = control(c.config.endpoint(nic), "stats", timeout=0.5)
+            return bool(stats["state"] == NicState.UP)
 
         wait_for(f"{nic} up", up, timeout=left)
         if on_up is not None:
