@@ -22,6 +22,8 @@ from types import FrameType
 
 import structlog
 
+from bus.rundir import private_dir, write_private
+
 STOP_GRACE_S = 3.0
 BOOT_ENV = "NICTEAM_BOOT"
 
@@ -76,10 +78,8 @@ class Card:
         self.boots += 1
         env = os.environ | {BOOT_ENV: str(self.boots)}
         self._worker = subprocess.Popen(self.worker_cmd, env=env)
-        self.pid_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.pid_path.with_suffix(".pid.tmp")
-        tmp.write_text(f"{self._worker.pid}\n")
-        tmp.replace(self.pid_path)  # readers never see a half-written pid
+        private_dir(self.pid_path.parent)
+        write_private(self.pid_path, f"{self._worker.pid}\n")  # atomic: never half-written
         self.log.info(f"{self.role}.worker.start", pid=self._worker.pid, boots=self.boots)
 
     def _wait(self) -> int:

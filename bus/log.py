@@ -28,6 +28,8 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
+from bus.rundir import private_dir, private_file
+
 __all__ = ["LEVELS", "configure_logging", "read_log"]
 
 #: Level names accepted by ``configure_logging`` and their stdlib numbers.
@@ -98,7 +100,7 @@ def _console_line(event: Mapping[str, Any]) -> str:
 
 
 def _open_append(path: Path) -> int:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = private_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     # A line torn by an earlier crash must not swallow our first line.
     size = os.fstat(fd).st_size
     if size:
@@ -146,8 +148,7 @@ def configure_logging(
         raise ValueError(f"proc: not a process name usable as a file name: {proc!r}")
     if level not in LEVELS:
         raise ValueError(f"level: must be one of {', '.join(LEVELS)}, got {level!r}")
-    logs = Path(run_dir) / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    logs = private_dir(private_dir(run_dir) / "logs")
     sink = _Sink(logs / f"{proc}.jsonl", proc, host, nic, console)
     structlog.configure(
         processors=[

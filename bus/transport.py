@@ -167,6 +167,8 @@ class BusNode(BaseNode[_Link]):
         router.bind(self.bind_endpoint)
         self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         if path is not None:
+            # zmq makes it 0777 less the umask (0700 at best): only the owner may connect.
+            os.chmod(path, 0o600)
             self._ipc_inode = path.stat().st_ino
         self._receiver = zmq.Socket.shadow(router.underlying)
         self._events_task = asyncio.create_task(

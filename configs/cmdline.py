@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
+from bus.rundir import RunDirError, private_dir, private_umask
 from configs import Config, load_config
 
 
@@ -16,4 +19,15 @@ def daemon_args(
     parser.add_argument(f"--{role}", required=True, dest="name")
     parser.add_argument("--run-dir")
     args = parser.parse_args(argv)
-    return load_config(args.config, args.run_dir), args.name
+    config = load_config(args.config, args.run_dir)
+    private_run_dir(prog, config.run_dir)
+    return config, args.name
+
+
+def private_run_dir(prog: str, run_dir: Path) -> None:
+    """Owner-only from here on: umask 077, the run directory 0700 (or exit with why not)."""
+    private_umask()
+    try:
+        private_dir(run_dir)
+    except RunDirError as e:
+        sys.exit(f"{prog}: {e}")

@@ -20,6 +20,7 @@ from rich.live import Live
 from rich.text import Text
 
 from bus.policy import TeamPolicyName
+from bus.rundir import unreadable
 from configs import DEFAULT_CONFIG, FABRICD, Config, ConfigError, load_config, resolve_run_dir
 from ctl import summary, top
 from ctl.capture import as_dict as capture_dict
@@ -57,9 +58,34 @@ class Context:
     """
 
     def __init__(self, config_path: str | None, run_dir: str | None) -> None:
-        self.run_dir = resolve_run_dir(run_dir)
-        self.config_path = config_path or launched_config(self.run_dir) or str(DEFAULT_CONFIG)
+        self._config_path = config_path
+        self._run_dir = run_dir
         self._config: Config | None = None
+
+    def override(self, config_path: str | None = None, run_dir: str | None = None) -> None:
+        """`--config` / `--run-dir` given after the verb: they win over the group's."""
+        if config_path is not None:
+            self._config_path, self._config = config_path, None
+        if run_dir is not None:
+            self._run_dir, self._config = run_dir, None
+
+    @property
+    def run_dir(self) -> Path:
+        """The run directory; one clean error if this user may not open it."""
+        path = resolve_run_dir(self._run_dir)
+        why = unreadable(path)
+        if why is not None:
+            raise click.ClickException(why)
+        return path
+
+    @property
+    def config_path(self) -> str:
+        """The config given, else the one `up` launched in the run directory, else default."""
+        return self._config_path or launched_config(self.run_dir) or str(DEFAULT_CONFIG)
+
+    @config_path.setter
+    def config_path(self, path: str) -> None:
+        self.override(config_path=path)
 
     @property
     def config(self) -> Config:
@@ -82,14 +108,34 @@ def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
     click.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else text)
 
 
-@click.group()
-@click.option(
-    "--config",
-    "config_path",
-    envvar="NICTEAM_CONFIG",
-    help="The cluster's config file [default: the one `up` launched, else configs/default.toml].",
-)
-@click.option("--run-dir", envvar="NICTEAM_RUN_DIR", help="The cluster's run directory.")
+CONFIG_HELP = "The cluster's config file [default: the one `up` launched, else the default]."
+RUN_DIR_HELP = "The cluster's run directory [default: $NICTEAM_RUN_DIR, else ./run]."
+
+
+def _after_verb(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.find_object(Context).override(**{str(param.name): value})  # type: ignore[union-attr]
+
+
+class Commands(click.Group):
+    """A group whose every command also takes `--config` and `--run-dir` after its verb."""
+
+    group_class = type  # `chaos` and other subgroups: the same kind of group
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        """Add `cmd` with `--config` / `--run-dir` (unless it has its own)."""
+        have = {p.name for p in cmd.params}
+        for flag, dest, text in (("--config", "config_path", CONFIG_HELP),
+                                 ("--run-dir", "run_dir", RUN_DIR_HELP)):  # fmt: skip
+            if dest not in have:
+                cmd.params.append(click.Option([flag, dest], expose_value=False,
+                                               callback=_after_verb, help=text))  # fmt: skip
+        super().add_command(cmd, name)
+
+
+@click.group(cls=Commands)
+@click.option("--config", "config_path", envvar="NICTEAM_CONFIG", help=CONFIG_HELP)
+@click.option("--run-dir", envvar="NICTEAM_RUN_DIR", help=RUN_DIR_HELP)
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, run_dir: str | None) -> None:
     """Operate a nicteam cluster."""
@@ -440,7 +486,7 @@ def up_command(
 ) -> None:
     """Launch a cluster from the Procfile in the run directory (stop it with `nicteam down`)."""
     if config_path is not None:
-        obj.config_path, obj._config = str(Path(config_path).absolute()), None
+        obj.config_path = str(Path(config_path).absolute())
     config = obj.config  # a bad config is reported before anything starts
     path = Path(obj.config_path).absolute()
     if as_test:
@@ -559,7 +605,7 @@ def chaos_check_command(obj: Context, logs: Path | None, as_json: bool) -> None:
 def procfile_command(obj: Context, config_path: str | None) -> None:
     """Print the Procfile of the config's cluster: fabricd, hostd per host, a card per NIC."""
     if config_path is not None:
-        obj.config_path, obj._config = str(Path(config_path).absolute()), None
+        obj.config_path = str(Path(config_path).absolute())
     click.echo(procfile(obj.config), nl=False)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bus.nicstate import NicState
+from bus.rundir import PRIVATE_UMASK, private_dir, private_file, write_private
 from configs import Config, load_config
 from ctl.client import ControlError, control
 
@@ -182,11 +183,8 @@ def procfile_for(config: Config) -> Path:
     into the run directory (0700, the file 0600, like everything a run writes)."""
     if config.path.resolve() == DEFAULT_CONFIG.resolve():
         return REPO / "Procfile"
-    config.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = config.run_dir / "Procfile"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(procfile(config))
+    path = private_dir(config.run_dir) / "Procfile"
+    write_private(path, procfile(config))
     return path
 
 
@@ -201,8 +199,10 @@ def launch(config_path: Path, run_dir: Path, tag: str, output: Path) -> Cluster:
         "PYTHONUNBUFFERED": "1",
         "NICTEAM_TEST_TAG": tag,
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("wb") as out:
+    private_dir(run_dir)
+    private_dir(output.parent)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    with os.fdopen(private_file(output, flags), "wb") as out:
         proc = subprocess.Popen(
             [str(BIN / "honcho"), "start", "-f", str(procfile_path)],
             cwd=REPO,
@@ -210,8 +210,56 @@ def launch(config_path: Path, run_dir: Path, tag: str, output: Path) -> Cluster:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own session: cleanup finds every descendant
+            umask=PRIVATE_UMASK,  # whatever ours is, the cluster's files and sockets are 0600
         )
     return Cluster(proc, run_dir, config, output, config_path, tag)
+
+
+# honcho's output: `HH:MM:SS name.1 | text`; a daemon's console lines: `HH:MM:SS.mmm proc event`.
+_HONCHO_LINE = re.compile(r"^\d\d:\d\d:\d\d (\S+?)(?:\.\d+)?\s+\| ?(.*)$")
+_STOPPED = re.compile(r"^(\S+?)(?:\.\d+)? stopped \(rc=(-?\d+)\)")
+_INFO_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} \S+ [a-z][\w.]*( |$)")  # no WARNING/ERROR
+_WORKER_EXIT = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} \S+-card \w+\.worker\.exit code=(-?\d+)")
+ERROR_LINES = 3
+
+
+def launch_death(output: str) -> str | None:
+    """The first process of honcho's `output` that died (or whose worker did), with its own
+    last lines before it did; None while nothing has died."""
+    seen: dict[str, list[str]] = {}
+    for line in output.splitlines():
+        m = _HONCHO_LINE.match(line)
+        if m is None:
+            continue
+        name, text = m.groups()
+        if name == "system":
+            stopped = _STOPPED.match(text)
+            if stopped is not None:
+                return _died(stopped[1], f"exited ({stopped[2]})", seen.get(stopped[1], []))
+            continue
+        worker_exit = _WORKER_EXIT.match(text)
+        if worker_exit is not None:
+            return _died(name, f"worker exited ({worker_exit[1]})", seen.get(name, []))
+        if text.strip() and not _INFO_LINE.match(text):
+            seen.setdefault(name, []).append(text.rstrip())
+    return None
+
+
+def _died(name: str, how: str, lines: list[str]) -> str:
+    last = " | ".join(line.strip() for line in lines[-ERROR_LINES:]) or "no output"
+    return f"{name} {how} during launch: {last}"
+
+
+def launch_failure(c: Cluster) -> str | None:
+    """Why the launch of `c` failed: a process (or a card's worker) died; None if none did."""
+    try:
+        text = c.output.read_text(errors="replace")
+    except OSError:
+        text = ""
+    died = launch_death(text)
+    if died is None and c.proc.poll() is not None:
+        died = f"honcho exited ({c.proc.returncode}) during launch"
+    return died
 
 
 def wait_ready(
@@ -223,10 +271,12 @@ def wait_ready(
         left = max(0.1, timeout - (time.monotonic() - t0))
 
         def up(nic: str = nic) -> bool:
-            if c.proc.poll() is not None:
-                tail = c.output.read_text(errors="replace").splitlines()[-5:]
-                raise ClusterExited(f"honcho exited ({c.proc.returncode}): " + " | ".join(tail))
-            return bool(c.control(nic, "stats")["state"] == NicState.UP)
+            died = launch_failure(c)
+            if died is not None:
+                raise ClusterExited(died)
+            # A short wait per ask: a death elsewhere is seen within about this long.
+            stats = control(c.config.endpoint(nic), "stats", timeout=0.5)
+            return bool(stats["state"] == NicState.UP)
 
         wait_for(f"{nic} up", up, timeout=left)
         if on_up is not None:

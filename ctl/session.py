@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bus.nicstate import NicState
+from bus.rundir import RunDirError, write_private
 from configs import Config
 from ctl.cluster import (
     ClusterExited,
@@ -66,9 +67,12 @@ def up(
             "`nicteam down` first, or give another --run-dir"
         )
     tag = f"nt-{uuid.uuid4().hex[:12]}"
-    c = launch(config_path, run_dir, tag, run_dir / "honcho.out")
+    try:
+        c = launch(config_path, run_dir, tag, run_dir / "honcho.out")
+    except RunDirError as e:
+        raise SessionError(str(e)) from None
     state = {"pid": c.proc.pid, "tag": tag, "config": str(config_path), "run_dir": str(run_dir)}
-    (run_dir / STATE_FILE).write_text(json.dumps(state))
+    write_private(run_dir / STATE_FILE, json.dumps(state))
     try:
         wait_ready(c, timeout, on_up)
     except (NotReady, ClusterExited) as e:

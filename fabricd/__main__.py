@@ -10,6 +10,7 @@ import uvloop
 
 from bus.log import configure_logging
 from configs import FABRICD, load_config
+from configs.cmdline import private_run_dir
 from fabricd.daemon import serve
 
 
@@ -20,6 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run-dir", default=None, help="run directory (default: ./run)")
     args = parser.parse_args(argv)
     config = load_config(args.config, run_dir=args.run_dir)
+    private_run_dir("fabricd", config.run_dir)
     configure_logging(FABRICD, config.run_dir)
     uvloop.run(serve(config, name=FABRICD))
     return 0

@@ -1,0 +1,95 @@
+"""`up`'s launch-failure report from honcho's output; --config/--run-dir after the verb."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from ctl.cli import main
+from ctl.cluster import launch_death
+
+BOOT = """\
+08:07:19 system   | fabric.1 started (pid=10621)
+08:07:19 system   | nic2.1 started (pid=10630)
+08:07:19 nic2.1   | 08:07:19.888 nic2-card nic.worker.start pid=10653 boots=1
+08:07:19 fabric.1 | 08:07:19.901 fabricd fabric.start
+"""
+TRACEBACK = """\
+08:07:20 nic2.1   | Traceback (most recent call last):
+08:07:20 nic2.1   |   File "bus/transport.py", line 167, in start
+08:07:20 nic2.1   |     router.bind(self.bind_endpoint)
+08:07:20 nic2.1   | zmq.error.ZMQError: Cannot assign requested address
+"""
+
+
+def test_nothing_died_yet() -> None:
+    assert launch_death(BOOT + TRACEBACK) is None
+
+
+def test_a_worker_that_died_is_named_with_its_own_last_lines() -> None:
+    out = (
+        BOOT
+        + TRACEBACK
+        + (
+            "08:07:20 fabric.1 | 08:07:20.100 fabricd fabric.link peer=nic1\n"
+            "08:07:20 nic2.1   | 08:07:20.353 nic2-card nic.worker.exit code=1 boots=1\n"
+            "08:07:20 nic2.1   | 08:07:20.353 nic2-card nic.reboot delay_s=1.0\n"
+        )
+    )
+    died = launch_death(out)
+    assert died is not None
+    assert died.startswith("nic2 worker exited (1) during launch: ")
+    assert died.endswith("router.bind(self.bind_endpoint) | zmq.error.ZMQError: "
+                         "Cannot assign requested address")  # fmt: skip
+    assert "fabric" not in died and "worker.start" not in died
+
+
+def test_a_procfile_process_that_stopped_is_the_first_one_to_stop() -> None:
+    out = BOOT + (
+        "08:08:01 fabric.1 | usage: fabricd [-h] --config CONFIG\n"
+        "08:08:01 fabric.1 | fabricd: error: the following arguments are required: --config\n"
+        "08:08:01 system   | fabric.1 stopped (rc=2)\n"
+        "08:08:01 system   | sending SIGTERM to nic2.1 (pid 10630)\n"
+        "08:08:01 system   | nic2.1 stopped (rc=-15)\n"
+    )
+    died = launch_death(out)
+    assert died is not None
+    assert died.startswith("fabric exited (2) during launch: usage: fabricd")
+    assert died.endswith("required: --config")
+
+
+def test_a_silent_death_says_so() -> None:
+    died = launch_death("08:08:01 system   | h1.1 stopped (rc=1)\n")
+    assert died == "h1 exited (1) during launch: no output"
+
+
+def run(*args: str) -> tuple[int, str]:
+    done = CliRunner().invoke(main, list(args), env={"NICTEAM_RUN_DIR": None})
+    return done.exit_code, done.output
+
+
+def test_run_dir_after_the_verb_is_the_run_dir_before_it(tmp_path: Path) -> None:
+    run_dir = str(tmp_path / "nowhere")
+    before = run("--run-dir", run_dir, "down")
+    after = run("down", "--run-dir", run_dir)
+    assert after == before == (0, f"no cluster running in {run_dir}\n")
+
+
+def test_the_verbs_run_dir_wins_over_the_groups(tmp_path: Path) -> None:
+    code, out = run("--run-dir", str(tmp_path / "a"), "down", "--run-dir", str(tmp_path / "b"))
+    assert code == 0 and out == f"no cluster running in {tmp_path / 'b'}\n"
+
+
+def test_config_after_the_verb_is_the_config_before_it(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[timers]\nheartbeat_s = 'soon'\n")
+    before = run("--config", str(bad), "map")
+    after = run("map", "--config", str(bad), "--run-dir", str(tmp_path))
+    assert after == before and after[0] != 0
+    assert f"config {bad}" in after[1]
+
+
+def test_subgroups_take_them_too(tmp_path: Path) -> None:
+    code, out = run("chaos", "check", "--run-dir", str(tmp_path))
+    assert code != 0 and f"{tmp_path / 'logs'}" in out
