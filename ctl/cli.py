@@ -23,7 +23,7 @@ from bus.policy import TeamPolicyName
 from configs import DEFAULT_CONFIG, FABRICD, Config, ConfigError, load_config, resolve_run_dir
 from ctl import summary, top
 from ctl.capture import as_dict as capture_dict
-from ctl.capture import capture
+from ctl.capture import capture, stop_on_signals
 from ctl.chaos import Chaos, ChaosError, note
 from ctl.checker import check_logs, format_verdict
 from ctl.client import ControlError, control
@@ -355,7 +355,7 @@ def trace_command(obj: Context, nic: str, packet: str, port: str, as_json: bool)
 
 @main.command("capture")
 @click.argument("port")
-@click.option("-w", "--write", "out", type=click.File("wb"),
+@click.option("-w", "--write", "out", type=click.File("wb", lazy=False),
               help="Write a pcap file (tcpdump/Wireshark) instead of printing lines.")  # fmt: skip
 @click.option("-c", "--count", type=Count(0), default=0,
               help="Stop after this many frames (0: until --seconds or Ctrl-C).")  # fmt: skip
@@ -378,7 +378,8 @@ def capture_command(
             click.echo(pcap_summary(ts, direction, frame))
 
     try:
-        result = capture(obj.config, port, sink, count, seconds, snaplen)
+        with stop_on_signals() as stop:  # SIGTERM too ends it cleanly, the pcap whole
+            result = capture(obj.config, port, sink, count, seconds, snaplen, stop)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     except ControlError as e:
