@@ -58,6 +58,8 @@ from configs.model import (
     _flow_target,
     resolve_run_dir,
 )
+from configs.ranges import RANGES
+from configs.rawtoml import check_nesting, read_bounded
 from configs.tomlcheck import (
     _array,
     _at,
@@ -70,8 +72,9 @@ from configs.tomlcheck import (
     _name,
     _number,
     _ports,
+    _ranged,
+    _ranged_int,
     _ref,
-    _seconds,
     _table,
     _type_name,
 )
@@ -86,12 +89,12 @@ _TOML_POS_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 def load_config(path: str | Path, run_dir: str | Path | None = None) -> Config:
     """Read and validate the cluster config at ``path``; raises ConfigError."""
     p = Path(path).absolute()
+    raw = read_bounded(p)  # size and nesting first: tomllib would choke on either
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(str(p), f"cannot read: {e.strerror or e}") from None
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(str(p), f"not UTF-8 text (byte {e.start})") from None
+    check_nesting(text, p)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -101,6 +104,8 @@ def load_config(path: str | Path, run_dir: str | Path | None = None) -> Config:
             raise ConfigError(str(p), f"TOML syntax error: {msg}") from None
         where = f"{p}: line {pos[1]}, column {pos[2]}"
         raise ConfigError(where, f"TOML syntax error: {msg[: pos.start()]}") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits (int()'s own limit)
+        raise ConfigError(str(p), f"TOML value error: {e}") from None
     return config_from_dict(data, path=p, run_dir=run_dir)
 
 
@@ -191,9 +196,9 @@ def _timers(v: object) -> Timers:
     for key, value in d.items():
         where = f"timers.{key}"
         if key == "heartbeat_misses":
-            values[key] = _int(value, where, 1)
+            values[key] = _ranged_int(value, where, where)
         else:
-            values[key] = _seconds(value, where, zero_ok=key == "reboot_delay_s")
+            values[key] = _ranged(value, where, where)
     return Timers(**values)
 
 
@@ -204,10 +209,14 @@ def _timeouts(v: object) -> dict[str, Any]:
     for key, value in d.items():
         if key not in TIMEOUT_NAMES:
             raise ConfigError(f"timeouts.{key}", "unknown timeout")
+        span = RANGES["timeouts.*"].text
         if _number(value) is None or value <= 0:
-            raise ConfigError(f"timeouts.{key}", "must be a positive number")
+            raise ConfigError(f"timeouts.{key}", f"must be a positive number (range {span})")
         if value * 1000 > MAX_TIMEOUT_MS:
-            raise ConfigError(f"timeouts.{key}", f"must be at most {MAX_TIMEOUT_MS // 1000} s")
+            raise ConfigError(
+                f"timeouts.{key}",
+                f"must be at most {MAX_TIMEOUT_MS // 1000} s (range {span}), got {value!r}",
+            )
         # The policy carries timeouts as whole milliseconds (PolicyUpdate has no floats).
         ms = value * 1000
         if round(ms) < 1 or abs(ms - round(ms)) > 1e-6:
@@ -229,6 +238,7 @@ def _firewall(
         path = "firewall.default" if e.field == "default" else e.field
         raise ConfigError(path, e.why) from None
     for i, rule in enumerate(specs):
+        _ranged_int(rule.priority, f"firewall.rules[{i}].priority", "firewall.rules.priority")
         if rule.segment is not None and rule.segment not in seg_names:
             raise ConfigError(f"firewall.rules[{i}].segment", f"unknown segment {rule.segment!r}")
     return action, tuple(rules), specs
@@ -265,17 +275,10 @@ def _hosts(v: object) -> list[_HostDraft]:
         except PolicyError as e:
             raise ConfigError.wrap(e) from None
         failback = _bool(d.get("failback", True), f"{where}.failback")
-        mbps = _number(d.get("uplink_mbps", 10_000))
-        if mbps is None or not 0.001 <= mbps <= 1e6:
-            raise ConfigError(
-                f"{where}.uplink_mbps", f"must be a number in 0.001..1e6, got {d['uplink_mbps']!r}"
-            )
-        threshold = _number(d.get("load_threshold", 0.75))
-        if threshold is None or not 0.01 <= threshold <= 1:
-            raise ConfigError(
-                f"{where}.load_threshold",
-                f"must be a number in 0.01..1, got {d['load_threshold']!r}",
-            )
+        mbps = _ranged(d.get("uplink_mbps", 10_000), f"{where}.uplink_mbps", "hosts.uplink_mbps")
+        threshold = _ranged(
+            d.get("load_threshold", 0.75), f"{where}.load_threshold", "hosts.load_threshold"
+        )
         nic_items = _array(d["nics"], f"{where}.nics")
         if not 1 <= len(nic_items) <= MAX_NICS_PER_HOST:
             raise ConfigError(
@@ -300,10 +303,14 @@ def _hosts(v: object) -> list[_HostDraft]:
                     name=nic_name,
                     host=name,
                     uplinks=tuple(ports),
-                    eswitch_capacity=_int(
-                        nd.get("eswitch_capacity", 4096), f"{nwhere}.eswitch_capacity", 0
+                    eswitch_capacity=_ranged_int(
+                        nd.get("eswitch_capacity", 4096),
+                        f"{nwhere}.eswitch_capacity",
+                        "hosts.nics.eswitch_capacity",
                     ),
-                    ct_limit=_int(nd.get("ct_limit", 262144), f"{nwhere}.ct_limit", 1),
+                    ct_limit=_ranged_int(
+                        nd.get("ct_limit", 262144), f"{nwhere}.ct_limit", "hosts.nics.ct_limit"
+                    ),
                 )
             )
         hosts.append(_HostDraft(name, tuple(nics), policy.value, failback, mbps, threshold))
@@ -400,10 +407,7 @@ def _flows(v: object, cfg: Config) -> tuple[WorkloadFlow, ...]:
         if src == dst:
             raise ConfigError(f"{where}.dst", "same as src")
         dport = _int(d["dport"], f"{where}.dport", 1, 65535)
-        rate = _number(d.get("rate", 10.0))
-        if rate is None or rate < 0:
-            got = d.get("rate")
-            raise ConfigError(f"{where}.rate", f"must be messages per second >= 0, got {got!r}")
+        rate = _ranged(d.get("rate", 10.0), f"{where}.rate", "flows.rate")
         size = _int(d.get("size", 64), f"{where}.size", 1)
         limit = MAX_UDP_PAYLOAD if proto == "udp" else MAX_MESSAGE
         if message_length(name, size) > limit:

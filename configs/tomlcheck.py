@@ -9,6 +9,7 @@ from ipaddress import ip_interface
 from typing import Any
 
 from configs.model import _NAME_RE, ConfigError, IPAddress, IPInterface
+from configs.ranges import RANGES, fmt_number
 from wire.addr import mac_bytes, mac_str
 
 _TOML_TYPES = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array"}
@@ -74,12 +75,26 @@ def _number(v: object) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _seconds(v: object, where: str, *, zero_ok: bool = False) -> float:
-    f = _number(v)
-    if f is None or f < 0 or (f == 0 and not zero_ok):
-        bound = ">= 0" if zero_ok else "> 0"
-        raise ConfigError(where, f"must be a number of seconds {bound}, got {v!r}")
-    return f
+def _ranged_int(v: object, where: str, key: str) -> int:
+    """An integer field checked against ``RANGES[key]`` (see _ranged)."""
+    return int(_ranged(v, where, key))
+
+
+def _ranged(v: object, where: str, key: str) -> float:
+    """``v`` checked against ``RANGES[key]``; the error names the bound crossed and the range."""
+    r = RANGES[key]
+    ok_type = type(v) is int if r.integer else _number(v) is not None
+    unit = "seconds" if r.unit == "s" else r.unit
+    noun = "an integer" if r.integer else f"a number of {unit}" if unit else "a number"
+    if ok_type and r.lo <= v <= r.hi:  # type: ignore[operator]
+        return v if r.integer else float(v)  # type: ignore[return-value,arg-type]
+    if ok_type and v > r.hi:  # type: ignore[operator]
+        bound = f"<= {fmt_number(r.hi)}"
+    elif r.unit == "s" and r.lo > 0 and (not ok_type or v <= 0):  # type: ignore[operator]
+        bound = "> 0"  # a duration's first requirement; the range says how far above
+    else:
+        bound = f">= {fmt_number(r.lo)}"
+    raise ConfigError(where, f"must be {noun} {bound} (range {r.text}), got {v!r}")
 
 
 def _bool(v: object, where: str) -> bool:

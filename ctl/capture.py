@@ -1,15 +1,18 @@
 """`nicteam capture NIC/PORT`: a NIC's port tap drained into a pcap file (or printed).
 
 The NIC copies every frame in and out of the port into the tap; this side reads it every
-`POLL_S` and writes pcap records, until `count` frames, `seconds`, or Ctrl-C. The tap is always
+`POLL_S` and writes pcap records, until `count` frames, `seconds`, Ctrl-C or SIGTERM (both only
+set a flag the loop reads between records, so no record is cut short). The tap is always
 removed on the way out (and the NIC drops it by itself if this process dies).
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +49,11 @@ def capture(
     count: int = 0,
     seconds: float | None = None,
     snaplen: int = 65535,
+    stop: threading.Event | None = None,
 ) -> CaptureResult:
-    """Tap NIC/PORT and give each frame to `sink(ts, direction, frame, original length)`."""
+    """Tap NIC/PORT and give each frame to `sink(ts, direction, frame, original length)`;
+    ends early once `stop` is set."""
+    stop = stop or threading.Event()
     nic, port = split_port(config, spec)
     endpoint = config.endpoint(nic)
     tap = control(endpoint, "capture-start", {"port": port, "count": count, "snaplen": snaplen})
@@ -55,20 +61,33 @@ def capture(
     written = 0
     got: dict[str, Any] = {"taken": 0, "missed": 0}
     try:
-        while deadline is None or time.monotonic() < deadline:
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             got = control(endpoint, "capture-read", {"id": tap["id"]})
             for ts, direction, frame, length in got["frames"]:
                 sink(ts, direction, frame, length)
                 written += 1
             if got["done"]:
                 break
-            time.sleep(POLL_S)
+            stop.wait(POLL_S)
     except KeyboardInterrupt:
         pass  # Ctrl-C ends a capture, as in tcpdump: what was taken is kept
     finally:
         with contextlib.suppress(ControlError):
             control(endpoint, "capture-stop", {"id": tap["id"]}, timeout=1.0)
     return CaptureResult(written, got["taken"], got["missed"])
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An Event SIGTERM and SIGINT set while the block runs (instead of killing mid-write)."""
+    stop = threading.Event()
+    handler = lambda signum, frame: stop.set()  # noqa: E731
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 def as_dict(r: CaptureResult) -> dict[str, Any]:

@@ -24,13 +24,14 @@ from bus.rundir import unreadable
 from configs import DEFAULT_CONFIG, FABRICD, Config, ConfigError, load_config, resolve_run_dir
 from ctl import summary, top
 from ctl.capture import as_dict as capture_dict
-from ctl.capture import capture
+from ctl.capture import capture, stop_on_signals
 from ctl.chaos import Chaos, ChaosError, note
 from ctl.checker import check_logs, format_verdict
 from ctl.client import ControlError, control
 from ctl.cluster import NotReady, procfile, wait_for
 from ctl.migrate import format_migrate, migrate
 from ctl.nemesis import DEFAULT_FAULTS, KINDS, Topology, parse_faults, plan, run_and_check
+from ctl.params import Count, Seconds
 from ctl.pcap import PcapWriter
 from ctl.pcap import summary as pcap_summary
 from ctl.plot import plot
@@ -207,7 +208,7 @@ def _wait_all_up(obj: Context, timeout: float) -> None:
 
 @main.command("kill")
 @click.argument("nic")
-@click.option("--wait", "wait_s", type=click.FloatRange(0.0, 600.0), default=None,
+@click.option("--wait", "wait_s", type=Seconds(0, 600, lo_open=True), default=None,
               is_flag=False, flag_value=60.0,
               help="Then wait (seconds, default 60) for it to reboot and resync.")  # fmt: skip
 @click.pass_obj
@@ -237,7 +238,7 @@ def kill(obj: Context, nic: str, wait_s: float | None) -> None:
 
 
 @main.command("wait")
-@click.option("--timeout", type=click.FloatRange(0.0, 600.0), default=60.0, show_default=True)
+@click.option("--timeout", type=Seconds(0, 600, lo_open=True), default=60.0, show_default=True)
 @click.pass_obj
 def wait_command(obj: Context, timeout: float) -> None:
     """Wait until every NIC is up, showing boots and bulk resyncs as they go."""
@@ -247,7 +248,7 @@ def wait_command(obj: Context, timeout: float) -> None:
 
 @main.command("pause")
 @click.argument("nic")
-@click.option("--for", "seconds", type=click.FloatRange(0.0, 3600.0), default=1.0,
+@click.option("--for", "seconds", type=Seconds(0, 3600, lo_open=True), default=1.0,
               show_default=True, help="Seconds to keep it stopped.")  # fmt: skip
 @click.pass_obj
 def pause(obj: Context, nic: str, seconds: float) -> None:
@@ -262,7 +263,7 @@ def pause(obj: Context, nic: str, seconds: float) -> None:
 @main.command("partition")
 @click.argument("nic_a")
 @click.argument("nic_b")
-@click.option("--for", "seconds", type=click.FloatRange(0.0, 3600.0), default=1.0,
+@click.option("--for", "seconds", type=Seconds(0, 3600, lo_open=True), default=1.0,
               show_default=True, help="Seconds the channel drops everything.")  # fmt: skip
 @click.pass_obj
 def partition(obj: Context, nic_a: str, nic_b: str, seconds: float) -> None:
@@ -275,7 +276,7 @@ def partition(obj: Context, nic_a: str, nic_b: str, seconds: float) -> None:
 
 
 @main.command("verify")
-@click.option("--wait", "wait_s", type=click.FloatRange(0.0, 600.0), default=5.0,
+@click.option("--wait", "wait_s", type=Seconds(0, 600), default=5.0,
               show_default=True, help="Seconds to wait for every copy to catch up.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="The pairs as JSON.")
 @click.pass_obj
@@ -305,9 +306,9 @@ def status_command(obj: Context, as_json: bool) -> None:
 
 
 @main.command("top")
-@click.option("--interval", type=click.FloatRange(0.1, 60.0), default=1.0, show_default=True,
+@click.option("--interval", type=Seconds(0.1, 60), default=1.0, show_default=True,
               help="Seconds between refreshes.")  # fmt: skip
-@click.option("--count", type=click.IntRange(0), default=0,
+@click.option("--count", type=Count(0), default=0,
               help="Refreshes before exiting (0: until Ctrl-C).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per refresh.")
 @click.pass_obj
@@ -341,7 +342,7 @@ def map_command(obj: Context, as_json: bool) -> None:
 
 @main.command("conntrack")
 @click.argument("nic")
-@click.option("--limit", type=click.IntRange(0, 10_000), default=1000, show_default=True,
+@click.option("--limit", type=Count(0, 10_000), default=1000, show_default=True,
               help="Records to list at most (the oldest first).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
 @click.pass_obj
@@ -367,7 +368,7 @@ def _nic_arg(obj: Context, nic: str) -> str:
 @click.argument("nic")
 @click.option("--tier", type=click.Choice(["eswitch", "cache", "slow"]),
               help="Only this tier (default: all three).")  # fmt: skip
-@click.option("--limit", type=click.IntRange(0, 10_000), default=1000, show_default=True,
+@click.option("--limit", type=Count(0, 10_000), default=1000, show_default=True,
               help="Flows to list at most.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
 @click.pass_obj
@@ -400,12 +401,12 @@ def trace_command(obj: Context, nic: str, packet: str, port: str, as_json: bool)
 
 @main.command("capture")
 @click.argument("port")
-@click.option("-w", "--write", "out", type=click.File("wb"),
+@click.option("-w", "--write", "out", type=click.File("wb", lazy=False),
               help="Write a pcap file (tcpdump/Wireshark) instead of printing lines.")  # fmt: skip
-@click.option("-c", "--count", type=click.IntRange(0), default=0,
+@click.option("-c", "--count", type=Count(0), default=0,
               help="Stop after this many frames (0: until --seconds or Ctrl-C).")  # fmt: skip
-@click.option("--seconds", type=click.FloatRange(0.0, 86400.0), help="Stop after this long.")
-@click.option("-s", "--snaplen", type=click.IntRange(14, 65535), default=65535,
+@click.option("--seconds", type=Seconds(0, 86400, lo_open=True), help="Stop after this long.")
+@click.option("-s", "--snaplen", type=Count(14, 65535), default=65535,
               show_default=True, help="Bytes kept of each frame.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="The final counts as JSON.")
 @click.pass_obj
@@ -423,7 +424,8 @@ def capture_command(
             click.echo(pcap_summary(ts, direction, frame))
 
     try:
-        result = capture(obj.config, port, sink, count, seconds, snaplen)
+        with stop_on_signals() as stop:  # SIGTERM too ends it cleanly, the pcap whole
+            result = capture(obj.config, port, sink, count, seconds, snaplen, stop)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     except ControlError as e:
@@ -476,9 +478,9 @@ def migrate_command(obj: Context, vm: str, nic: str, as_json: bool) -> None:
               help="Launch this config instead (default: configs/default.toml).")  # fmt: skip
 @click.option("--test", "as_test", is_flag=True,
               help="Run the workload privately, print delivery; exit 1 on loss.")  # fmt: skip
-@click.option("--seconds", type=click.FloatRange(0.5, 3600.0), default=5.0, show_default=True,
+@click.option("--seconds", type=Seconds(0.5, 3600), default=5.0, show_default=True,
               help="With --test: how long the workload runs.")  # fmt: skip
-@click.option("--timeout", type=click.FloatRange(1.0, 600.0), default=60.0, show_default=True,
+@click.option("--timeout", type=Seconds(1, 600), default=60.0, show_default=True,
               help="Seconds to wait for every NIC to come up.")  # fmt: skip
 @click.pass_obj
 def up_command(
@@ -543,12 +545,12 @@ def chaos_group() -> None:
 
 
 @chaos_group.command("run")
-@click.option("--seconds", type=click.FloatRange(1.0, 86400.0), default=60.0, show_default=True,
+@click.option("--seconds", type=Seconds(1, 86400), default=60.0, show_default=True,
               help="How long to play faults.")  # fmt: skip
-@click.option("--seed", type=click.IntRange(0), help="The schedule's seed [default: random].")
+@click.option("--seed", type=Count(0), help="The schedule's seed [default: random].")
 @click.option("--faults", default=",".join(DEFAULT_FAULTS), show_default=True,
               help=f"Fault kinds, comma-separated, from {','.join(KINDS)}.")  # fmt: skip
-@click.option("--quiet-timeout", type=click.FloatRange(1.0, 600.0), default=60.0,
+@click.option("--quiet-timeout", type=Seconds(1, 600), default=60.0,
               show_default=True, help="Seconds to wait for the cluster to settle.")  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Print the schedule only; inject nothing.")
 @click.option("--json", "as_json", is_flag=True, help="The verdict as JSON.")

@@ -27,14 +27,17 @@ class PcapWriter:
     def __init__(self, f: BinaryIO, snaplen: int = 65535) -> None:
         self.f = f
         self.frames = 0
+        # Header at once and every record whole and flushed: whatever stops the writer, the
+        # file on disk is a valid pcap (a reader never sees a half record).
         f.write(_FILE.pack(MAGIC, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
+        f.flush()
 
     def write(self, ts: float, frame: bytes, orig_len: int | None = None) -> None:
         """One frame seen at epoch time `ts`; `orig_len` if it was cut to the snap length."""
         sec = int(ts)
         usec = min(999_999, round((ts - sec) * 1e6))
-        self.f.write(_RECORD.pack(sec, usec, len(frame), orig_len or len(frame)))
-        self.f.write(frame)
+        self.f.write(_RECORD.pack(sec, usec, len(frame), orig_len or len(frame)) + frame)
+        self.f.flush()
         self.frames += 1
 
 

@@ -501,3 +501,103 @@ def test_unreadable_file(tmp_path: Path) -> None:
     bad.write_bytes(b'# caf\xe9\n[[segments]]\nname = "web"\n')
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(bad)
+
+
+# -- every number has a range; the file has a size and a depth ------------------------------------
+
+RANGE_CASES: list[tuple[str, str, str, str]] = [
+    # (id, config text, field, range as the error writes it); the accepted values first
+    ("heartbeat-tiny", "[timers]\nheartbeat_s = 1e-6\n" + BASE, "timers.heartbeat_s", "0.01..10 s"),
+    (
+        "heartbeat-huge",
+        "[timers]\nheartbeat_s = 1e300\n" + BASE,
+        "timers.heartbeat_s",
+        "0.01..10 s",
+    ),
+    ("heartbeat-inf", "[timers]\nheartbeat_s = inf\n" + BASE, "timers.heartbeat_s", "0.01..10 s"),
+    (
+        "misses",
+        "[timers]\nheartbeat_misses = 1000000000\n" + BASE,
+        "timers.heartbeat_misses",
+        "1..100",
+    ),
+    ("reboot", "[timers]\nreboot_delay_s = 1e12\n" + BASE, "timers.reboot_delay_s", "0..600 s"),
+    ("tick", "[timers]\ntick_s = 0.0001\n" + BASE, "timers.tick_s", "0.01..10 s"),
+    ("stats", "[timers]\nstats_s = 1e9\n" + BASE, "timers.stats_s", "0.1..3600 s"),
+    (
+        "timeout-1e300",
+        "[timeouts]\nudp_multiple = 1e300\n" + BASE,
+        "timeouts.udp_multiple",
+        "0.001..31536000 s",
+    ),
+    (
+        "ct-limit-2**63",
+        edit_base(replace={"eswitch_capacity = 16": "ct_limit = 9223372036854775807"}),
+        "hosts[0].nics[1].ct_limit",
+        "1..4194304",
+    ),
+    (
+        "eswitch-huge",
+        edit_base(replace={"eswitch_capacity = 16": "eswitch_capacity = 100000000"}),
+        "hosts[0].nics[1].eswitch_capacity",
+        "0..1048576",
+    ),
+    ("rate-1e12", edit_base(append="rate = 1e12\n"), "flows.f1.rate", "0..10000 messages/s"),
+    (
+        "uplink-mbps-huge",
+        edit_base(replace={'name = "h1"': 'name = "h1"\nuplink_mbps = 1e9'}),
+        "hosts[0].uplink_mbps",
+        "0.001..1e6 Mb/s",
+    ),
+    (
+        "priority-past-64-bits",
+        edit_base(replace={'name = "http"': 'name = "http"\npriority = 100000000000000000000'}),
+        "firewall.rules[0].priority",
+        "0..65535",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "span"), [c[1:] for c in RANGE_CASES], ids=[c[0] for c in RANGE_CASES]
+)
+def test_out_of_range_names_field_and_range(
+    tmp_path: Path, text: str, field: str, span: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, text)
+    assert info.value.field == field, str(info.value)
+    assert f"(range {span})" in info.value.reason, str(info.value)
+
+
+@pytest.mark.parametrize("opener", ["[", "{a = "])
+def test_deep_nesting_is_one_error(tmp_path: Path, opener: str) -> None:
+    # tomllib recurses per level: 100,000 deep was a RecursionError and a 1,000-line traceback.
+    closer = "]" if opener == "[" else "}"
+    deep = "x = " + opener * 100_000 + "1" + closer * 100_000 + "\n"
+    path = write_config(tmp_path, BASE + deep)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    line = BASE.count("\n") + 1
+    assert str(info.value).startswith(f"{path}: line {line}: "), str(info.value)
+    assert "nest more than 32 deep" in info.value.reason
+
+
+def test_big_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    # A 50 MB array took 34 s and 330 MB before an error; the size is checked first.
+    path = tmp_path / "cluster.toml"
+    with path.open("w") as f:
+        f.write(BASE + "x = [")
+        for _ in range(20_000):  # 2.4 MB
+            f.write("1, " * 40)
+        f.write("1]\n")
+    size = path.stat().st_size
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: file is {size} bytes, at most 1048576"
+
+
+def test_integer_past_python_digit_limit(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="TOML value error") as info:
+        load_text(tmp_path, "x = " + "9" * 5000 + "\n" + BASE)
+    assert info.value.field.endswith("cluster.toml")
