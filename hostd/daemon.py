@@ -44,16 +44,16 @@ from bus.messages import (
 )
 from bus.nicstate import NicState
 from bus.node import BaseNode, BusClosed
-from bus.policy import Policy, PolicyError, TeamPolicyName, team_policy_name
+from bus.policy import Policy, TeamPolicyName
 from bus.runtime import crash_on_error, every, run_loop, run_until_signalled
 from bus.transport import BusNode
 from configs import Config, HostSpec
 from configs.cmdline import daemon_args
+from hostd.commands import HostCommands
 from hostd.fpag import Fpag
 from hostd.supervisor import Supervisor
 from hoststack.endpoint import EPHEMERAL, Endpoint
 from hoststack.traffic import FlowSpec, wall_times
-from wire.addr import mac_str
 
 POLL_S = 0.005
 RECOVER_WAIT_S = 5.0  # NICs that say nothing for this long are recovered without
@@ -137,6 +137,7 @@ class HostDaemon:
         self._started = False  # the workload starts after the first recovery (see _may_start)
         self._start_by: float | None = None  # when it starts even if a NIC is not up yet
         self.crashed = False
+        self.commands = HostCommands(self)
 
     def now(self) -> float:
         """The loop's monotonic clock."""
@@ -469,110 +470,11 @@ class HostDaemon:
 
     def _on_control(self, peer: str, msg: ControlRequest) -> None:
         try:
-            reply = self._control(msg)
+            reply = self.commands.answer(msg)
         except Exception as e:  # a bug in one command must not take the host's loop down
             self.log.exception("host.control.error", cmd=msg.cmd)
             reply = ControlReply(msg.req_id, False, {}, f"{msg.cmd}: internal error: {e}")
         self.node.reply(peer, reply)
-
-    def _control(self, msg: ControlRequest) -> ControlReply:
-        if self.recovering and msg.cmd in ("migrate", "team-policy"):
-            why = "the host is recovering its map from its NICs (it restarted); try again soon"
-            return ControlReply(msg.req_id, False, {}, f"{msg.cmd}: {why}")
-        if msg.cmd == "stats":
-            result: dict[str, object] = {
-                "boot": self.boot,
-                "recovering": self.recovering,
-                "dropped_recovering": self.dropped_recovering,
-                "stalls": self.stalls,
-                "flows": self.flow_stats(),
-                "nics": {nic: state.value for nic, state in self.nic_state.items()},
-                "team_policy": str(self.team_policy),
-                "links_down": dict(self.links_down),
-                "stale_frames": dict(self.stale_frames),
-                "epoch": self.fpag.epoch,
-            }
-        elif msg.cmd == "team-policy":
-            try:
-                result = self.set_team_policy(msg.args)
-            except PolicyError as e:  # the operator's argument
-                return ControlReply(msg.req_id, False, {}, str(e))
-        elif msg.cmd == "migrate":
-            try:
-                result = self.migrate(msg.args)
-            except ValueError as e:
-                return ControlReply(msg.req_id, False, {}, str(e))
-        elif msg.cmd == "map":
-            result = {
-                "epoch": self.fpag.epoch,
-                "entries": [list(row) for row in self.fpag.entries()],
-                "ports": self.ports(),
-            }
-        else:
-            return ControlReply(msg.req_id, False, {}, f"unknown command {msg.cmd!r}")
-        return ControlReply(msg.req_id, True, result, "")
-
-    def ports(self) -> list[dict[str, object]]:
-        """Every VM interface: its VPID, VM, MAC and where it is plugged now."""
-        out: list[dict[str, object]] = []
-        for vpid, ep in sorted(self.endpoints.items()):
-            b = self.fpag.binding(vpid)
-            out.append(
-                {"vpid": vpid, "vm": ep.name, "mac": mac_str(ep.mac), "nic": b.nic, "ppid": b.ppid}
-            )
-        return out
-
-    def migrate(self, args: dict[str, object]) -> dict[str, object]:
-        """The `migrate` command: plug a VM's interfaces into another NIC, as one new epoch.
-
-        Only the map changes: the VPIDs stay, so the target NIC takes over the records it holds
-        as copies and no flow entry is rewritten. The move also becomes the VM's home for
-        failback, or the next failback would undo what the operator asked for.
-        """
-        vm, nic = str(args.get("vm", "")), str(args.get("nic", ""))
-        vpids = [
-            v for v, ep in self.endpoints.items() if ep.name == vm or ep.name.startswith(f"{vm}/")
-        ]
-        if not vpids:
-            names = ", ".join(sorted(ep.name for ep in self.endpoints.values()))
-            raise ValueError(f"no VM {vm!r} on host {self.spec.name} (VMs: {names})")
-        if nic not in self.fpag.nics:
-            raise ValueError(
-                f"no NIC {nic!r} on host {self.spec.name} (NICs: {', '.join(self.fpag.nics)})"
-            )
-        if (
-            self.nic_state.get(nic) is not NicState.UP
-            or self.liveness.state(nic) is not Liveness.UP
-        ):
-            state = self.nic_state.get(nic, "not heard from")
-            raise ValueError(f"{nic} is {state}: migrate only to a NIC that is up (nicteam status)")
-        before = {v: self.fpag.binding(v) for v in sorted(vpids)}
-        moves = [(v, nic) for v, b in before.items() if b.nic != nic]
-        for v, _ in moves:
-            self.supervisor.configured[v] = nic
-        self._remap("migrate", nic, moves)
-        return {
-            "vm": vm,
-            "nic": nic,
-            "epoch": self.fpag.epoch,
-            "moves": [
-                {"vpid": v, "from": b.nic, "from_ppid": b.ppid, "to": nic,
-                 "ppid": self.fpag.binding(v).ppid}
-                for v, b in before.items() if b.nic != nic
-            ],
-        }  # fmt: skip
-
-    def set_team_policy(self, args: dict[str, object]) -> dict[str, object]:
-        """The `team-policy` command: every NIC of the host gets the new policy now."""
-        new = team_policy_name(args.get("policy"), "policy")
-        old, self.team_policy = self.team_policy, new
-        if new != old:
-            self.policy_version += 1
-            update = PolicyUpdate(self.policy_version, self.policy())
-            for nic in self.fpag.nics:
-                self.node.send(nic, update)
-        self.log.info("host.team.policy", old=str(old), new=str(new), version=self.policy_version)
-        return {"old": str(old), "policy": str(new), "version": self.policy_version}
 
     def _send(self, out: dict[int, list[bytes]]) -> None:
         per_nic: dict[str, list[tuple[int, bytes]]] = defaultdict(list)

@@ -94,7 +94,7 @@ async def test_a_nic_killed_inside_a_migrate_to_it_leaves_the_connections_on_one
         n1 = r.nics["nic1"]
         await until("app1 has connections", lambda: len(tracked(n1, APP1)) >= 2)
         await holding(r, "nic2", ["nic1"])
-        r.host.migrate({"vm": "app1", "nic": "nic2"})
+        r.host.commands.migrate({"vm": "app1", "nic": "nic2"})
         r.net.kill("nic2")  # before it applied the map: it commits nothing, streams nothing
         # The old home released app1 on the migrate's map; the failover gives it back.
         await until("app1 back on nic1", lambda: all(homes(r)[v] == "nic1" for v in APP1))
@@ -112,7 +112,7 @@ async def test_a_nic_killed_inside_a_migrate_from_it_leaves_the_connections_on_t
         await until("nic2 holds app1's connections",
                     lambda: len(copies(n2, APP1)["nic1"]) >= 2)  # fmt: skip
         held = copies(n2, APP1)["nic1"]
-        r.host.migrate({"vm": "app1", "nic": "nic2"})
+        r.host.commands.migrate({"vm": "app1", "nic": "nic2"})
         r.net.kill("nic1")
         await until("every VPID on nic2", lambda: set(homes(r).values()) == {"nic2"})
         await until("nic2 applied it",
