@@ -100,12 +100,17 @@ def test_a_readable_or_absent_run_dir_is_no_error(tmp_path: Path) -> None:
     assert unreadable(tmp_path / "absent") is None
 
 
-def as_nobody(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run `argv` as uid/gid nobody."""
+def as_another_user(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run `argv` as root stripped of the capabilities that bypass file modes.
+
+    A run dir owned by `nobody` is then closed to it as to any other user, while the checkout,
+    the venv and the interpreter (root's own) stay readable wherever the clone lies.
+    """
     setpriv = shutil.which("setpriv")
     if os.geteuid() != 0 or setpriv is None:
-        pytest.skip("needs root and setpriv to run as another user")
-    cmd = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
+        pytest.skip("needs root and setpriv to drop the file-mode capabilities")
+    caps = "-dac_override,-dac_read_search"
+    cmd = [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", *argv]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
@@ -113,14 +118,12 @@ def as_nobody(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_a_user_who_cannot_open_the_run_dir_gets_one_error_line(
     tmp_path: Path, verb: list[str]
 ) -> None:
-    top = tmp_path / "top"
-    run = top / "run"
-    run.mkdir(parents=True)
-    for d in (tmp_path, top):  # nobody may walk up to the run dir, not into it
-        d.chmod(0o711)
+    run = tmp_path / "run"
+    run.mkdir()
+    os.chown(run, NOBODY, NOBODY)  # another user's cluster
     run.chmod(0o700)
     repo = Path(__file__).resolve().parents[2]
-    done = as_nobody(sys.executable, "-m", "ctl", *verb, "--run-dir", str(run), cwd=repo)
+    done = as_another_user(sys.executable, "-m", "ctl", *verb, "--run-dir", str(run), cwd=repo)
     assert done.returncode != 0
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
