@@ -29,6 +29,7 @@ from ctl.checker import check_logs, format_verdict
 from ctl.client import ControlError
 from ctl.cluster import NotReady, procfile, wait_for
 from ctl.context import CONFIG_HELP, RUN_DIR_HELP, Commands, Context
+from ctl.hosts import UnknownHost, only, report_of
 from ctl.migrate import format_migrate, migrate
 from ctl.nemesis import DEFAULT_FAULTS, KINDS, Topology, parse_faults, plan, run_and_check
 from ctl.params import Count, Seconds
@@ -53,6 +54,17 @@ from ctl.views import (
 
 def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
     click.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else text)
+
+
+HOST_HELP = "Only this host (default: every host)."
+
+
+def _scope(obj: Context, host: str | None) -> Config:
+    """The config of `--host` (every host without it); an unknown name is a usage error."""
+    try:
+        return only(obj.config, host)
+    except UnknownHost as e:
+        raise click.UsageError(str(e)) from None
 
 
 @click.group(cls=Commands)
@@ -90,23 +102,28 @@ main.add_command(_uplink_command(True))
 
 @main.command("team-policy")
 @click.argument("policy", type=click.Choice([p.value for p in TeamPolicyName]))
-@click.option("--host", help="The host whose team changes (default: the first).")
-@click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON.")
+@click.option("--host", help="The host whose team changes (default: every host).")
+@click.option("--json", "as_json", is_flag=True,
+              help="The daemon's answer as JSON ({host: answer} for several hosts).")  # fmt: skip
 @click.pass_obj
 def team_policy(obj: Context, policy: str, host: str | None, as_json: bool) -> None:
-    """Change a host's team policy at run time (every NIC of the host applies it)."""
-    name = host or obj.config.hosts[0].name
-    result = obj.control(name, "team-policy", {"policy": policy})
-    _emit(result, as_json, f"{name}: team policy {result['old']} -> {result['policy']}")
+    """Change the team policy at run time (every NIC of each host applies it)."""
+    names = [h.name for h in _scope(obj, host).hosts]
+    results = {name: obj.control(name, "team-policy", {"policy": policy}) for name in names}
+    text = "\n".join(f"{n}: team policy {r['old']} -> {r['policy']}" for n, r in results.items())
+    _emit(results[names[0]] if len(names) == 1 else results, as_json, text)
 
 
 @main.command("summary")
+@click.option("--host", help="Only the flows with an end on this host (default: every flow).")
 @click.option("--json", "as_json", is_flag=True, help="Rows as JSON.")
 @click.pass_obj
-def summary_command(obj: Context, as_json: bool) -> None:
+def summary_command(obj: Context, host: str | None, as_json: bool) -> None:
     """Per-flow delivery, from the endpoints' own books."""
+    scope = _scope(obj, host)
     try:
-        table = summary.rows(obj.config)
+        # A flow's other end may be on another host: every host's books, the scope's flows.
+        table = summary.rows(scope, summary.books(obj.config))
     except ControlError as e:
         raise click.ClickException(str(e)) from None
     if as_json:
@@ -199,11 +216,12 @@ def partition(obj: Context, nic_a: str, nic_b: str, seconds: float) -> None:
 @main.command("verify")
 @click.option("--wait", "wait_s", type=Seconds(0, 600), default=5.0,
               show_default=True, help="Seconds to wait for every copy to catch up.")  # fmt: skip
+@click.option("--host", help=HOST_HELP)
 @click.option("--json", "as_json", is_flag=True, help="The pairs as JSON.")
 @click.pass_obj
-def verify_command(obj: Context, wait_s: float, as_json: bool) -> None:
+def verify_command(obj: Context, wait_s: float, host: str | None, as_json: bool) -> None:
     """Compare each NIC's conntrack digest with its siblings' copies; exit 1 if they differ."""
-    ok, pairs = verify(obj.config, wait_s)
+    ok, pairs = verify(_scope(obj, host), wait_s)
     if as_json:
         click.echo(json.dumps({"ok": ok, "pairs": [p.as_dict() for p in pairs]}, indent=2))
     else:
@@ -214,13 +232,15 @@ def verify_command(obj: Context, wait_s: float, as_json: bool) -> None:
 
 
 @main.command("status")
+@click.option("--host", help=HOST_HELP)
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
 @click.pass_obj
-def status_command(obj: Context, as_json: bool) -> None:
+def status_command(obj: Context, host: str | None, as_json: bool) -> None:
     """Hosts, NICs (up/resyncing/fenced/down), their team uplinks, epoch, VPIDs, conntrack."""
-    st = status(obj.config)
+    scope = _scope(obj, host)
+    st = status(scope)
     _emit(st, as_json, format_status(st))
-    why = unreachable(obj.config, st)
+    why = unreachable(scope, st)
     if why is not None:
         click.echo(f"Error: {why}", err=True)
         sys.exit(1)
@@ -231,28 +251,32 @@ def status_command(obj: Context, as_json: bool) -> None:
               help="Seconds between refreshes.")  # fmt: skip
 @click.option("--count", type=Count(0), default=0,
               help="Refreshes before exiting (0: until Ctrl-C).")  # fmt: skip
+@click.option("--host", help=HOST_HELP)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per refresh.")
 @click.pass_obj
-def top_command(obj: Context, interval: float, count: int, as_json: bool) -> None:
+def top_command(obj: Context, interval: float, count: int, host: str | None, as_json: bool) -> None:
     """Live per-NIC view: frames/s per tier, handovers, conntrack, sync lag, drops by reason."""
+    scope = _scope(obj, host)
     console = Console()
     if as_json or not console.is_terminal:
-        for dt, rows in top.refreshes(obj.config, interval, count):
+        for dt, rows in top.refreshes(scope, interval, count):
             text = json.dumps({"interval_s": dt, "nics": rows}) if as_json else None
             click.echo(text or top.format_top(rows, interval) + "\n")
         return
     with Live(console=console, auto_refresh=False) as view:
-        for _, rows in top.refreshes(obj.config, interval, count):
+        for _, rows in top.refreshes(scope, interval, count):
             view.update(Text(top.format_top(rows, interval)), refresh=True)
 
 
 @main.command("map")
+@click.option("--host", help=HOST_HELP)
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
 @click.pass_obj
-def map_command(obj: Context, as_json: bool) -> None:
-    """The VPID map: each VM interface's VPID, NIC and PPID, and the map epoch."""
+def map_command(obj: Context, host: str | None, as_json: bool) -> None:
+    """The VPID map of every host: each VM interface's VPID, NIC and PPID, and the map epoch."""
+    scope = _scope(obj, host)
     try:
-        rows = vpid_map(obj.config)
+        rows = vpid_map(scope)
     except ControlError as e:
         raise click.ClickException(f"{e} (is the cluster up?)") from None
     if as_json:
@@ -262,45 +286,72 @@ def map_command(obj: Context, as_json: bool) -> None:
 
 
 @main.command("conntrack")
-@click.argument("nic")
+@click.argument("nic", required=False)
+@click.option("--host", help="Every NIC of this host (default: of every host).")
 @click.option("--limit", type=Count(0, 10_000), default=1000, show_default=True,
-              help="Records to list at most (the oldest first).")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+              help="Records to list at most (the oldest first), per NIC.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True,
+              help="As JSON ({nic: table} without NIC).")  # fmt: skip
 @click.pass_obj
-def conntrack_command(obj: Context, nic: str, limit: int, as_json: bool) -> None:
-    """NIC's connection tracking table, like `conntrack -L`."""
-    result = obj.control(_nic_arg(obj, nic), "conntrack", {"limit": limit})
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    click.echo(format_conntrack(result["records"]))
-    shown = len(result["records"])
-    click.echo(f"nicteam: {result['total']} flow entries ({shown} shown)", err=True)
-
-
-def _nic_arg(obj: Context, nic: str) -> str:
-    names = [n.name for n in obj.config.nics]
-    if nic not in names:
-        raise click.ClickException(f"unknown NIC {nic!r}; NICs: {', '.join(names)}")
-    return nic
+def conntrack_command(
+    obj: Context, nic: str | None, host: str | None, limit: int, as_json: bool
+) -> None:
+    """NIC's connection tracking table, like `conntrack -L` (no NIC: every NIC's, in turn)."""
+    _per_nic(obj, nic, host, as_json, "conntrack", {"limit": limit},
+             lambda r: (format_conntrack(r["records"]),
+                        f"{r['total']} flow entries ({len(r['records'])} shown)"))  # fmt: skip
 
 
 @main.command("flows")
-@click.argument("nic")
+@click.argument("nic", required=False)
+@click.option("--host", help="Every NIC of this host (default: of every host).")
 @click.option("--tier", type=click.Choice(["eswitch", "cache", "slow"]),
               help="Only this tier (default: all three).")  # fmt: skip
 @click.option("--limit", type=Count(0, 10_000), default=1000, show_default=True,
-              help="Flows to list at most.")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+              help="Flows to list at most, per NIC.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True,
+              help="As JSON ({nic: flows} without NIC).")  # fmt: skip
 @click.pass_obj
-def flows_command(obj: Context, nic: str, tier: str | None, limit: int, as_json: bool) -> None:
-    """NIC's flows per tier, like `dpctl/dump-flows`: eSwitch and cache entries, slow-path flows."""
-    result = obj.control(_nic_arg(obj, nic), "flows", {"tier": tier, "limit": limit})
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
+def flows_command(
+    obj: Context, nic: str | None, host: str | None, tier: str | None, limit: int, as_json: bool
+) -> None:
+    """NIC's flows per tier, like `dpctl/dump-flows` (no NIC: every NIC's, in turn)."""
+    _per_nic(obj, nic, host, as_json, "flows", {"tier": tier, "limit": limit},
+             lambda r: (format_flows(r["flows"]),
+                        f"{r['total']} flows ({len(r['flows'])} shown)"))  # fmt: skip
+
+
+def _nic_arg(obj: Context, nic: str, host: str | None = None) -> str:
+    names = [n.name for n in _scope(obj, host).nics]
+    if nic not in names:
+        where = f" on host {host}" if host else ""
+        raise click.ClickException(f"unknown NIC {nic!r}{where}; NICs: {', '.join(names)}")
+    return nic
+
+
+def _per_nic(
+    obj: Context, nic: str | None, host: str | None, as_json: bool, cmd: str,
+    args: dict[str, Any], show: Callable[[dict[str, Any]], tuple[str, str]],
+) -> None:  # fmt: skip
+    """`cmd` asked of NIC, or of every NIC in `--host`'s scope: one table, or one per NIC."""
+    if nic is not None:
+        result = obj.control(_nic_arg(obj, nic, host), cmd, args)
+        if as_json:
+            click.echo(json.dumps(result, indent=2))
+            return
+        text, count = show(result)
+        click.echo(text)
+        click.echo(f"nicteam: {count}", err=True)
         return
-    click.echo(format_flows(result["flows"]))
-    click.echo(f"nicteam: {result['total']} flows ({len(result['flows'])} shown)", err=True)
+    results = {n.name: obj.control(n.name, cmd, args) for n in _scope(obj, host).nics}
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    for name, result in results.items():
+        text, count = show(result)
+        click.echo(f"# {name}: {count}")
+        if text:
+            click.echo(text)
 
 
 @main.command("trace")
@@ -359,15 +410,19 @@ def capture_command(
 
 @main.command("report")
 @click.argument("logs", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--host", help="Only the faults on this host and its flows' losses.")
 @click.option("--json", "as_json", is_flag=True, help="As JSON: {faults: [...]}.")
 @click.option("--plot", "plot_to", type=click.Path(dir_okay=False, path_type=Path),
               help="Draw per-NIC throughput over time, faults marked, to this PNG.")  # fmt: skip
 @click.pass_obj
-def report_command(obj: Context, logs: Path, as_json: bool, plot_to: Path | None) -> None:
+def report_command(
+    obj: Context, logs: Path, host: str | None, as_json: bool, plot_to: Path | None
+) -> None:
     """How each fault in a run's logs went: timeline, frames lost, connections reset."""
+    _scope(obj, host)  # an unknown --host before the logs are read
     if not any(logs.glob("*.jsonl")):
         raise click.ClickException(f"{logs}: no *.jsonl logs here (give RUNDIR/logs)")
-    rep = report(logs, obj.config)
+    rep = report_of(report(logs, obj.config), obj.config, host)
     _emit(rep, as_json, format_report(rep))
     if plot_to is not None:
         try:

@@ -73,11 +73,12 @@ def format_status(st: dict[str, Any]) -> str:
     for h in st["hosts"]:
         state = f"epoch {h['epoch']}, team {h['team_policy']}" if h["up"] else "DOWN"
         lines.append(f"host {h['name']}: {state}")
-    lines.append(f"{'nic':<6} {'state':<10} {'epoch':>5} {'conntrack':>9}  {'vpids':<14} team")
+    head = f"{'host':<6} {'nic':<6} {'state':<10} {'epoch':>5} {'conntrack':>9}  {'vpids':<14}"
+    lines.append(head + " team")
     for n in st["nics"]:
         vpids = ",".join(map(str, n["vpids"])) or "-"
         team = " ".join(n["uplinks"]) or "-"
-        head = f"{n['name']:<6} {n['state']:<10} {n['epoch']:>5} {n['conntrack']:>9}"
+        head = f"{n['host']:<6} {n['name']:<6} {n['state']:<10} {n['epoch']:>5} {n['conntrack']:>9}"
         lines.append(f"{head}  {vpids:<14} {team}")
     for n in st["nics"]:
         for peer, state in sorted(n.get("channels", {}).items()):
@@ -105,10 +106,11 @@ def vpid_map(config: Config) -> list[dict[str, Any]]:
 
 def format_map(rows: list[dict[str, Any]]) -> str:
     """One line per VPID."""
-    lines = [f"{'vpid':>4}  {'vm':<8} {'mac':<17}  {'nic':<6} {'ppid':>4}  epoch"]
+    lines = [f"{'host':<6} {'vpid':>4}  {'vm':<8} {'mac':<17}  {'nic':<6} {'ppid':>4}  epoch"]
     for r in rows:
         where = f"{r['nic']:<6} {r['ppid']:>4}"
-        lines.append(f"{r['vpid']:>4}  {r['vm']:<8} {r['mac']:<17}  {where}  {r['epoch']}")
+        vm = f"{r['vpid']:>4}  {r['vm']:<8} {r['mac']:<17}"
+        lines.append(f"{r['host']:<6} {vm}  {where}  {r['epoch']}")
     return "\n".join(lines)
 
 
