@@ -1,0 +1,110 @@
+"""Failover is per host: configs/two-hosts.toml under its workload (within each host, between
+the hosts through the fabric, to and from the external peer), a NIC of h2 killed, then one of h1.
+
+Judged by the endpoints' books of every host and of fabricd (no TCP connection reset, data
+resumes on every flow) and by each host daemon's own log and map: the kill on one host moves
+nothing on the other (its map epoch stays, it logs no `host.failover`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ctl.chaos import Chaos
+from ctl.cluster import running_cluster
+from ctl.logs import Event, load, select
+from ctl.summary import books, losses
+from tests.cluster.conftest import REPO, Cluster, wait_for
+from tests.cluster.test_teaming import nicteam
+
+pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
+
+TWO_HOSTS = REPO / "configs/two-hosts.toml"
+
+
+def _deliver(c: Cluster) -> list[str]:
+    return [f.name for f in c.config.flows if f.expect == "deliver"]
+
+
+def _sinks(c: Cluster) -> dict[str, int]:
+    """Messages delivered per flow, from every host's and fabricd's books."""
+    return {name: int(sides.get("sink", {}).get("delivered", 0))
+            for name, sides in books(c.config).items()}  # fmt: skip
+
+
+def _resets(c: Cluster) -> dict[str, int]:
+    deliver = set(_deliver(c))
+    return {name: n for name, (_, n) in losses(books(c.config)).items() if name in deliver}
+
+
+def _resumed(c: Cluster, what: str) -> None:
+    """Every deliver flow delivers more than when this was called."""
+    before = _sinks(c)
+    wait_for(f"{what}: data resumed on every flow",
+             lambda: all(_sinks(c).get(f, 0) > before.get(f, 0) + 3 for f in _deliver(c)),
+             timeout=30)  # fmt: skip
+
+
+def _settled(c: Cluster, nic: str, old_pid: int, what: str) -> dict[str, int]:
+    """`nic` rebooted and up, every VPID home, data flowing: each host's map epoch then."""
+    wait_for(f"{what}: {nic} rebooted and up",
+             lambda: c.worker_pid(nic) != old_pid
+             and c.control(nic, "stats")["state"] == "up", timeout=30)  # fmt: skip
+    wait_for(f"{what}: VPIDs home again", lambda: not c.ports_away(), timeout=30)
+    _resumed(c, what)
+    return {h.name: c.control(h.name, "map")["epoch"] for h in c.config.hosts}
+
+
+def _failovers(c: Cluster, host: str, after: float) -> list[Event]:
+    """`host.failover` events host daemon `host` logged at or after `after`."""
+    logs = load(c.run_dir / "logs", {"host.failover"})
+    return [e for e in select(logs, "host.failover", after) if e.get("proc") == host]
+
+
+def _kill_time(c: Cluster, nic: str) -> float:
+    (kill,) = select(load(c.run_dir / "logs", {"chaos.kill"}), "chaos.kill", 0.0, nic=nic)
+    return float(kill["t"])
+
+
+def _map(c: Cluster, host: str) -> dict[str, Any]:
+    return dict(c.control(host, "map"))
+
+
+def test_a_nic_killed_on_each_host_resets_nothing_and_leaves_the_other_host_alone() -> None:
+    with running_cluster(config_path=TWO_HOSTS) as c:
+        wait_for("every flow delivering",
+                 lambda: all(n > 5 for f, n in _sinks(c).items() if f in _deliver(c))
+                 and set(_deliver(c)) <= set(_sinks(c)), timeout=30)  # fmt: skip
+        base = _resets(c)
+        chaos = Chaos(c.config)
+
+        h1_before = _map(c, "h1")
+        old = chaos.kill("nic3")
+        epochs = _settled(c, "nic3", old, "h2's nic3 killed")
+        t_h2 = _kill_time(c, "nic3")
+        assert _resets(c) == base, "an established connection was reset (nic3 killed)"
+        # h2 failed over (its map moved) ...
+        assert [e["nic"] for e in _failovers(c, "h2", t_h2)] == ["nic3"]
+        # ... and h1 saw nothing of it.
+        assert _failovers(c, "h1", t_h2) == []
+        h1_after = _map(c, "h1")
+        assert h1_after["epoch"] == h1_before["epoch"] == epochs["h1"]
+        assert h1_after["ports"] == h1_before["ports"]
+
+        h2_before = _map(c, "h2")
+        old = chaos.kill("nic2")
+        epochs_then = _settled(c, "nic2", old, "h1's nic2 killed")
+        t_h1 = _kill_time(c, "nic2")
+        assert _resets(c) == base, "an established connection was reset (nic2 killed)"
+        assert [e["nic"] for e in _failovers(c, "h1", t_h1)] == ["nic2"]
+        assert _failovers(c, "h2", t_h1) == []
+        assert epochs_then["h2"] == h2_before["epoch"] == epochs["h2"]
+        assert _map(c, "h2")["ports"] == h2_before["ports"]
+
+        # The read commands see both hosts, and --host one of them.
+        status = nicteam(c, "status")
+        assert "host h1:" in status and "host h2:" in status
+        assert "nic4" not in nicteam(c, "status", "--host", "h1")
+        assert "state digests agree" in nicteam(c, "verify")
