@@ -58,7 +58,10 @@ class Context:
             try:
                 self._config = load_config(self.config_path, self.run_dir)
             except (ConfigError, OSError) as e:
-                raise click.ClickException(f"config {self.config_path}: {e}") from None
+                # A file-level error (size, syntax, nesting) names the file already.
+                said = str(e)
+                where = "" if said.startswith(str(self.config_path)) else f"{self.config_path}: "
+                raise click.ClickException(f"config {where}{said}") from None
         return self._config
 
     def control(self, proc: str, cmd: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
