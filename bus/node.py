@@ -69,6 +69,9 @@ class BusStats:
     # Received from a connection claiming a name another open connection speaks for (its
     # connect-time claim included): see "Names" in the module docstring.
     identity_refused: int = 0
+    # Connections refused by CURVE (handshake, unknown key, a name not its key's) and messages
+    # refused by the guard (a command only the operator may send): reason -> count.
+    auth_denied: dict[str, int] = field(default_factory=dict)
     malformed: dict[str, int] = field(default_factory=dict)  # reason -> count
 
 
@@ -87,6 +90,7 @@ class Sender:
     facts: dict[str, object] = field(default_factory=dict)
     closed: bool = False
     refused: int = 0  # its messages refused so far; the first is logged
+    denied: str = ""  # why everything it sends is refused (its name is not its key's), if so
 
 
 RawMessage = tuple[Sender, list[bytes]]  # who sent it, and the message parts after the envelope
@@ -119,6 +123,8 @@ class BaseNode(ABC, Generic[LinkT]):
         self._delayed: dict[str, deque[tuple[float, bytes]]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._failure: BaseException | None = None
+        # Says why a message may not be taken from a peer (None: it may): see bus.guard.
+        self.guard: Callable[[str, Message], str | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -368,6 +374,12 @@ class BaseNode(ABC, Generic[LinkT]):
             self._malformed("?", "parts")
             return None
         peer = sender.claimed
+        if sender.denied:
+            sender.refused += 1
+            if sender.refused == 1:  # once per connection: a flood cannot fill the logs
+                self._auth_denied(sender.denied, str(sender.facts.get("address", "")),
+                                  str(sender.facts.get("key", "")), claimed=peer)  # fmt: skip
+            return None
         if peer is None:  # ZeroMQ's anonymous ids, an invalid name: not a node
             self._malformed("?", "identity")
             return None
@@ -383,6 +395,10 @@ class BaseNode(ABC, Generic[LinkT]):
             msg = decode_untrusted(payload)
         except Malformed as exc:
             self._malformed(peer, exc.reason, exc.detail)
+            return None
+        if self.guard is not None and (why := self.guard(peer, msg)) is not None:
+            self._auth_denied(why, str(sender.facts.get("address", "")),
+                              str(sender.facts.get("key", "")), claimed=peer)  # fmt: skip
             return None
         self.stats.received += 1
         return peer, msg
@@ -419,6 +435,16 @@ class BaseNode(ABC, Generic[LinkT]):
         elif name in self._links:  # who speaks for each of our peers, after every restart
             log.info("bus.identity.claimed", node=self.name, claimed=name, conn=sender.facts)
         return True
+
+    def _auth_denied(self, reason: str, address: str, key: str, claimed: str | None = None) -> None:
+        """A connection or message refused for who it is (see ``auth_denied``): counted, logged."""
+        counts = self.stats.auth_denied
+        count = counts[reason] = counts.get(reason, 0) + 1
+        if count & (count - 1) == 0:  # the 1st, 2nd, 4th...: a flood cannot fill the logs
+            log.warning(
+                "bus.auth.denied", node=self.name, reason=reason, address=address, key=key,
+                claimed=claimed, count=count,
+            )  # fmt: skip
 
     def _malformed(self, peer: str, reason: str, detail: str = "") -> None:
         counts = self.stats.malformed

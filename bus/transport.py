@@ -31,10 +31,14 @@ Names (the policy is ``BaseNode``'s, "Names"; libzmq 4.3 ``router.cpp``, ``ident
   ``DISCONNECTED`` with the fd. libzmq emits ``DISCONNECTED`` before it closes the fd, so read
   in order the events say which connection holds each fd; they are read up to date before any
   decision that depends on them.
-- With ``curve`` keys, tcp endpoints use CURVE: the ROUTER is a CURVE server whose ZAP handler
-  (``AsyncioAuthenticator``, one per context, so the node owns its context) admits only keys in
-  the key directory, under the ``ZAP_DOMAIN`` domain; a DEALER to a tcp peer is a CURVE client
-  that pins the peer's public key. ipc endpoints rely on file permissions instead.
+- tcp endpoints always use CURVE, and a node without keys refuses to bind or connect one (never
+  silent plaintext): the ROUTER is a CURVE server whose ZAP handler (``ClusterAuthenticator``,
+  one per context, so the node owns its context) admits only keys in the key directory, under
+  the ``ZAP_DOMAIN`` domain, and names the key's owner as the user id every message carries; a
+  connection whose claimed name is not its key's is refused (``bus.auth.denied``, reason
+  ``name``). A DEALER to a tcp peer is a CURVE client that pins the peer's public key. A
+  connection that fails the handshake (no CURVE at all, garbage) is counted and logged too.
+  ipc endpoints rely on file permissions instead.
 """
 
 from __future__ import annotations
@@ -49,11 +53,10 @@ from pathlib import Path
 import structlog
 import zmq
 import zmq.asyncio
-from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
 from bus.codec import MAX_MESSAGE_BYTES
-from bus.curve import ZAP_DOMAIN, CurveKeys
+from bus.curve import USER_ID, ZAP_DOMAIN, ClusterAuthenticator, CurveKeys, speaks_as
 from bus.messages import check_name
 from bus.node import DEFAULT_HWM, BaseNode, BusClosed, BusStats, RawMessage, Sender
 from wire.malformed import Malformed
@@ -66,6 +69,8 @@ _MONITOR_EVENTS = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 _INBOX_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+# A client that fails the CURVE handshake before ZAP is asked (no CURVE at all, garbage).
+_HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 NAME_PROPERTY = "X-Name"  # the handshake property a bus node's connections claim its name with
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _MAX_IPC_PATH = 107  # sun_path is 108 bytes on Linux, including the NUL
@@ -114,6 +119,10 @@ class BusNode(BaseNode[_Link]):
         super().__init__(name, bind_endpoint, hwm=hwm)
         if curve is not None and context is not None:
             raise ValueError("a CURVE node owns its context (one ZAP handler per context)")
+        if curve is None and _is_tcp(bind_endpoint):
+            raise ValueError(
+                f"{name}: tcp endpoint {bind_endpoint} needs CURVE keys (no plaintext)"
+            )
         path = ipc_path(bind_endpoint)
         if path is not None and len(os.fsencode(path)) > _MAX_IPC_PATH:
             raise ValueError(f"ipc path too long for a unix socket: {path}")
@@ -124,7 +133,7 @@ class BusNode(BaseNode[_Link]):
         self._receiver: zmq.Socket[bytes] | None = None
         self._ipc_inode: int | None = None
         self._curve = curve
-        self._auth: AsyncioAuthenticator | None = None
+        self._auth: ClusterAuthenticator | None = None
         self._ipc = bind_endpoint.startswith("ipc://")
         self._events: zmq.asyncio.Socket | None = None  # the ROUTER's monitor
         self._event_reader: zmq.Socket[bytes] | None = None
@@ -149,17 +158,18 @@ class BusNode(BaseNode[_Link]):
         router.setsockopt(zmq.ROUTER_HANDOVER, 0)  # never hand a routing id in use over
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # reply() to an unknown peer fails loudly
         router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        events = _INBOX_EVENTS
         if self._curve is not None and _is_tcp(self.bind_endpoint):
-            self._auth = AsyncioAuthenticator(self._ctx)
+            public, secret = self._curve.pair(self.name)  # first: a missing key starts nothing
+            self._auth = ClusterAuthenticator(self._ctx, self._curve, self._auth_denied)
             self._auth.start()
-            self._auth.configure_curve(domain=ZAP_DOMAIN, location=self._curve.directory)
-            public, secret = self._curve.pair(self.name)
+            events |= _HANDSHAKE_FAILED
             router.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
             router.setsockopt(zmq.CURVE_SERVER, 1)
             router.setsockopt(zmq.CURVE_PUBLICKEY, public)
             router.setsockopt(zmq.CURVE_SECRETKEY, secret)
         # Monitored before bind, so no connection is accepted unseen.
-        self._events = router.get_monitor_socket(_INBOX_EVENTS)
+        self._events = router.get_monitor_socket(events)
         self._event_reader = zmq.Socket.shadow(self._events.underlying)
         path = ipc_path(self.bind_endpoint)
         if path is not None:
@@ -181,6 +191,8 @@ class BusNode(BaseNode[_Link]):
             raise BusClosed(self.name)
         if self._ctx is None:
             raise RuntimeError("start() the node before connect()")
+        if self._curve is None and _is_tcp(endpoint):
+            raise ValueError(f"{self.name}: tcp link to {peer} needs CURVE keys (no plaintext)")
         dealer = self._ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         # No routing id (see "Names"): the peer's ROUTER gives each connection its own.
@@ -191,7 +203,11 @@ class BusNode(BaseNode[_Link]):
         dealer.setsockopt(zmq.RECONNECT_IVL, self._reconnect_ivl_ms)
         if self._curve is not None and _is_tcp(endpoint):
             public, secret = self._curve.pair(self.name)
-            dealer.setsockopt(zmq.CURVE_SERVERKEY, self._curve.public(peer))
+            try:
+                dealer.setsockopt(zmq.CURVE_SERVERKEY, self._curve.public(peer))
+            except BaseException:
+                dealer.close(linger=0)
+                raise
             dealer.setsockopt(zmq.CURVE_PUBLICKEY, public)
             dealer.setsockopt(zmq.CURVE_SECRETKEY, secret)
         monitor = dealer.get_monitor_socket(_MONITOR_EVENTS)
@@ -318,6 +334,12 @@ class BusNode(BaseNode[_Link]):
                 claimed = None
         fd = _source_fd(frame)
         facts: dict[str, object] = {"fd": fd}
+        denied = ""
+        if self._auth is not None:  # a CURVE inbox: the name must be the key's
+            key_name = _property(frame, USER_ID) or ""
+            facts["key"] = key_name
+            if claimed is None or not speaks_as(key_name, claimed):
+                denied = "name"
         address = _property(frame, "Peer-Address") or ""
         pid: int | None = None
         if self._ipc:  # "<address>:<uid>:<gid>:<pid>", from SO_PEERCRED when it was accepted
@@ -332,7 +354,7 @@ class BusNode(BaseNode[_Link]):
         # the kernel says whose the fd is now (ipc; tcp has no such check until CURVE).
         if senders is not None and pid is not None and fd is not None and _peer_pid(fd) != pid:
             senders = None
-        sender = Sender(claimed, route, facts, closed=senders is None)
+        sender = Sender(claimed, route, facts, closed=senders is None, denied=denied)
         if senders is not None:
             senders.append(sender)
             self._senders[route] = sender
@@ -340,6 +362,9 @@ class BusNode(BaseNode[_Link]):
 
     def _on_inbox_event(self, event: list[bytes]) -> None:
         parsed = parse_monitor_message(event)
+        if parsed["event"] & _HANDSHAKE_FAILED:  # its value is an errno, not an fd
+            self._auth_denied("handshake", "", "")
+            return
         fd = int(parsed["value"])
         if parsed["event"] == zmq.EVENT_ACCEPTED:
             gone = self._open.get(fd)  # its DISCONNECTED never came (libzmq closed it quietly)

@@ -1,4 +1,4 @@
-"""The daemons' command line: every daemon is started as `--config FILE --<role> NAME`."""
+"""The daemons' command line (`--config FILE --<role> NAME`) and the bus node each one opens."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from bus.curve import KEY_DIR, CurveKeys, MissingKey
+from bus.guard import operator_only
 from bus.rundir import RunDirError, private_dir, private_umask
+from bus.transport import BusNode
 from configs import Config, load_config
 
 
@@ -31,3 +34,27 @@ def private_run_dir(prog: str, run_dir: Path) -> None:
         private_dir(run_dir)
     except RunDirError as e:
         sys.exit(f"{prog}: {e}")
+
+
+def curve_keys(config: Config) -> CurveKeys | None:
+    """The cluster's key folder when any process listens on tcp (then every process uses CURVE)."""
+    if any(config.endpoint(p).startswith("tcp://") for p in config.processes):
+        return CurveKeys(config.run_dir / KEY_DIR)
+    return None
+
+
+def daemon_node(prog: str, config: Config, name: str) -> BusNode:
+    """The bus node of daemon `name`: CURVE on tcp, changing commands only from the operator.
+
+    A tcp cluster without this process's keys exits with one line saying which file is missing
+    and how to make it: never plaintext.
+    """
+    keys = curve_keys(config)
+    if keys is not None:
+        try:
+            keys.pair(name)
+        except MissingKey as e:
+            sys.exit(f"{prog} {name}: tcp endpoints need CURVE keys: {e}")
+    node = BusNode(name, config.endpoint(name), curve=keys)
+    node.guard = operator_only(h.name for h in config.hosts)
+    return node

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from configs import Config
-from ctl.client import ControlError, control
+from ctl.client import ControlError, request
 
 POLL_S = 0.05
 
@@ -55,14 +55,13 @@ def capture(
     ends early once `stop` is set."""
     stop = stop or threading.Event()
     nic, port = split_port(config, spec)
-    endpoint = config.endpoint(nic)
-    tap = control(endpoint, "capture-start", {"port": port, "count": count, "snaplen": snaplen})
+    tap = request(config, nic, "capture-start", {"port": port, "count": count, "snaplen": snaplen})
     deadline = None if seconds is None else time.monotonic() + seconds
     written = 0
     got: dict[str, Any] = {"taken": 0, "missed": 0}
     try:
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            got = control(endpoint, "capture-read", {"id": tap["id"]})
+            got = request(config, nic, "capture-read", {"id": tap["id"]})
             for ts, direction, frame, length in got["frames"]:
                 sink(ts, direction, frame, length)
                 written += 1
@@ -73,7 +72,7 @@ def capture(
         pass  # Ctrl-C ends a capture, as in tcpdump: what was taken is kept
     finally:
         with contextlib.suppress(ControlError):
-            control(endpoint, "capture-stop", {"id": tap["id"]}, timeout=1.0)
+            request(config, nic, "capture-stop", {"id": tap["id"]}, timeout=1.0)
     return CaptureResult(written, got["taken"], got["missed"])
 
 

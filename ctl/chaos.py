@@ -28,7 +28,7 @@ import structlog
 from bus.log import configure_logging
 from bus.nicstate import NicState
 from configs import FABRICD, Config
-from ctl.client import ControlError, control
+from ctl.client import ControlError, request
 
 
 class ChaosError(RuntimeError):
@@ -119,7 +119,7 @@ class Chaos:
         out = {}
         for nic, peer in ((a, b), (b, a)):
             args = {"kind": "partition", "peer": peer, "seconds": seconds}
-            out[nic] = control(self.config.endpoint(nic), "fault", args, timeout=3.0)
+            out[nic] = request(self.config, nic, "fault", args, timeout=3.0)
         return out
 
     def unpartition(self, a: str, b: str, **fields: Any) -> None:
@@ -129,13 +129,13 @@ class Chaos:
         for nic, peer in ((a, b), (b, a)):
             args = {"kind": "clear", "peer": peer, "seconds": 0.0}
             with contextlib.suppress(ControlError):  # a NIC rebooting has no faults left
-                control(self.config.endpoint(nic), "fault", args, timeout=2.0)
+                request(self.config, nic, "fault", args, timeout=2.0)
 
     def link(self, port: str, up: bool, **fields: Any) -> dict[str, Any]:
         """Pull (`up=False`) or reconnect the cable of uplink `port` (e.g. nic1/p0)."""
         verb = "link-up" if up else "link-down"
         self.log.warning(f"chaos.{verb.replace('-', '_')}", port=port, **fields)
-        return control(self.config.endpoint(FABRICD), verb, {"port": port}, timeout=3.0)
+        return request(self.config, FABRICD, verb, {"port": port}, timeout=3.0)
 
     def migrate(self, vm: str, nic: str, **fields: Any) -> dict[str, Any]:
         """Ask the VM's host to move it to `nic` (a map update); hostd's answer, not waited on."""
@@ -144,7 +144,7 @@ class Chaos:
         except KeyError:
             raise ChaosError(f"unknown VM {vm!r}") from None
         self.log.warning("chaos.migrate", vm=vm, nic=nic, host=host, **fields)
-        return control(self.config.endpoint(host), "migrate", {"vm": vm, "nic": nic}, timeout=3.0)
+        return request(self.config, host, "migrate", {"vm": vm, "nic": nic}, timeout=3.0)
 
     def hostd_pid(self, host: str) -> int:
         """The pid of `host`'s daemon: from `<host>.pid` (its card's), else its command line."""
@@ -329,7 +329,7 @@ def live_books(config: Config) -> dict[str, Any]:
 
 def _ask(config: Config, proc: str, cmd: str) -> dict[str, Any] | None:
     try:
-        return control(config.endpoint(proc), cmd, timeout=1.0)
+        return request(config, proc, cmd, timeout=1.0)
     except ControlError:
         return None
 
@@ -339,5 +339,5 @@ def stale_frames(config: Config) -> dict[str, Any]:
     out = {}
     for h in config.hosts:
         with contextlib.suppress(ControlError):
-            out[h.name] = control(config.endpoint(h.name), "stats", timeout=1.0)["stale_frames"]
+            out[h.name] = request(config, h.name, "stats", timeout=1.0)["stale_frames"]
     return out

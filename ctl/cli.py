@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from bus.curve import KEY_DIR
 from bus.policy import TeamPolicyName
 from configs import FABRICD, Config
 from ctl import summary, top
@@ -27,7 +28,7 @@ from ctl.capture import capture, stop_on_signals
 from ctl.chaos import Chaos, ChaosError, note
 from ctl.checker import check_logs, format_verdict
 from ctl.client import ControlError
-from ctl.cluster import NotReady, procfile, wait_for
+from ctl.cluster import NotReady, make_keys, procfile, wait_for
 from ctl.context import CONFIG_HELP, RUN_DIR_HELP, Commands, Context
 from ctl.hosts import UnknownHost, only, report_of
 from ctl.migrate import format_migrate, migrate
@@ -574,6 +575,29 @@ def chaos_check_command(obj: Context, logs: Path | None, as_json: bool) -> None:
     _emit(verdict, as_json, format_verdict(verdict))
     if not verdict["valid"]:
         sys.exit(1)
+
+
+@main.command("keys")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="Of this config instead (default: as for every command).")  # fmt: skip
+@click.pass_obj
+def keys_command(obj: Context, config_path: str | None) -> None:
+    """Make a CURVE key pair per process and one for this CLI in RUNDIR/keys (those missing).
+
+    Every tcp endpoint is CURVE: copy the folder to each machine's run directory.
+    """
+    if config_path is not None:
+        obj.config_path = str(Path(config_path).absolute())
+    config = obj.config
+    try:
+        made = make_keys(config)
+    except OSError as e:
+        raise click.ClickException(f"keys: {e}") from None
+    folder = config.run_dir / KEY_DIR
+    if made:
+        click.echo(f"made {len(made)} key pairs in {folder}: {', '.join(made)}")
+    else:
+        click.echo(f"every key pair is already in {folder}")
 
 
 @main.command("procfile")

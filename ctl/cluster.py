@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bus.curve import CLI, KEY_DIR, generate_keys
 from bus.nicstate import NicState
 from bus.rundir import PRIVATE_UMASK, private_dir, private_file, write_private
 from configs import Config, load_config
-from ctl.client import ControlError, control
+from configs.cmdline import curve_keys
+from ctl.client import ControlError, request
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -61,7 +63,7 @@ class Cluster:
 
     def control(self, proc: str, cmd: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
         """One control request to a daemon of this cluster."""
-        return control(self.config.endpoint(proc), cmd, args, timeout=2.0)
+        return request(self.config, proc, cmd, args, timeout=2.0)
 
     def worker_pid(self, nic: str) -> int:
         """The pid of a NIC's OS worker, from the card's pid file."""
@@ -188,10 +190,24 @@ def procfile_for(config: Config) -> Path:
     return path
 
 
+def make_keys(config: Config) -> list[str]:
+    """CURVE key pairs for every process of `config` and the CLI, those not made yet (a tcp
+    cluster's; nothing on ipc): the names made."""
+    names = [*config.processes, CLI]
+    directory = config.run_dir / KEY_DIR
+    missing = [n for n in names if not (directory / f"{n}.key_secret").exists()]
+    if missing:
+        private_dir(config.run_dir)
+        generate_keys(directory, missing)
+    return missing
+
+
 def launch(config_path: Path, run_dir: Path, tag: str, output: Path) -> Cluster:
     """Start honcho on the Procfile for `config_path` in `run_dir`, every process tagged `tag`."""
     config = load_config(config_path, run_dir)
     procfile_path = procfile_for(config)
+    if curve_keys(config) is not None:
+        make_keys(config)
     env = os.environ | {
         "NICTEAM_CONFIG": str(config_path),
         "NICTEAM_RUN_DIR": str(run_dir),
@@ -275,7 +291,7 @@ def wait_ready(
             if died is not None:
                 raise ClusterExited(died)
             # A short wait per ask: a death elsewhere is seen within about this long.
-            stats = control(c.config.endpoint(nic), "stats", timeout=0.5)
+            stats = request(c.config, nic, "stats", timeout=0.5)
             return bool(stats["state"] == NicState.UP)
 
         wait_for(f"{nic} up", up, timeout=left)

@@ -11,7 +11,7 @@ import click
 
 from bus.rundir import unreadable
 from configs import DEFAULT_CONFIG, Config, ConfigError, load_config, resolve_run_dir
-from ctl.client import ControlError, control
+from ctl.client import ControlError, request
 from ctl.session import launched_config
 
 
@@ -67,7 +67,7 @@ class Context:
     def control(self, proc: str, cmd: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
         """One control request; a daemon that is down or says no is a clean CLI error."""
         try:
-            return control(self.config.endpoint(proc), cmd, args, timeout=3.0)
+            return request(self.config, proc, cmd, args, timeout=3.0)
         except ControlError as e:
             raise click.ClickException(f"{proc}: {e}") from None
 

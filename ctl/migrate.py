@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from configs import Config
-from ctl.client import ControlError, control
+from ctl.client import ControlError, request
 from ctl.cluster import NotReady, wait_for
 
 
 def _records(config: Config, nic: str, zones: set[int]) -> list[dict[str, Any]]:
-    rows = control(config.endpoint(nic), "conntrack", {"limit": 10_000})["records"]
+    rows = request(config, nic, "conntrack", {"limit": 10_000})["records"]
     return [r for r in rows if r["zone"] in zones]
 
 
@@ -29,14 +29,13 @@ def migrate(config: Config, vm: str, nic: str, wait_s: float = 5.0) -> dict[str,
     nics = [n.name for n in config.host(host).nics]
     if nic not in nics:
         raise ValueError(f"{vm} is on host {host}, whose NICs are {', '.join(nics)}, not {nic!r}")
-    ask = config.endpoint
-    sync = control(ask(nic), "stats").get("sync", {})
+    sync = request(config, nic, "stats").get("sync", {})
     before, boot = sync.get("committed", 0), sync.get("boot")
-    result = control(ask(host), "migrate", {"vm": vm, "nic": nic})
+    result = request(config, host, "migrate", {"vm": vm, "nic": nic})
     vpids = {m["vpid"] for m in result["moves"]}
 
     def owned() -> dict[str, Any] | None:
-        s = control(ask(nic), "stats")
+        s = request(config, nic, "stats")
         return s if s.get("epoch", 0) >= result["epoch"] and vpids <= set(s["vpids"]) else None
 
     try:

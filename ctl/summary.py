@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from configs import DEFAULT_CONFIG, FABRICD, Config, load_config
-from ctl.client import ControlError, control
+from ctl.client import ControlError, request
 
 Books = dict[str, dict[str, Any]]  # flow name -> {"sender": stats, "sink": stats}
 
@@ -26,12 +26,12 @@ def books(config: Config) -> Books:
     """Every flow's books, from every host and from fabricd (the external peers)."""
     hosts = []
     for h in config.hosts:
-        stats = control(config.endpoint(h.name), "stats")
+        stats = request(config, h.name, "stats")
         for sides in stats["flows"].values():
             for book in sides.values():
                 book["boot"] = stats.get("boot", 1)  # a restarted host's VMs count from 0
         hosts.append(stats["flows"])
-    return merge_books(hosts, control(config.endpoint(FABRICD), "stats")["peers"])
+    return merge_books(hosts, request(config, FABRICD, "stats")["peers"])
 
 
 def merge_books(host_flows: list[dict[str, Any]], fabric_peers: dict[str, Any]) -> Books:

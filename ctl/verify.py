@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from configs import Config
-from ctl.client import ControlError, control
+from ctl.client import ControlError, request
 
 
 @dataclass(slots=True)
@@ -39,7 +39,7 @@ def pairs_now(config: Config) -> list[Pair]:
     answers: dict[str, dict[str, Any] | None] = {}
     for nic in config.nics:
         try:
-            answers[nic.name] = control(config.endpoint(nic.name), "digest", timeout=2.0)
+            answers[nic.name] = request(config, nic.name, "digest", timeout=2.0)
         except ControlError:
             answers[nic.name] = None
     out = []

@@ -10,7 +10,7 @@ from typing import Any
 
 from bus.nicstate import NicState
 from configs import Config
-from ctl.client import ControlError, control
+from ctl.client import ControlError, request
 
 
 def ask(
@@ -18,7 +18,7 @@ def ask(
 ) -> Any:
     """One control request; None if the daemon does not answer (it shows as down, not an error)."""
     try:
-        return control(config.endpoint(proc), cmd, args, timeout=timeout)
+        return request(config, proc, cmd, args, timeout=timeout)
     except ControlError:
         return None
 
@@ -99,7 +99,7 @@ def vpid_map(config: Config) -> list[dict[str, Any]]:
     """Every VM interface of every host: VPID, VM, MAC, NIC, PPID, the map epoch."""
     rows = []
     for host in config.hosts:
-        m = control(config.endpoint(host.name), "map", timeout=2.0)
+        m = request(config, host.name, "map", timeout=2.0)
         rows += [p | {"host": host.name, "epoch": m["epoch"]} for p in m["ports"]]
     return rows
 

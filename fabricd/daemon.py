@@ -43,7 +43,7 @@ from bus.messages import (
     frame_chunks,
 )
 from bus.node import BaseNode, BusClosed
-from bus.transport import BusNode
+from configs.cmdline import daemon_node
 from fabricd.switch import DEFAULT_AGING, MacMove, PortMode, Switch
 from hoststack.endpoint import Endpoint
 from hoststack.traffic import wall_times
@@ -67,7 +67,7 @@ class FabricStats:
     batches_in: int = 0
     batches_out: int = 0
     frames_tx_dropped: int = 0  # in batches the bus refused (NIC queue full or link down)
-    unknown_src: int = 0  # frame batches from a name that is not a NIC of the config
+    unknown_src: int = 0  # frame batches from no NIC of the config, or naming another as src
     unexpected: int = 0  # messages of a type the fabric does not handle
     control: int = 0
     replies_dropped: int = 0
@@ -379,7 +379,8 @@ class FabricDaemon:
         assert fabric is not None
         if isinstance(msg, FrameBatch):
             fabric.stats.batches_in += 1
-            fabric.from_nic(msg.src, msg.frames, now)
+            # The connection's name, not the batch's own claim: a NIC speaks only for itself.
+            fabric.from_nic(peer if msg.src == peer else "", msg.frames, now)
         elif isinstance(msg, ControlRequest):
             fabric.stats.control += 1
             try:
@@ -442,7 +443,7 @@ class FabricDaemon:
 
 async def serve(config: Any, node: BaseNode[Any] | None = None, name: str = NAME) -> None:
     """Run fabricd until SIGINT or SIGTERM (the ``python -m fabricd`` entry point)."""
-    daemon = FabricDaemon(config, node or BusNode(name, config.endpoint(name)))
+    daemon = FabricDaemon(config, node or daemon_node("fabricd", config, name))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, daemon.stop)

@@ -5,6 +5,7 @@ Each answers one `ControlRequest` from the operator's CLI; a bad argument is an 
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from bus.heartbeat import Liveness
@@ -41,6 +42,7 @@ class HostCommands:
                 "links_down": dict(h.links_down),
                 "stale_frames": dict(h.stale_frames),
                 "epoch": h.fpag.epoch,
+                "bus": asdict(h.node.stats),
             }
         elif msg.cmd == "team-policy":
             try:

@@ -46,9 +46,8 @@ from bus.nicstate import NicState
 from bus.node import BaseNode, BusClosed
 from bus.policy import Policy, TeamPolicyName
 from bus.runtime import crash_on_error, every, run_loop, run_until_signalled
-from bus.transport import BusNode
 from configs import Config, HostSpec
-from configs.cmdline import daemon_args
+from configs.cmdline import daemon_args, daemon_node
 from hostd.commands import HostCommands
 from hostd.fpag import Fpag
 from hostd.supervisor import Supervisor
@@ -514,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m hostd`."""
     config, host = daemon_args("hostd", __doc__, "host", argv)
     configure_logging(host, config.run_dir, host=host)
-    node = BusNode(host, config.endpoint(host))
+    node = daemon_node("hostd", config, host)
     daemon = HostDaemon(config, config.host(host), node, boot=boot_number())
     run_loop(run_until_signalled(daemon))
     if daemon.crashed:

@@ -46,6 +46,7 @@ def nic_stats(c: NicControl, now: float, bus: BusStats) -> dict[str, Any]:
         "dropped_full": bus.dropped_full,
         "dropped_unknown_peer": bus.dropped_unknown_peer,
         "identity_refused": bus.identity_refused,
+        "auth_denied": dict(bus.auth_denied),
         "malformed": dict(bus.malformed),
     }
     p = c.pipeline

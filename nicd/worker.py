@@ -34,10 +34,9 @@ from bus.messages import (
 from bus.node import BaseNode, BusClosed
 from bus.policy import Policy
 from bus.runtime import crash_on_error, every, run_loop, run_until_signalled
-from bus.transport import BusNode
 from configs import FABRICD as FABRIC
 from configs import Config, NicSpec
-from configs.cmdline import daemon_args
+from configs.cmdline import daemon_args, daemon_node
 from nicd.capture import IN, OUT
 from nicd.commands import InspectCommands
 from nicd.control import NicControl
@@ -166,6 +165,8 @@ class NicWorker:
                 frames.extend((ingress, port, f) for port, f in msg.frames)
                 if self.captures.taps:
                     self.captures.see(ingress, IN, msg.frames, self._wall())
+            elif isinstance(msg, Handover) and peer not in core.siblings:
+                self.log.warning("nic.drop.unexpected_handover", peer=peer)
             elif isinstance(msg, Handover) and msg.kind is HandoverKind.DELIVER:
                 core.channels.data(peer, made_at)
                 frames.extend((PortKind.PEER_DELIVER, port, f) for port, f in msg.frames)
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     config, nic = daemon_args("nicd.worker", __doc__, "nic", argv)
     spec = config.nic(nic)
     configure_logging(nic, config.run_dir, host=spec.host, nic=nic)
-    worker = NicWorker(config, spec, BusNode(nic, config.endpoint(nic)))
+    worker = NicWorker(config, spec, daemon_node("nicd", config, nic))
     run_loop(run_until_signalled(worker))
     if worker.crashed:
         sys.exit(70)  # EX_SOFTWARE

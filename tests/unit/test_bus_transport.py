@@ -34,9 +34,15 @@ async def started(nodes: list[BusNode], name: str, endpoint: str) -> BusNode:
     return node
 
 
-async def test_tcp_ephemeral_port_round_trip(nodes: list[BusNode]) -> None:
-    a = await started(nodes, "a", "tcp://127.0.0.1:*")
-    b = await started(nodes, "b", "tcp://127.0.0.1:*")
+async def test_tcp_ephemeral_port_round_trip(nodes: list[BusNode], tmp_path: Path) -> None:
+    keys = generate_keys(tmp_path, ["a", "b"])
+    a, b = (
+        BusNode("a", "tcp://127.0.0.1:*", curve=keys),
+        BusNode("b", "tcp://127.0.0.1:*", curve=keys),
+    )
+    nodes += [a, b]
+    await a.start()
+    await b.start()
     assert b.endpoint.startswith("tcp://127.0.0.1:") and not b.endpoint.endswith("*")
     a.connect("b", b.endpoint)
     await within(a.wait_connected("b"))

@@ -34,11 +34,6 @@ def two(tmp_path: Path) -> Config:
     return load_config(TWO, tmp_path)
 
 
-def _proc(endpoint: str) -> str:
-    """The process an endpoint (ipc://<run dir>/<proc>.sock) belongs to."""
-    return endpoint.rsplit("/", 1)[-1].removesuffix(".sock")
-
-
 def _nic_stats(nic: str) -> dict[str, Any]:
     return {"state": "up", "team": [f"{nic}/p0", f"{nic}/p1"], "vpids": [1], "conntrack": 3,
             "epoch": 2}  # fmt: skip
@@ -50,11 +45,10 @@ def _host_stats(config: Config, host: str) -> dict[str, Any]:
 
 
 def fake_control(config: Config, asked: list[tuple[str, str]]) -> Any:
-    """A `control` answering hostd's `stats`/`map` and nicd's `stats`/`digest`, noting who."""
+    """A `request` answering hostd's `stats`/`map` and nicd's `stats`/`digest`, noting who."""
     hosts = {h.name for h in config.hosts}
 
-    def control(endpoint: str, cmd: str, args: Any = None, timeout: float = 2.0) -> Any:
-        proc = _proc(endpoint)
+    def request(_: Config, proc: str, cmd: str, args: Any = None, timeout: float = 2.0) -> Any:
         asked.append((proc, cmd))
         if proc in hosts and cmd == "stats":
             return _host_stats(config, proc)
@@ -74,7 +68,7 @@ def fake_control(config: Config, asked: list[tuple[str, str]]) -> Any:
                               for s in sibs if s != proc}}  # fmt: skip
         raise AssertionError(f"unexpected {proc} {cmd}")
 
-    return control
+    return request
 
 
 # -- ctl/hosts.py ------------------------------------------------------------------------------
@@ -136,8 +130,8 @@ def test_report_of_keeps_the_hosts_faults_and_its_flows_figures(two: Config) -> 
 
 def test_status_map_and_verify_cover_every_host(two: Config, monkeypatch: Any) -> None:
     asked: list[tuple[str, str]] = []
-    monkeypatch.setattr(ctl.views, "control", fake_control(two, asked))
-    monkeypatch.setattr(ctl.verify, "control", fake_control(two, asked))
+    monkeypatch.setattr(ctl.views, "request", fake_control(two, asked))
+    monkeypatch.setattr(ctl.verify, "request", fake_control(two, asked))
     st = status(two)
     assert [h["name"] for h in st["hosts"]] == ["h1", "h2"]
     assert [(n["host"], n["name"]) for n in st["nics"]] == [
@@ -157,8 +151,8 @@ def test_status_map_and_verify_cover_every_host(two: Config, monkeypatch: Any) -
 
 def test_one_host_is_asked_only_of_its_daemons(two: Config, monkeypatch: Any) -> None:
     asked: list[tuple[str, str]] = []
-    monkeypatch.setattr(ctl.views, "control", fake_control(two, asked))
-    monkeypatch.setattr(ctl.verify, "control", fake_control(two, asked))
+    monkeypatch.setattr(ctl.views, "request", fake_control(two, asked))
+    monkeypatch.setattr(ctl.verify, "request", fake_control(two, asked))
     h2 = only(two, "h2")
     assert [n["name"] for n in status(h2)["nics"]] == ["nic3", "nic4"]
     assert {r["host"] for r in vpid_map(h2)} == {"h2"}
