@@ -18,6 +18,8 @@ from bus.curve import CLI, CurveKeys, MissingKey, generate_keys
 from bus.guard import MUTATING, operator_only
 from bus.messages import ControlRequest, Fault, FaultKind, Hello
 from bus.transport import NAME_PROPERTY, BusNode
+from configs import load_config
+from configs.cmdline import daemon_node
 
 DEADLINE = 5.0
 
@@ -197,3 +199,20 @@ async def test_changing_commands_only_from_the_cli_and_hosts(
     finally:
         await sibling.close()
         await host.close()
+
+
+def test_a_daemon_on_tcp_without_its_key_exits_with_one_line(tmp_path: Path) -> None:
+    text = Path("configs/default.toml").read_text()
+    config_path = tmp_path / "tcp.toml"
+    config_path.write_text(
+        text.replace("[endpoints]\n", '[endpoints]\nnic2 = "tcp://127.0.0.1:7102"\n', 1)
+    )
+    config = load_config(config_path, tmp_path / "run")
+    with pytest.raises(SystemExit) as exit_:
+        daemon_node("nicd", config, "nic1")  # nic1 is on ipc, but talks to nic2 over tcp
+    message = str(exit_.value.code)
+    assert "\n" not in message
+    assert message.startswith("nicd nic1: tcp endpoints need CURVE keys: no CURVE secret key")
+    assert "nicteam keys" in message
+    generate_keys(tmp_path / "run" / "keys", ["nic1"])
+    assert daemon_node("nicd", config, "nic1").guard is not None
