@@ -93,3 +93,22 @@ def test_config_after_the_verb_is_the_config_before_it(tmp_path: Path) -> None:
 def test_subgroups_take_them_too(tmp_path: Path) -> None:
     code, out = run("chaos", "check", "--run-dir", str(tmp_path))
     assert code != 0 and f"{tmp_path / 'logs'}" in out
+
+
+def test_keys_makes_one_owner_only_pair_per_process_and_the_cli_once(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["keys", "--run-dir", str(run), "--config", "configs/two-hosts.toml"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    names = ["fabricd", "h1", "h2", "nic1", "nic2", "nic3", "nic4", "ctl"]
+    assert first.output.startswith(f"made 8 key pairs in {run / 'keys'}: {', '.join(names)}")
+    files = sorted((run / "keys").iterdir())
+    assert [p.name for p in files] == sorted(
+        f"{n}{e}" for n in names for e in (".key", ".key_secret")
+    )
+    assert {p.stat().st_mode & 0o777 for p in files} == {0o600}
+    assert (run / "keys").stat().st_mode & 0o777 == 0o700
+    secret = (run / "keys/h1.key_secret").read_bytes()
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and again.output.startswith("every key pair is already in")
+    assert (run / "keys/h1.key_secret").read_bytes() == secret  # never replaced
