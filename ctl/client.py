@@ -15,7 +15,7 @@ from typing import Any
 import zmq
 
 from bus.codec import MalformedMessage, decode_untrusted, encode
-from bus.curve import CLI, MissingKey
+from bus.curve import CLI
 from bus.messages import ControlReply, ControlRequest
 from configs import Config
 from configs.cmdline import curve_keys
@@ -37,15 +37,13 @@ def request(
 
 
 def client_curve(config: Config, proc: str) -> ClientCurve | None:
-    """The CLI's CURVE keys for talking to `proc` (None on ipc); ControlError if missing."""
+    """The CLI's CURVE keys for talking to `proc` (None on ipc); `MissingKey` if absent: not a
+    ControlError, so a missing key is never mistaken for a daemon that is down."""
     keys = curve_keys(config)
     if keys is None or not config.endpoint(proc).startswith("tcp://"):
         return None
-    try:
-        public, secret = keys.pair(CLI)
-        return keys.public(proc), public, secret
-    except MissingKey as e:
-        raise ControlError(str(e)) from None
+    public, secret = keys.pair(CLI)
+    return keys.public(proc), public, secret
 
 
 def control(

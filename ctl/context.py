@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from bus.curve import MissingKey
 from bus.rundir import unreadable
 from configs import DEFAULT_CONFIG, Config, ConfigError, load_config, resolve_run_dir
 from ctl.client import ControlError, request
@@ -95,3 +96,10 @@ class Commands(click.Group):
                 cmd.params.append(click.Option([flag, dest], expose_value=False,
                                                callback=_after_verb, help=text))  # fmt: skip
         super().add_command(cmd, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a CURVE key this CLI lacks is one `Error:` line, not "down"."""
+        try:
+            return super().invoke(ctx)
+        except MissingKey as e:
+            raise click.ClickException(f"the cluster speaks CURVE on tcp: {e}") from None

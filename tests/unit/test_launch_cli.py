@@ -112,3 +112,13 @@ def test_keys_makes_one_owner_only_pair_per_process_and_the_cli_once(tmp_path: P
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and again.output.startswith("every key pair is already in")
     assert (run / "keys/h1.key_secret").read_bytes() == secret  # never replaced
+
+
+def test_a_tcp_cluster_without_the_cli_key_is_one_error_line_not_down(tmp_path: Path) -> None:
+    text = Path("configs/default.toml").read_text()
+    config = tmp_path / "tcp.toml"
+    config.write_text(text.replace("[endpoints]\n", '[endpoints]\nh1 = "tcp://127.0.0.1:9"\n', 1))
+    got = CliRunner().invoke(main, ["status", "--config", str(config), "--run-dir", str(tmp_path)])
+    assert got.exit_code == 1
+    (line,) = got.output.splitlines()
+    assert line.startswith("Error: the cluster speaks CURVE on tcp: no CURVE secret key for ctl")
