@@ -367,9 +367,9 @@ def _sizes(text: str) -> list[int]:
     try:
         sizes = sorted({int(s) for s in text.split(",") if s.strip()})
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--sizes: {text!r} is not a list of integers") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of integers") from None
     if not sizes or sizes[0] < 1:
-        raise argparse.ArgumentTypeError(f"--sizes: {text!r}: give host counts of 1 or more")
+        raise argparse.ArgumentTypeError(f"{text!r}: give host counts of 1 or more")
     return sizes
 
 
@@ -379,7 +379,7 @@ def _count(text: str) -> int:
     except ValueError:
         n = 0
     if n < 1:
-        raise argparse.ArgumentTypeError(f"--kills: {text!r} is not a count of 1 or more")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count of 1 or more")
     return n
 
 
