@@ -160,10 +160,10 @@ def _delivered(config: Config) -> dict[str, int]:
     return {n: int(s.get("sink", {}).get("delivered", 0)) for n, s in books(config).items()}
 
 
-def delivering(config: Config, more_than: dict[str, int] | None = None) -> bool:
-    """Every flow that must deliver has delivered (more than `more_than` says)."""
-    got, base = _delivered(config), more_than or {}
-    return all(got.get(f, 0) > base.get(f, 0) for f in _deliver(config))
+def delivering(config: Config) -> bool:
+    """Every flow that must deliver has delivered something."""
+    got = _delivered(config)
+    return all(got.get(f, 0) > 0 for f in _deliver(config))
 
 
 # -- kills -------------------------------------------------------------------------------------
@@ -180,7 +180,6 @@ def kills(c: Cluster, n: int, say: Callable[[str], None]) -> dict[str, Any]:
     """SIGKILL NIC workers `n` times, each back up with its VPIDs home before the next;
     takeover and detection per kill as `nicteam report` computes them from the logs."""
     chaos = Chaos(c.config)
-    started = time.time()
     for i, nic in enumerate(kill_order(c.config, n)):
         old = chaos.kill(nic, step=f"bench-{i + 1}")
         say(f"kill {i + 1}/{n}: {nic} (pid {old})")
@@ -191,31 +190,24 @@ def kills(c: Cluster, n: int, say: Callable[[str], None]) -> dict[str, Any]:
         wait_for(f"kill {i + 1}: {nic} rejoined", back, timeout=60)
         wait_for(f"kill {i + 1}: VPIDs home", lambda: not c.ports_away(), timeout=60)
     rep = report(c.run_dir / "logs", c.config)
-    ours = [f for f in rep["faults"] if f["kind"] == "kill" and _after(f["at"], started)]
+    ours = [f for f in rep["faults"] if f["kind"] == "kill"]  # the run dir is this size's own
     takeover = [f["takeover_ms"] for f in ours if f["takeover_ms"] is not None]
     detect = [f["detect_ms"] for f in ours if f["detect_ms"] is not None]
     return {
-        "takeover_ms": _spread(takeover, n),
-        "detect_ms": _spread(detect, n),
+        "takeover_ms": _spread(takeover),
+        "detect_ms": _spread(detect),
         "kills": n,
         "frames_lost": sum(f["frames_lost"] for f in ours),
         "connections_reset": sum(f["connections_reset"] for f in ours),
     }
 
 
-def _after(iso: str, t: float) -> bool:
-    from ctl.logs import event_time
-
-    return event_time(iso) >= t - 1.0  # the report's ms-rounded time, our clock
-
-
-def _spread(xs: list[float], kills: int) -> dict[str, Any]:
-    """p50/p99 (None without samples), how many of the kills gave one, every sample."""
+def _spread(xs: list[float]) -> dict[str, Any]:
+    """p50/p99 (None without samples), how many there are, every sample."""
     return {
         "p50": pct(xs, 50) if xs else None,
         "p99": pct(xs, 99) if xs else None,
         "n": len(xs),
-        "of_kills": kills,
         "samples": [round(x, 1) for x in xs],
     }
 
