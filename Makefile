@@ -38,6 +38,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.datapath
+	$(BIN)/python -m bench.cluster
 
 clean:
 	rm -rf run bench/results

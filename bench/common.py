@@ -13,9 +13,12 @@ from pathlib import Path
 import zmq
 
 from bus.codec import decode_untrusted, encode
+from bus.curve import CurveKeys, generate_keys
 from bus.messages import FrameBatch
 
 RESULTS = Path("bench/results")
+TRANSPORTS = ("ipc", "tcp_curve")
+_SINK, _SOURCE = "bench-sink", "bench-source"
 
 
 def rate(run_batches: Callable[[], int], seconds: float = 1.0, repeats: int = 3) -> float:
@@ -30,10 +33,18 @@ def rate(run_batches: Callable[[], int], seconds: float = 1.0, repeats: int = 3)
     return statistics.median(rates)
 
 
-def _push(endpoint: str, frames: list[tuple[int, bytes]], seconds: float) -> None:
+def _push(
+    endpoint: str, frames: list[tuple[int, bytes]], seconds: float, keys: Path | None = None
+) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
+    if keys is not None:  # a CURVE client of the sink, under a key of the cluster's key folder
+        curve = CurveKeys(keys)
+        public, secret = curve.pair(_SOURCE)
+        sock.setsockopt(zmq.CURVE_SERVERKEY, curve.public(_SINK))
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
     sock.connect(endpoint)
     data = encode(FrameBatch("bench", frames))
     deadline = time.perf_counter() + seconds
@@ -44,31 +55,40 @@ def _push(endpoint: str, frames: list[tuple[int, bytes]], seconds: float) -> Non
     ctx.term()
 
 
-def bus_ceiling_fps(frame: bytes, batch: int = 32, seconds: float = 2.0) -> float:
-    """Frames/s one process pushes to another over ZeroMQ ipc in `batch`-frame bus messages.
+def bus_ceiling_fps(
+    frame: bytes, batch: int = 32, seconds: float = 2.0, transport: str = "ipc"
+) -> float:
+    """Frames/s one process pushes to another over ZeroMQ in `batch`-frame bus messages.
 
-    The receiver decodes every message with the bus codec, as every nicteam process does.
+    `transport` is "ipc", or "tcp_curve": tcp on 127.0.0.1 encrypted with CURVE keys made as
+    `nicteam` makes them (the key check is in the handshake; the ceiling is the per-message
+    cost). The receiver decodes every message with the bus codec, as every nicteam process does.
     """
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport: {transport!r} is not one of {', '.join(TRANSPORTS)}")
     with tempfile.TemporaryDirectory() as tmp:
-        endpoint = f"ipc://{tmp}/ceiling.sock"
         ctx = zmq.Context()
         sock = ctx.socket(zmq.PULL)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.bind(endpoint)
+        keys = None
+        if transport == "tcp_curve":
+            keys = generate_keys(Path(tmp) / "keys", [_SINK, _SOURCE]).directory
+            public, secret = CurveKeys(keys).pair(_SINK)
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+            sock.bind("tcp://127.0.0.1:*")
+        else:
+            sock.bind(f"ipc://{tmp}/ceiling.sock")
+        endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         child = mp.get_context("spawn").Process(
-            target=_push, args=(endpoint, [(1, frame)] * batch, seconds + 1.0)
+            target=_push, args=(endpoint, [(1, frame)] * batch, seconds + 1.0, keys)
         )
         child.start()
         try:
-            sock.recv()  # the sender is up: start the clock on the next message
-            frames = 0
-            start = time.perf_counter()
-            while (elapsed := time.perf_counter() - start) < seconds:
-                msg = decode_untrusted(sock.recv())
-                assert isinstance(msg, FrameBatch)  # _push sends nothing else
-                frames += len(msg.frames)
-            return frames / elapsed
+            return _pull(sock, seconds)
         finally:
+            child.terminate()  # measured: the sender's remaining second is not waited for
             child.join(timeout=5)
             if child.is_alive():
                 child.kill()
@@ -76,10 +96,23 @@ def bus_ceiling_fps(frame: bytes, batch: int = 32, seconds: float = 2.0) -> floa
             ctx.term()
 
 
-def write_results(name: str, results: dict[str, object]) -> Path:
-    """Write bench/results/<name>.json and return its path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def _pull(sock: zmq.Socket[bytes], seconds: float) -> float:
+    """Frames/s decoded from `sock` over `seconds`, from its second message on."""
+    sock.recv()  # the sender is up: start the clock on the next message
+    frames = 0
+    start = time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        msg = decode_untrusted(sock.recv())
+        assert isinstance(msg, FrameBatch)  # _push sends nothing else
+        frames += len(msg.frames)
+    return frames / elapsed
+
+
+def write_results(name: str, results: dict[str, object], path: Path | None = None) -> Path:
+    """Write bench/results/<name>.json (or `path`) and return its path."""
+    if path is None:
+        path = RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     return path
 
