@@ -462,13 +462,9 @@ def migrate_command(obj: Context, vm: str, nic: str, as_json: bool) -> None:
 @click.option("--machine", help=MACHINE_HELP)
 @click.pass_obj
 def up_command(
-    obj: Context,
-    config_path: str | None,
-    as_test: bool,
-    seconds: float,
-    timeout: float,
+    obj: Context, config_path: str | None, as_test: bool, seconds: float, timeout: float,
     machine: str | None,
-) -> None:
+) -> None:  # fmt: skip
     """Launch a cluster from the Procfile in the run directory (stop it with `nicteam down`).
 
     With --machine M, only the processes the config's [machines] section places on M; it
