@@ -13,10 +13,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # tcpdump reads the tests' captures back: `nicteam capture` must write what it can open.
+# iproute2's `ip` makes the network namespaces the netns test emulates machines with.
 TOOLS := $(VENV)/.tools
 $(TOOLS): $(STAMP)
 	command -v tcpdump >/dev/null || apt-get install -y -q tcpdump \
 		|| (apt-get update -q && apt-get install -y -q tcpdump)
+	command -v ip >/dev/null || apt-get install -y -q iproute2 \
+		|| (apt-get update -q && apt-get install -y -q iproute2)
 	touch $(TOOLS)
 
 setup: $(STAMP) $(TOOLS)

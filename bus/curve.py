@@ -13,6 +13,7 @@ per-request names (``ctl-<pid>-<n>``): several commands may run at once.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,11 +92,18 @@ def generate_keys(directory: str | os.PathLike[str], names: list[str]) -> CurveK
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path, 0o700)
-    for name in names:
-        if not (path / f"{name}.key_secret").exists():
-            public_file, secret_file = zmq.auth.create_certificates(path, name)
-            os.chmod(public_file, 0o600)
-            os.chmod(secret_file, 0o600)
+    # Machines sharing a run dir may all `up` at once: one writer at a time, so a key pair is
+    # made once and never replaced under a process that already loaded it.
+    lock = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name in names:
+            if not (path / f"{name}.key_secret").exists():
+                public_file, secret_file = zmq.auth.create_certificates(path, name)
+                os.chmod(public_file, 0o600)
+                os.chmod(secret_file, 0o600)
+    finally:
+        os.close(lock)  # and the lock with it
     return CurveKeys(path)
 
 

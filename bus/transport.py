@@ -11,6 +11,10 @@ Socket choices (libzmq docs, pyzmq source):
   a peer sending more than the codec accepts, before we allocate it.
 - Disconnects come from a socket monitor (``EVENT_DISCONNECTED``) on each DEALER; the link is up
   from ``EVENT_HANDSHAKE_SUCCEEDED``, which is when ``IMMEDIATE`` starts accepting messages.
+- On tcp, ZMTP heartbeats (``HEARTBEAT_IVL``/``HEARTBEAT_TIMEOUT``, in libzmq's I/O thread): a
+  peer machine that vanishes (cable cut, power off) sends no FIN, and without them its
+  connection would look up for TCP's own timeouts (minutes); with them it drops within
+  ``TCP_HEARTBEAT_TIMEOUT_MS`` and reconnects when the machine is back.
 
 Names (the policy is ``BaseNode``'s, "Names"; libzmq 4.3 ``router.cpp``, ``identify_peer``):
 - With ``ROUTER_HANDOVER`` a second connection under a routing id in use takes the id over and
@@ -74,6 +78,8 @@ _HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FA
 NAME_PROPERTY = "X-Name"  # the handshake property a bus node's connections claim its name with
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _MAX_IPC_PATH = 107  # sun_path is 108 bytes on Linux, including the NUL
+TCP_HEARTBEAT_IVL_MS = 200
+TCP_HEARTBEAT_TIMEOUT_MS = 1000  # several lost pings: a busy Python loop does not delay them
 
 
 def ipc_path(endpoint: str) -> Path | None:
@@ -159,6 +165,8 @@ class BusNode(BaseNode[_Link]):
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # reply() to an unknown peer fails loudly
         router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         events = _INBOX_EVENTS
+        if _is_tcp(self.bind_endpoint):
+            _heartbeat(router)
         if self._curve is not None and _is_tcp(self.bind_endpoint):
             public, secret = self._curve.pair(self.name)  # first: a missing key starts nothing
             self._auth = ClusterAuthenticator(self._ctx, self._curve, self._auth_denied)
@@ -201,6 +209,8 @@ class BusNode(BaseNode[_Link]):
         dealer.setsockopt(zmq.SNDHWM, self.hwm)
         dealer.setsockopt(zmq.RCVHWM, self.hwm)
         dealer.setsockopt(zmq.RECONNECT_IVL, self._reconnect_ivl_ms)
+        if _is_tcp(endpoint):
+            _heartbeat(dealer)
         if self._curve is not None and _is_tcp(endpoint):
             public, secret = self._curve.pair(self.name)
             try:
@@ -419,6 +429,12 @@ class BusNode(BaseNode[_Link]):
 
 def _is_tcp(endpoint: str) -> bool:
     return endpoint.startswith("tcp://")
+
+
+def _heartbeat(sock: zmq.asyncio.Socket) -> None:
+    """ZMTP pings on every connection of `sock`; one silent for the timeout is dropped."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, TCP_HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, TCP_HEARTBEAT_TIMEOUT_MS)
 
 
 def _property(frame: zmq.Frame, name: str) -> str | None:

@@ -41,6 +41,7 @@ __all__ = [
     "ConfigError",
     "HostSpec",
     "IfaceSpec",
+    "MachineSpec",
     "NicSpec",
     "PeerSpec",
     "Timers",
@@ -172,6 +173,17 @@ class PeerSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class MachineSpec:
+    """A machine of ``[machines]``: its IPv4 address and the processes placed on it, whose bus
+    endpoints are ``tcp://<address>:<port + i>`` (``i``: the process's rank on the machine)."""
+
+    name: str
+    address: str
+    port: int
+    processes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class WorkloadFlow:
     """One flow of the default workload; ``src``/``dst`` name a VM or peer."""
 
@@ -200,7 +212,9 @@ class Config:
     hosts: tuple[HostSpec, ...]
     peers: tuple[PeerSpec, ...]
     flows: tuple[WorkloadFlow, ...]
-    endpoints: Mapping[str, str] = field(default_factory=dict)  # proc -> "tcp://host:port"
+    # proc -> "tcp://host:port": the machines' derived endpoints, then [endpoints] overrides.
+    endpoints: Mapping[str, str] = field(default_factory=dict)
+    machines: tuple[MachineSpec, ...] = ()  # empty: every process on this machine (ipc)
 
     @property
     def nics(self) -> tuple[NicSpec, ...]:
@@ -237,8 +251,19 @@ class Config:
         """The workload flow called ``name``; KeyError if none."""
         return _find(self.flows, name, "flow")
 
+    def machine(self, name: str) -> MachineSpec:
+        """The machine called ``name``; KeyError if none."""
+        return _find(self.machines, name, "machine")
+
+    def machine_of(self, proc: str) -> MachineSpec | None:
+        """The machine ``proc`` is placed on; None without ``[machines]``; KeyError if unknown."""
+        if proc not in self.processes:
+            raise KeyError(f"unknown process {proc!r}")
+        return next((m for m in self.machines if proc in m.processes), None)
+
     def endpoint(self, proc: str) -> str:
-        """Bus endpoint of ``proc``: ``[endpoints]`` if listed, else ``ipc://<run_dir>/<proc>.sock``."""
+        """Bus endpoint of ``proc``: ``[endpoints]`` if listed, else its machine's
+        ``tcp://<address>:<port>`` (see MachineSpec), else ``ipc://<run_dir>/<proc>.sock``."""
         if not isinstance(proc, str) or not _NAME_RE.fullmatch(proc):
             raise ValueError(f"not a process name: {proc!r}")
         mapped = self.endpoints.get(proc)

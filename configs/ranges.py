@@ -81,4 +81,7 @@ RANGES: dict[str, Range] = {
     "flows.size": Range(1, 65535, integer=True, unit="bytes"),
     "vms.tcp_listen": Range(1, 65535, integer=True),
     "segments.vlan": Range(1, 4094, integer=True),  # IEEE 802.1Q: 0 and 4095 are reserved
+    # A machine's first bus port: unprivileged (the daemons need no root), and its processes'
+    # ports (port, port + 1, ...) must all stay below 65536.
+    "machines.port": Range(1024, 65535, integer=True),
 }

@@ -3,9 +3,10 @@
 Theory of operation. ``load_config`` parses the file and checks it top-down in one pass:
 segments, timers, conntrack timeouts and the firewall first (they reference nothing), then
 hosts and their NICs, then VMs (which name a NIC), external peers (which name a segment), the
-workload flows (which name VMs and peers) and last the endpoint overrides (which name
-processes). The first problem raises ``ConfigError``; its message starts with the path of the
-offending field as written in the file (``hosts[0].nics[1].eswitch_capacity: ...``,
+workload flows (which name VMs and peers), the endpoint overrides (which name processes) and
+last the machines (configs/machines.py), which place processes and derive their endpoints.
+The first problem raises ``ConfigError``; its message starts with the path of the offending
+field as written in the file (``hosts[0].nics[1].eswitch_capacity: ...``,
 ``vms.web1.interfaces[0].mac: ...``), so an operator can go straight to it. The policy parts
 (rules, segments, team policy) are read by ``bus.policy``'s readers, whose errors are re-raised
 as ConfigError under the same path.
@@ -13,6 +14,7 @@ as ConfigError under the same path.
 File shape (``configs/default.toml`` is the commented example)::
 
     [timers]  [timeouts]  [endpoints]          periods, conntrack timeouts, tcp endpoints
+    [machines.<name>]                          address, processes, first port (placement)
     [[segments]]                               name, vlan
     [firewall]  [[firewall.rules]]             default action, rule tables (bus.policy)
     [[hosts]]  [[hosts.nics]]                  team policy, failback; NIC uplinks and sizes
@@ -42,6 +44,7 @@ from bus.policy import (
     segment_from_plain,
     team_policy_name,
 )
+from configs.machines import machines_section
 from configs.model import (
     EXPECTS,
     FABRICD,
@@ -110,7 +113,18 @@ def load_config(path: str | Path, run_dir: str | Path | None = None) -> Config:
 
 
 _TOP_KEYS = frozenset(
-    {"timers", "timeouts", "endpoints", "segments", "firewall", "hosts", "vms", "peers", "flows"}
+    {
+        "timers",
+        "timeouts",
+        "endpoints",
+        "machines",
+        "segments",
+        "firewall",
+        "hosts",
+        "vms",
+        "peers",
+        "flows",
+    }
 )
 
 
@@ -156,7 +170,8 @@ def config_from_dict(
     )
     flows = _flows(top.get("flows", {}), cfg)
     endpoints = _endpoints(top.get("endpoints", {}), cfg.processes)
-    return dataclasses.replace(cfg, flows=flows, endpoints=endpoints)
+    machines, endpoints = machines_section(top.get("machines", {}), cfg, endpoints)
+    return dataclasses.replace(cfg, flows=flows, endpoints=endpoints, machines=machines)
 
 
 # -- sections ----------------------------------------------------------------------------------

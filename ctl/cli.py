@@ -28,7 +28,7 @@ from ctl.capture import capture, stop_on_signals
 from ctl.chaos import Chaos, ChaosError, note
 from ctl.checker import check_logs, format_verdict
 from ctl.client import ControlError
-from ctl.cluster import NotReady, make_keys, procfile, wait_for
+from ctl.cluster import NotReady, PlacementError, make_keys, procfile, wait_for
 from ctl.context import CONFIG_HELP, RUN_DIR_HELP, Commands, Context
 from ctl.hosts import UnknownHost, only, report_of
 from ctl.migrate import format_migrate, migrate
@@ -58,6 +58,7 @@ def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
 
 
 HOST_HELP = "Only this host (default: every host)."
+MACHINE_HELP = "Launch only this machine's processes (see the config's [machines] section)."
 
 
 def _scope(obj: Context, host: str | None) -> Config:
@@ -459,24 +460,33 @@ def migrate_command(obj: Context, vm: str, nic: str, as_json: bool) -> None:
               help="With --test: how long the workload runs.")  # fmt: skip
 @click.option("--timeout", type=Seconds(1, 600), default=60.0, show_default=True,
               help="Seconds to wait for every NIC to come up.")  # fmt: skip
+@click.option("--machine", help=MACHINE_HELP)
 @click.pass_obj
 def up_command(
-    obj: Context, config_path: str | None, as_test: bool, seconds: float, timeout: float
-) -> None:
-    """Launch a cluster from the Procfile in the run directory (stop it with `nicteam down`)."""
+    obj: Context, config_path: str | None, as_test: bool, seconds: float, timeout: float,
+    machine: str | None,
+) -> None:  # fmt: skip
+    """Launch a cluster from the Procfile in the run directory (stop it with `nicteam down`).
+
+    With --machine M, only the processes the config's [machines] section places on M; it
+    returns once every NIC of every machine is up.
+    """
     if config_path is not None:
         obj.config_path = str(Path(config_path).absolute())
     config = obj.config  # a bad config is reported before anything starts
     path = Path(obj.config_path).absolute()
     if as_test:
+        if machine is not None:
+            raise click.UsageError("--test runs the whole cluster here: no --machine")
         _up_test(config, path, seconds)
         return
     with progress("launch", len(config.nics)) as step:
         try:
-            state = up(path, obj.run_dir, timeout, _nic_up(config, step))
+            state = up(path, obj.run_dir, timeout, _nic_up(config, step), machine)
         except SessionError as e:
             raise click.ClickException(str(e)) from None
-    click.echo(f"cluster up: {path.name}, run dir {obj.run_dir} (honcho pid {state['pid']})")
+    share = "cluster" if machine is None else f"machine {machine}"
+    click.echo(f"{share} up: {path.name}, run dir {obj.run_dir} (honcho pid {state['pid']})")
     click.echo(format_status(status(config)))
     click.echo("logs: nicteam report " + str(obj.run_dir / "logs") + "; stop: nicteam down")
 
@@ -506,14 +516,16 @@ def _up_test(config: Config, path: Path, seconds: float) -> None:
 
 
 @main.command("down")
+@click.option("--machine", help="Only what `up --machine` started for this machine.")
 @click.pass_obj
-def down_command(obj: Context) -> None:
+def down_command(obj: Context, machine: str | None) -> None:
     """Stop the cluster `nicteam up` started in the run directory, every process of it."""
-    n = down(obj.run_dir)
+    n = down(obj.run_dir, machine)
+    share = "cluster" if machine is None else f"machine {machine}"
     if n:
-        click.echo(f"cluster in {obj.run_dir} stopped ({n} processes)")
+        click.echo(f"{share} in {obj.run_dir} stopped ({n} processes)")
     else:
-        click.echo(f"no cluster running in {obj.run_dir}")
+        click.echo(f"no {share} running in {obj.run_dir}")
 
 
 @main.group("chaos")
@@ -603,12 +615,16 @@ def keys_command(obj: Context, config_path: str | None) -> None:
 @main.command("procfile")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="Of this config instead (default: as for every command).")  # fmt: skip
+@click.option("--machine", help="Only the processes [machines] places on this machine.")
 @click.pass_obj
-def procfile_command(obj: Context, config_path: str | None) -> None:
+def procfile_command(obj: Context, config_path: str | None, machine: str | None) -> None:
     """Print the Procfile of the config's cluster: fabricd, hostd per host, a card per NIC."""
     if config_path is not None:
         obj.config_path = str(Path(config_path).absolute())
-    click.echo(procfile(obj.config), nl=False)
+    try:
+        click.echo(procfile(obj.config, machine=machine), nl=False)
+    except PlacementError as e:
+        raise click.UsageError(str(e)) from None
 
 
 if __name__ == "__main__":

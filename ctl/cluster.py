@@ -5,6 +5,8 @@ honcho with a run directory of its own, waits until every NIC is up, and on the 
 everything it started, found by an environment tag. The default config runs the repository's
 Procfile; any other config runs the Procfile `procfile()` generates from it into the run
 directory: fabricd, hostd per host, a card per NIC, with the top-level Procfile's command lines.
+A config with `[machines]` launches one machine's share (`machine`, its own `Procfile.<machine>`)
+or, without one, every process here if every machine's address is this machine's.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +29,7 @@ from typing import Any, TypeVar
 from bus.curve import CLI, KEY_DIR, generate_keys
 from bus.nicstate import NicState
 from bus.rundir import PRIVATE_UMASK, private_dir, private_file, write_private
-from configs import Config, load_config
+from configs import FABRICD, Config, load_config
 from configs.cmdline import curve_keys
 from ctl.client import ControlError, request
 
@@ -48,6 +51,10 @@ class NotReady(TimeoutError):
 
 class ClusterExited(RuntimeError):
     """honcho stopped while we waited for the cluster (a daemon failed to start)."""
+
+
+class PlacementError(ValueError):
+    """The processes asked for cannot be launched here (no such machine, or not this one)."""
 
 
 @dataclass
@@ -157,8 +164,51 @@ def _templates(text: str) -> dict[str, str]:
     return out
 
 
-def procfile(config: Config, template: str | None = None) -> str:
-    """The Procfile of `config`'s cluster: fabricd, hostd per host, a card per NIC.
+def is_local(address: str) -> bool:
+    """Whether `address` is one of this machine's (this network namespace's): it binds."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
+def machine_processes(config: Config, machine: str | None) -> tuple[str, ...]:
+    """The processes of `machine`, or every process of the cluster without one."""
+    if machine is None:
+        return config.processes
+    if not config.machines:
+        raise PlacementError(f"--machine {machine}: the config has no [machines] section")
+    try:
+        return config.machine(machine).processes
+    except KeyError:
+        names = ", ".join(m.name for m in config.machines)
+        raise PlacementError(f"--machine {machine}: unknown machine (machines: {names})") from None
+
+
+def launchable(config: Config, machine: str | None) -> tuple[str, ...]:
+    """The processes to launch on this machine; PlacementError if that cannot be done here.
+
+    Without `machine`, a config with machines launches everything here only if every machine's
+    address is this machine's (e.g. all on 127.0.0.x); else each machine launches its own share.
+    """
+    procs = machine_processes(config, machine)
+    if machine is not None and not is_local(address := config.machine(machine).address):
+        raise PlacementError(f"--machine {machine}: its address {address} is not this machine's")
+    away = [m for m in config.machines if machine is None and not is_local(m.address)]
+    if away:
+        where = ", ".join(f"{m.name} ({m.address})" for m in config.machines)
+        raise PlacementError(
+            f"the config places its processes on machines {where}; run "
+            f"`nicteam up --machine NAME` on each ({away[0].address} is not this machine's)"
+        )
+    return procs
+
+
+def procfile(config: Config, template: str | None = None, machine: str | None = None) -> str:
+    """The Procfile of `config`'s cluster: fabricd, hostd per host, a card per NIC (only
+    `machine`'s processes if given).
 
     Each line copies the top-level Procfile's line for its role (`template`, default the
     repository's), with the process's own name and this config as the default `--config`.
@@ -171,6 +221,11 @@ def procfile(config: Config, template: str | None = None) -> str:
               for h in config.hosts]  # fmt: skip
     lines += [(n.name, re.sub(r"--nic\s+\S+", f"--nic {n.name}", roles["nic"]))
               for n in config.nics]  # fmt: skip
+    wanted = machine_processes(config, machine)
+    # The fabric's Procfile line is called "fabric", its process fabricd.
+    lines = [
+        (name, cmd) for name, cmd in lines if (FABRICD if name == "fabric" else name) in wanted
+    ]
     return "".join(f"{name}: {_config_default(cmd, config.path)}\n" for name, cmd in lines)
 
 
@@ -180,13 +235,15 @@ def _config_default(command: str, path: Path) -> str:
     return re.sub(r"\$\{NICTEAM_CONFIG:-[^}]*\}", lambda _: default, command)
 
 
-def procfile_for(config: Config) -> Path:
+def procfile_for(config: Config, machine: str | None = None) -> Path:
     """The Procfile to start: the top-level one for the default config, else one generated
-    into the run directory (0700, the file 0600, like everything a run writes)."""
-    if config.path.resolve() == DEFAULT_CONFIG.resolve():
+    into the run directory (0700, the file 0600, like everything a run writes); a machine's
+    is `Procfile.<machine>`, so machines can share one run directory."""
+    if machine is None and config.path.resolve() == DEFAULT_CONFIG.resolve():
         return REPO / "Procfile"
-    path = private_dir(config.run_dir) / "Procfile"
-    write_private(path, procfile(config))
+    name = "Procfile" if machine is None else f"Procfile.{machine}"
+    path = private_dir(config.run_dir) / name
+    write_private(path, procfile(config, machine=machine))
     return path
 
 
@@ -202,10 +259,14 @@ def make_keys(config: Config) -> list[str]:
     return missing
 
 
-def launch(config_path: Path, run_dir: Path, tag: str, output: Path) -> Cluster:
-    """Start honcho on the Procfile for `config_path` in `run_dir`, every process tagged `tag`."""
+def launch(
+    config_path: Path, run_dir: Path, tag: str, output: Path, machine: str | None = None
+) -> Cluster:
+    """Start honcho on the Procfile for `config_path` in `run_dir`, every process tagged `tag`:
+    `machine`'s processes only if given; PlacementError before anything starts if not here."""
     config = load_config(config_path, run_dir)
-    procfile_path = procfile_for(config)
+    launchable(config, machine)
+    procfile_path = procfile_for(config, machine)
     if curve_keys(config) is not None:
         make_keys(config)
     env = os.environ | {

@@ -36,7 +36,8 @@ GAP = 2.5  # a silence this many times a NIC's usual stats interval is a gap, no
 TIERS = ("eswitch", "cache", "slow path")  # where frames were handled, fastest first
 STYLES: dict[str, LineStyleType] = {"eswitch": "-", "cache": "--", "slow path": ":"}
 SHADES = {"kill": "crimson", "pause": "darkorange", "partition": "purple", "link-down": "teal",
-          "migrate": "steelblue", "hostd-pause": "olive", "hostd-kill": "saddlebrown"}  # fmt: skip
+          "migrate": "steelblue", "hostd-pause": "olive", "hostd-kill": "saddlebrown",
+          "machine-cut": "slategray"}  # fmt: skip
 ALPHA = 0.15  # translucent: where two windows overlap, the shades add up
 
 

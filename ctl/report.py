@@ -64,6 +64,7 @@ STEPS = {
     "nic.fenced", "nic.unfenced", "chaos.resume", "chaos.link_up", "nic.peer.up",
     "team.uplink.up", "chaos.unpartition", "host.migrate", "team.takeover",
     "chaos.hostd_resume", "host.stalled", "host.recovered", "host.worker.exit",
+    "chaos.machine_heal", "fabric.nic.down", "fabric.nic.up",
 }  # fmt: skip
 NAMES = set(FAULTS) | STEPS | set(BOOKS)
 GIVE_UP_S = TcpConfig().give_up  # hostd's TCP senders give up after this long without progress
@@ -256,7 +257,8 @@ def _timeline(w: Window, events: list[Event], detected: Event | None) -> Fault:
     fault.timeline.append((0.0, EVENT_OF[w.kind], f"{w.kind} {w.what}"))
     if detected is not None:
         fault.detect_ms = _ms(detected["t"], t0)
-        note(detected, str(detected.get("nic") or detected.get("peer") or ""))
+        said = _step(w, detected) or detected.get("nic") or detected.get("peer") or ""
+        note(detected, str(said))
     for e in (x for x in inside if x["event"] == "host.failover" and w.kind in NIC_FAULTS):
         if not set(e.get("nics") or [e.get("nic")]) & w.targets:
             continue  # (NICs lost together are failed over in one epoch)
@@ -269,7 +271,7 @@ def _timeline(w: Window, events: list[Event], detected: Event | None) -> Fault:
             note(firsts[0], f"{firsts[0]['nic']} vpid {firsts[0]['vpid']} {firsts[0]['way']}")
     for e in inside:
         detail = _step(w, e)
-        if detail is not None:
+        if detail is not None and e is not detected:
             note(e, detail)
         if e["event"] == "sync.resync.done" and detail is not None:
             fault.resync_ms = e.get("ms")
@@ -288,6 +290,16 @@ NIC_STEPS = (
 
 
 HOST_STEPS = ("chaos.hostd_resume", "host.recovered")
+MACHINE_STEPS = ("chaos.machine_heal", "fabric.nic.down", "fabric.nic.up")
+
+
+def _machine_step(w: Window, e: Event) -> str | None:
+    """The cut machine's cable back, or fabricd losing or regaining one of its NICs."""
+    if e["event"] == "chaos.machine_heal":
+        return "cable back" if w.what.startswith(f"{e.get('machine')} ") else None
+    if e.get("nic") not in w.targets:
+        return None
+    return f"fabricd {'loses' if e['event'] == 'fabric.nic.down' else 'reaches'} {e['nic']}"
 
 
 def _step(w: Window, e: Event) -> str | None:
@@ -305,6 +317,8 @@ def _step(w: Window, e: Event) -> str | None:
         return str(e.get("epoch", e.get("stalled_ms", "")))
     if name == "team.takeover" and w.kind == "migrate" and f"->{nic}" in w.what:
         return f"{nic} takes {e.get('records')} records"
+    if w.kind == "machine-cut" and name in MACHINE_STEPS:
+        return _machine_step(w, e)
     if name in ("chaos.link_up", "team.uplink.up") and w.kind == "link-down":
         port = e.get("port") if name == "chaos.link_up" else e.get("uplink")
         return str(nic or port) if port in w.targets else None

@@ -2,8 +2,11 @@
 
 `up` starts honcho detached in the run directory and leaves `cluster.json` there (honcho's pid,
 the tag every process inherits, the config), so `down` finds everything it started, even
-processes whose parent died. `selftest` is Mininet's `--test pingall` for nicteam: launch in a
-run directory of its own, let the workload run, compare the endpoints' books over that window.
+processes whose parent died. `up --machine M` launches only machine M's processes and leaves
+`cluster-M.json` and `honcho-M.out` instead, so the machines of a cluster may share one run
+directory; it still waits until every NIC of every machine is up. `selftest` is Mininet's
+`--test pingall` for nicteam: launch in a run directory of its own, let the workload run,
+compare the endpoints' books over that window.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from configs import Config
 from ctl.cluster import (
     ClusterExited,
     NotReady,
+    PlacementError,
     launch,
     running_cluster,
     stop,
@@ -42,49 +46,78 @@ class SessionError(RuntimeError):
     """A cluster that cannot be started or stopped as asked; the message says what to do."""
 
 
-def _state(run_dir: Path) -> dict[str, Any] | None:
+def state_file(run_dir: Path, machine: str | None = None) -> Path:
+    """Where `up` keeps its state: `cluster.json`, or `cluster-<machine>.json` for one machine."""
+    return run_dir / (STATE_FILE if machine is None else f"cluster-{machine}.json")
+
+
+def _state(path: Path) -> dict[str, Any] | None:
     try:
-        state = json.loads((run_dir / STATE_FILE).read_text())
+        state = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) else None
 
 
+def _state_files(run_dir: Path) -> list[Path]:
+    """Every state file in `run_dir`: the whole cluster's and each machine's."""
+    return [state_file(run_dir), *sorted(run_dir.glob("cluster-*.json"))]
+
+
 def launched_config(run_dir: Path) -> str | None:
-    """The config of the cluster `up` started in `run_dir`, if one is running there."""
-    state = _state(run_dir)
-    return state["config"] if state is not None and tagged_pids(state["tag"]) else None
+    """The config of the cluster `up` started in `run_dir` (or of a machine's share of it),
+    if one is running there."""
+    for path in _state_files(run_dir):
+        state = _state(path)
+        if state is not None and tagged_pids(state["tag"]):
+            return str(state["config"])
+    return None
 
 
 def up(
-    config_path: Path, run_dir: Path, timeout: float, on_up: Callable[[str, float], None]
+    config_path: Path,
+    run_dir: Path,
+    timeout: float,
+    on_up: Callable[[str, float], None],
+    machine: str | None = None,
 ) -> dict[str, Any]:
-    """Launch the cluster detached; return its state once every NIC is up."""
-    old = _state(run_dir)
+    """Launch the cluster (`machine`'s share of it) detached; return its state once every NIC
+    of the whole cluster is up."""
+    path = state_file(run_dir, machine)
+    old = _state(path)
     if old is not None and tagged_pids(old["tag"]):
+        what = "a cluster is" if machine is None else f"machine {machine}'s share is"
         raise SessionError(
-            f"a cluster is already up in {run_dir} (honcho pid {old['pid']}); "
+            f"{what} already up in {run_dir} (honcho pid {old['pid']}); "
             "`nicteam down` first, or give another --run-dir"
         )
     tag = f"nt-{uuid.uuid4().hex[:12]}"
+    output = run_dir / ("honcho.out" if machine is None else f"honcho-{machine}.out")
     try:
-        c = launch(config_path, run_dir, tag, run_dir / "honcho.out")
-    except RunDirError as e:
+        c = launch(config_path, run_dir, tag, output, machine)
+    except (RunDirError, PlacementError) as e:
         raise SessionError(str(e)) from None
     state = {"pid": c.proc.pid, "tag": tag, "config": str(config_path), "run_dir": str(run_dir)}
-    write_private(run_dir / STATE_FILE, json.dumps(state))
+    state |= {} if machine is None else {"machine": machine}
+    write_private(path, json.dumps(state))
     try:
         wait_ready(c, timeout, on_up)
     except (NotReady, ClusterExited) as e:
         stop(c.proc, tag)
-        (run_dir / STATE_FILE).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         raise SessionError(f"{e}; stopped it again (log: {c.output})") from None
     return state
 
 
-def down(run_dir: Path, timeout: float = 20.0) -> int:
-    """Stop the cluster `up` started in `run_dir`; the number of processes it had (0: none)."""
-    state = _state(run_dir)
+def down(run_dir: Path, machine: str | None = None, timeout: float = 20.0) -> int:
+    """Stop what `up` started in `run_dir`: `machine`'s share, or without one everything `up`
+    started there (every machine's share too); the number of processes (0: none)."""
+    paths = [state_file(run_dir, machine)] if machine is not None else _state_files(run_dir)
+    return sum(_down(path, timeout) for path in paths)
+
+
+def _down(path: Path, timeout: float) -> int:
+    state = _state(path)
     if state is None:
         return 0
     tag = state["tag"]
@@ -97,7 +130,7 @@ def down(run_dir: Path, timeout: float = 20.0) -> int:
     for pid in tagged_pids(tag):  # whatever did not stop in time
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    (run_dir / STATE_FILE).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
     return len(pids)
 
 

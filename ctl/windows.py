@@ -14,10 +14,14 @@ What ends a window, per kind (`nicteam report` explains how losses are charged t
 - migrate: the target's `team.takeover` of the host's `host.migrate` epoch (a migrate the host
   refused is no fault at all).
 - hostd-pause: its `chaos.hostd_resume`; hostd-kill: the restarted daemon's `host.recovered`.
+- machine-cut (a machine's network cut, logged by whoever cut it with the machine's `nics`): its
+  `chaos.machine_heal`, extended to fabricd's `fabric.nic.up` of each of its NICs that fabricd
+  saw go down (`fabric.nic.down`: the bus's tcp heartbeats timed out).
 
 Detection: `host.nic.down` (kill, pause), the siblings' `nic.peer.down` of each other
 (partition), `team.uplink.down` (cable), `host.migrate` (a planned move), the daemon's own
-`host.stalled` (its pause), its card's `host.worker.exit` (its kill).
+`host.stalled` (its pause), its card's `host.worker.exit` (its kill), fabricd's
+`fabric.nic.down` of one of the machine's NICs (machine-cut).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ FAULTS = {
     "chaos.migrate": "migrate",
     "chaos.hostd_pause": "hostd-pause",
     "chaos.hostd_kill": "hostd-kill",
+    "chaos.machine_cut": "machine-cut",
 }
 HOST_FAULTS = ("hostd-pause", "hostd-kill")
 EVENT_OF = {kind: name for name, kind in FAULTS.items()}
@@ -98,6 +103,8 @@ def _what(f: Event) -> str:
         return str(f.get("host", ""))
     if f["event"] == "chaos.migrate":
         return f"{f.get('vm')}->{f.get('nic')}"
+    if f["event"] == "chaos.machine_cut":
+        return f"{f.get('machine')} ({','.join(f.get('nics', []))})"
     return f.get("nic") or ",".join(f.get("nics", [])) or str(f.get("port", ""))
 
 
@@ -205,6 +212,24 @@ def _end_hostd_kill(
     return (back[0]["t"], back[0]["t"]) if back else (None, None)
 
 
+def _end_machine_cut(
+    f: Event, events: list[Event], timers: Timers
+) -> tuple[float | None, float | None]:
+    """Its heal, then fabricd's link back to each of its NICs that it saw go down."""
+    healed = _first(events, "chaos.machine_heal", f["t"], machine=f.get("machine"))
+    if healed is None:
+        return None, None
+    heal, end = healed["t"], healed["t"]
+    for nic in f.get("nics", []):
+        downs = [e for e in select(events, "fabric.nic.down", f["t"], nic=nic) if e["t"] <= heal]
+        if downs:
+            up = _first(events, "fabric.nic.up", downs[-1]["t"], nic=nic)
+            if up is None:
+                return None, heal
+            end = max(end, up["t"])
+    return end, heal
+
+
 _ENDS = {
     "kill": _end_kill,
     "pause": _end_pause,
@@ -213,6 +238,7 @@ _ENDS = {
     "migrate": _end_migrate,
     "hostd-pause": _end_hostd_pause,
     "hostd-kill": _end_hostd_kill,
+    "machine-cut": _end_machine_cut,
 }
 
 
@@ -230,6 +256,8 @@ def _detects(w: Window, e: Event) -> bool:
         return e["event"] == "host.stalled" and e.get("host") in w.targets
     if w.kind == "hostd-kill":  # its card sees it exit
         return e["event"] == "host.worker.exit" and e.get("host") in w.targets
+    if w.kind == "machine-cut":  # the fabric loses the machine's NICs
+        return e["event"] == "fabric.nic.down" and e.get("nic") in w.targets
     return e["event"] == "team.uplink.down" and e.get("uplink") in w.targets
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +217,14 @@ def test_a_daemon_on_tcp_without_its_key_exits_with_one_line(tmp_path: Path) -> 
     assert "nicteam keys" in message
     generate_keys(tmp_path / "run" / "keys", ["nic1"])
     assert daemon_node("nicd", config, "nic1").guard is not None
+
+
+def test_keys_made_at_once_by_several_launchers_are_made_once(tmp_path: Path) -> None:
+    names = [f"nic{i}" for i in range(20)]
+    with ThreadPoolExecutor(4) as pool:
+        folders = list(pool.map(lambda _: generate_keys(tmp_path, names), range(4)))
+    pairs = {n: folders[0].pair(n) for n in names}
+    for folder in folders:  # every launcher sees the same, whole key pairs
+        assert {n: (folder.public(n), *folder.pair(n)[1:]) for n in names} == {
+            n: (p[0], p[1]) for n, p in pairs.items()
+        }
