@@ -24,7 +24,7 @@ import pytest
 
 from configs import Config, load_config
 from ctl.chaos import Chaos, note
-from ctl.client import control
+from ctl.client import request
 from ctl.cluster import BIN, REPO
 from ctl.summary import books, losses
 from tests.cluster.conftest import wait_for
@@ -61,7 +61,7 @@ class Placed:
         return done.stdout
 
     def control(self, proc: str, cmd: str) -> dict[str, Any]:
-        return control(self.config.endpoint(proc), cmd, timeout=2.0)
+        return request(self.config, proc, cmd, timeout=2.0)
 
     def worker_pids(self) -> dict[str, int]:
         return {n.name: int((self.run_dir / f"{n.name}.pid").read_text()) for n in self.config.nics}
