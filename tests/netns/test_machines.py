@@ -182,6 +182,7 @@ def test_two_hosts_on_three_machines_survive_a_kill_and_a_cable_cut(placed: Plac
     p.net.cut(3, down=False)
     note(c, "chaos.machine_heal", machine="m3")
     _resumed(c, "after the cut", timeout=45)
+    assert _resets(c) == base, "an established connection was reset by a 2 s cable cut"
     assert p.worker_pids() == workers, "a NIC worker restarted across the cut"
     gone = alive - set(pids_in_run_dir(p.run_dir))
     assert not gone, f"processes died across the cut: {sorted(gone)}"
