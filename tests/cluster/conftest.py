@@ -9,8 +9,11 @@ import pytest
 
 from ctl.cluster import BIN, REPO, Cluster, NotReady, running_cluster, stop, tagged_pids
 from ctl.cluster import wait_for as wait_until
+from tests.ports import unused_ports
 
-__all__ = ["BIN", "REPO", "Cluster", "running_cluster", "stop", "tagged_pids", "wait_for"]
+__all__ = [
+    "BIN", "REPO", "Cluster", "running_cluster", "stop", "tagged_pids", "unused_ports", "wait_for",
+]  # fmt: skip
 T = TypeVar("T")
 
 

@@ -28,7 +28,7 @@ from ctl.chaos import Chaos
 from ctl.cluster import running_cluster
 from ctl.logs import load
 from ctl.summary import books, losses
-from tests.cluster.conftest import REPO, Cluster, wait_for
+from tests.cluster.conftest import REPO, Cluster, unused_ports, wait_for
 from wire.build import gratuitous_arp
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
@@ -39,23 +39,11 @@ PROCS = (FABRICD, "h1", "nic1", "nic2")
 OWN_NAME = {FABRICD: "nic2", "h1": FABRICD, "nic1": "nic2", "nic2": "nic1"}
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def tcp_config() -> str:
     """configs/default.toml with every process on its own tcp port of 127.0.0.1."""
     text = (REPO / "configs/default.toml").read_text()
-    lines = "".join(
-        f'{p} = "tcp://127.0.0.1:{port}"\n' for p, port in zip(PROCS, _free_ports(4), strict=True)
-    )
+    base = unused_ports(len(PROCS))
+    lines = "".join(f'{p} = "tcp://127.0.0.1:{base + i}"\n' for i, p in enumerate(PROCS))
     return text.replace("[endpoints]\n", f"[endpoints]\n{lines}", 1)
 
 

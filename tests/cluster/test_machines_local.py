@@ -3,19 +3,17 @@ plain `up`: every process on its machine's tcp endpoint, every flow delivering."
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from ctl.cluster import running_cluster
 from ctl.summary import books
-from tests.cluster.conftest import REPO, wait_for
+from tests.cluster.conftest import REPO, unused_ports, wait_for
 
 pytestmark = pytest.mark.cluster
 
 
 def test_machines_on_loopback_addresses_launch_together_over_tcp() -> None:
-    port = random.randrange(20000, 60000, 10)  # apart from any other run's
+    port = unused_ports(3, ("127.0.0.1", "127.0.0.2", "127.0.0.3"))
     text = (REPO / "configs/two-hosts.toml").read_text() + "".join(
         f'[machines.m{i}]\naddress = "127.0.0.{i}"\nprocesses = ["{proc}"]\nport = {port}\n'
         for i, proc in ((1, "fabricd"), (2, "h1"), (3, "h2"))

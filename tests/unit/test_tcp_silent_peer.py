@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 
 from bus.curve import CurveKeys, generate_keys
 from bus.transport import TCP_HEARTBEAT_TIMEOUT_MS, BusNode
+from tests.ports import unused_ports
 
 PEER = """
 import asyncio, sys
@@ -35,12 +35,6 @@ asyncio.run(main())
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def keys(tmp_path: Path) -> CurveKeys:
     return generate_keys(tmp_path / "keys", ["me", "peer"])
@@ -48,7 +42,7 @@ def keys(tmp_path: Path) -> CurveKeys:
 
 @pytest.fixture
 def peer_process(keys: CurveKeys) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{unused_ports(1)}"
     argv = [sys.executable, "-c", PEER, endpoint, str(keys.directory)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
                             text=True, cwd=os.getcwd())  # fmt: skip
