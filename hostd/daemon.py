@@ -9,7 +9,8 @@ A host daemon may be restarted by its card (`hostd.card`) while the NICs go on f
 starts *recovering*. It asks every NIC for the map it holds (`Probe` with ``want_map``) and
 takes the newest one, so no epoch ever goes backwards, before it decides anything: no failover,
 failback, migrate or map is sent, and the VMs' workload starts only then; on a fresh host, only
-once every NIC is up too (holds its policy and map), so nothing is lost at boot. Its built-in
+once every NIC is up too (holds its policy and map), and a flow to another host's VM only
+once that VM answers ARP (`hostd.remote`), so nothing is lost at boot. Its built-in
 VMs are new (a host crash ends their connections): their books carry the daemon's boot number,
 and their ephemeral ports start elsewhere each boot so new connections never reuse a tracked
 tuple.
@@ -50,6 +51,7 @@ from configs import Config, HostSpec
 from configs.cmdline import daemon_args, daemon_node
 from hostd.commands import HostCommands
 from hostd.fpag import Fpag
+from hostd.remote import RemoteStart
 from hostd.supervisor import Supervisor
 from hoststack.endpoint import EPHEMERAL, Endpoint
 from hoststack.traffic import FlowSpec, wall_times
@@ -87,6 +89,8 @@ class HostDaemon:
         self.stale_frames: dict[str, int] = defaultdict(int)
         self._announced: set[str] = set()
         self._vms = {vm.name for vm in spec.vms}
+        self._remote_vms = {vm.name for vm in config.vms} - self._vms
+        self.remote = RemoteStart(START_WAIT_S)
         self._stopping = asyncio.Event()
         span = EPHEMERAL[1] - EPHEMERAL[0] + 1
         first_port = EPHEMERAL[0] + (boot - 1) * PORTS_PER_BOOT % span
@@ -193,18 +197,34 @@ class HostDaemon:
             if flow.src not in self._vms:
                 continue  # a flow of another host or of an external peer
             dst_ip = self.config.flow_target(flow)  # the loader picks the shared segment
-            src = self._endpoint_facing(flow.src, dst_ip)
+            vpid, src = self._endpoint_facing(flow.src, dst_ip)
             spec = FlowSpec(
                 flow.name, flow.proto, src.name, dst_ip, flow.dport, flow.rate, flow.size
             )
-            src.add_flow(spec, now)
+            remote = flow.dst in self._remote_vms
+            if remote and isinstance(dst_ip, IPv4Address) and not src.knows(dst_ip):
+                self.remote.wait(vpid, src, spec, dst_ip, now)
+            else:
+                src.add_flow(spec, now)
 
-    def _endpoint_facing(self, vm_name: str, dst_ip: IPv4Address | IPv6Address) -> Endpoint:
+    def _start_remote(self, now: float) -> None:
+        """Flows to another host's VMs whose destination answered (or waited long enough)."""
+        ready, probes = self.remote.poll(now)
+        for w, answered in ready:
+            if not answered:
+                self.log.warning("host.flow.unanswered", flow=w.spec.name, dst=str(w.dst))
+            w.endpoint.add_flow(w.spec, now)
+        if probes:
+            self._send(probes)
+
+    def _endpoint_facing(
+        self, vm_name: str, dst_ip: IPv4Address | IPv6Address
+    ) -> tuple[int, Endpoint]:
         """The sending VM's interface on the destination's subnet (else its first)."""
-        mine = [ep for vpid, ep in self.endpoints.items() if self.fpag.binding(vpid).vm == vm_name]
-        for ep in mine:
+        mine = [(v, ep) for v, ep in self.endpoints.items() if self.fpag.binding(v).vm == vm_name]
+        for vpid, ep in mine:
             if any(dst_ip in iface.network for iface in ep.interfaces):
-                return ep
+                return vpid, ep
         return mine[0]
 
     def _add_v6_neighbors(self) -> None:
@@ -489,6 +509,8 @@ class HostDaemon:
     def _poll(self) -> None:
         self._check_stall()
         now = self.now()
+        if self.remote.waiting:
+            self._start_remote(now)
         self._send({vpid: ep.poll(now) for vpid, ep in self.endpoints.items()})
 
     def flow_stats(self) -> dict[str, Any]:

@@ -161,6 +161,20 @@ class Endpoint:
         """Gratuitous ARPs for our IPv4 addresses, so the fabric learns where our MAC is."""
         return [gratuitous_arp(self.mac, ip) for ip in self.ips if isinstance(ip, IPv4Address)]
 
+    def knows(self, ip: IPAddress) -> bool:
+        """Whether a frame to `ip` goes out at once (its next hop's MAC is known)."""
+        if not self._on_link(ip) and self.gateway_mac is not None:
+            return True
+        return ip in self._static or (isinstance(ip, IPv4Address) and ip in self.arp_cache)
+
+    def arp_probe(self, ip: IPv4Address) -> bytes:
+        """One ARP request for `ip`, outside the queue of frames waiting for it: the caller
+        paces it (an application waiting for its peer to be reachable)."""
+        self.stats.arp_requests += 1
+        src = self._source_for(ip)
+        assert isinstance(src, IPv4Address)
+        return arp_frame(1, self.mac, src, _ZERO_MAC, ip)
+
     def add_neighbor(self, ip: IPAddress, mac: bytes) -> None:
         """A static neighbour (the only way IPv6 destinations resolve)."""
         self._static[ip] = mac
