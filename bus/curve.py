@@ -42,9 +42,11 @@ class MissingKey(LookupError):
 
 @dataclass(frozen=True, slots=True)
 class CurveKeys:
-    """A directory of node certificates."""
+    """A directory of node certificates; with `members`, only theirs admit anyone (a key left
+    in the folder by another cluster's config speaks for nobody here)."""
 
     directory: Path
+    members: frozenset[str] | None = None
 
     def public(self, name: str) -> bytes:
         """The public key of node ``name`` (what a client needs to reach its server socket)."""
@@ -78,7 +80,8 @@ class CurveKeys:
                 public, _ = zmq.auth.load_certificate(path)
             except (OSError, ValueError):
                 continue  # not a certificate: it admits nobody
-            out[public] = path.stem
+            if self.members is None or path.stem in self.members:
+                out[public] = path.stem
         return out
 
 

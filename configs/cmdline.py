@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bus.curve import KEY_DIR, CurveKeys, MissingKey
+from bus.curve import CLI, KEY_DIR, CurveKeys, MissingKey
 from bus.guard import operator_only
 from bus.rundir import RunDirError, private_dir, private_umask
 from bus.transport import BusNode
@@ -39,7 +39,7 @@ def private_run_dir(prog: str, run_dir: Path) -> None:
 def curve_keys(config: Config) -> CurveKeys | None:
     """The cluster's key folder when any process listens on tcp (then every process uses CURVE)."""
     if any(config.endpoint(p).startswith("tcp://") for p in config.processes):
-        return CurveKeys(config.run_dir / KEY_DIR)
+        return CurveKeys(config.run_dir / KEY_DIR, frozenset((*config.processes, CLI)))
     return None
 
 

@@ -228,3 +228,20 @@ def test_keys_made_at_once_by_several_launchers_are_made_once(tmp_path: Path) ->
         assert {n: (folder.public(n), *folder.pair(n)[1:]) for n in names} == {
             n: (p[0], p[1]) for n, p in pairs.items()
         }
+
+
+async def test_a_key_of_no_member_admits_nobody(tmp_path: Path) -> None:
+    folder = generate_keys(tmp_path / "keys", ["nic1", "nic7"])  # nic7: another config's
+    server = BusNode(
+        "nic1", "tcp://127.0.0.1:*", curve=CurveKeys(folder.directory, frozenset({"nic1"}))
+    )
+    await server.start()
+    rogue = Client().curve(folder.public("nic1"), folder.pair("nic7")).named("nic7")
+    try:
+        rogue.sock.connect(server.endpoint)
+        await rogue.sock.send(encode(ControlRequest(1, "stats", {})))
+        await denied(server, "unknown-key")
+        assert server.stats.received == 0
+    finally:
+        rogue.close()
+        await server.close()
