@@ -202,3 +202,17 @@ async def test_a_takeover_by_bus_message_times_the_first_frames_on_the_new_path(
                         lambda: [e for e in logs if e["event"] == "team.first_frame"])  # fmt: skip
     firsts = [e for e in logs if e["event"] == "team.first_frame"]
     assert {e["vpid"] for e in firsts} <= APP1 | {v for v in range(1, 6)}
+
+
+async def test_the_periodic_stats_event_says_why_frames_were_dropped(tmp_path: Path) -> None:
+    """`nic.stats` in the logs carries the drops per reason and the conntrack counters: a stall
+    in a kept run is explained by them (the nemesis' seed 11 needed them and had none)."""
+    with capture_logs() as logs:
+        async with rig(tmp_path) as r:
+            r.nics["nic1"].pipeline.stats.drops["ct.invalid"] += 3  # type: ignore[union-attr]
+            await until("nic1 logs its stats",
+                        lambda: [e for e in logs if e["event"] == "nic.stats"
+                                 and e["nic"] == "nic1"])  # fmt: skip
+    stats = next(e for e in logs if e["event"] == "nic.stats" and e["nic"] == "nic1")
+    assert stats["drops"]["ct.invalid"] >= 3
+    assert set(stats["ct"]) >= {"created", "expired", "invalid"}
