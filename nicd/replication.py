@@ -261,7 +261,7 @@ class Replicator:
         for origin, cache in self.caches.items():
             records = cache.take(vpids)
             merge_copies(p, records)
-            committed += len(records)  # each is tracked now (a copy we held already stands)
+            committed += len(records)  # each is tracked now (one we tracked already caught up)
             if records:
                 self.log.info(
                     "ct.commit", origin=origin, epoch=epoch, vpids=sorted(vpids),
