@@ -17,8 +17,10 @@ if TYPE_CHECKING:
     from bus.node import BusStats
     from nicd.control import NicControl
 
-# What the periodic `nic.stats` event carries of the stats reply.
-LOGGED = ("frames_in", "slow_path", "tiers")
+# What the periodic `nic.stats` event carries of the stats reply: the drops per reason and the
+# conntrack counters too, so a run's logs say why a flow stalled (`ct.invalid` growing: a record
+# in a state that refuses the flow's segments), not only that it did.
+LOGGED = ("frames_in", "slow_path", "drops", "ct", "tiers")
 
 
 def vpid_load(p: Pipeline | None) -> list[int]:

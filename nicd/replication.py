@@ -211,11 +211,15 @@ class Replicator:
                                        replicated=True)  # fmt: skip
 
     def _adopt(self, p: Pipeline, cache: PeerCache, zones: set[int]) -> None:
-        """Connections a sibling opened for VPIDs that are ours now (it had not yet applied the
-        map that moved them): they join our conntrack, so nothing opened in the handover is lost."""
-        adopted = insert_new(p, cache.take(zones))
-        if adopted:
-            self.log.info("ct.adopt", origin=cache.origin, records=adopted)
+        """A sibling's changes to VPIDs that are ours now, made before it applied the map that
+        moved them (or before a partition let them reach us): connections it opened join our
+        conntrack, and those we committed from an older copy catch up, so nothing the old home
+        saw in the handover is lost (a copy stuck at SYN_SENT drops every segment of its client)."""
+        added, caught_up = merge_copies(p, cache.take(zones))
+        if added:
+            self.log.info("ct.adopt", origin=cache.origin, records=added)
+        if caught_up:
+            self.log.info("ct.catch_up", origin=cache.origin, records=caught_up)
 
     def rehome(self, p: Pipeline, moved: set[int]) -> int:
         """Move copies of `moved` zones that now belong to another sibling into its cache.
@@ -256,8 +260,8 @@ class Replicator:
         committed = 0
         for origin, cache in self.caches.items():
             records = cache.take(vpids)
-            insert_new(p, records)
-            committed += len(records)  # each is tracked now (a copy we held already stands)
+            merge_copies(p, records)
+            committed += len(records)  # each is tracked now (one we tracked already caught up)
             if records:
                 self.log.info(
                     "ct.commit", origin=origin, epoch=epoch, vpids=sorted(vpids),
@@ -362,11 +366,18 @@ class Replicator:
         }
 
 
-def insert_new(p: Pipeline, records: list[CtRecord]) -> int:
-    """Track replicated records this NIC does not track yet (the first copy of one stands)."""
-    added = 0
+def merge_copies(p: Pipeline, records: list[CtRecord]) -> tuple[int, int]:
+    """Take replicated records into our conntrack: (tracked anew, caught up).
+
+    A record we track already stands, moved only to a state further along that a copy reports
+    (a later word of the stream, which our own traffic has not overtaken).
+    """
+    added = caught_up = 0
     for rec in records:
-        if p.ct.get(rec.key) is None and p.ct.get(rec.reply_key) is None:
+        mine = p.ct.get(rec.key) or p.ct.get(rec.reply_key)
+        if mine is None:
             p.ct.insert(rec)
             added += 1
-    return added
+        elif mine.key == rec.key and p.catch_up(mine, rec.state, rec.last_seen):
+            caught_up += 1
+    return added, caught_up

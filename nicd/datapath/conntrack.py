@@ -475,6 +475,20 @@ class ConntrackTable:
                 self._schedule(rec, deadline, rec.last_seen)
         return True
 
+    def catch_up(self, rec: CtRecord, state: CtState, last_seen: float) -> bool:
+        """Move `rec` to `state` if that is further along its connection's life (a later word of
+        the stream it was copied from); True if it moved. Journaled, as any state change."""
+        if not is_further(state, rec.state):
+            return False
+        rec.state = state
+        rec.last_seen = max(rec.last_seen, last_seen)
+        if self.journal is not None:
+            self.journal.append((True, rec))
+        deadline = rec.last_seen + self.timeouts.timeout_for(rec)
+        if rec._bucket is not None and math.floor(deadline / TICK) < rec._bucket.due:
+            self._schedule(rec, deadline, rec.last_seen)
+        return True
+
     def touch(self, rec: CtRecord, now: float, packets: int, nbytes: int) -> None:
         """Add counters read back from a fast tier; `now` is when it last saw the flow."""
         rec.last_seen = max(rec.last_seen, now)
@@ -546,6 +560,22 @@ class ConntrackTable:
         if self.journal is not None:
             self.journal.append((False, rec))
         return True
+
+
+def is_further(state: CtState, than: CtState) -> bool:
+    """True if `state` comes later than `than` in one connection's life.
+
+    TCP's states are declared in the order a connection goes through them (SYN_SENT ...
+    CLOSE), pseudo states likewise (UNREPLIED, REPLIED). Only a reopen (a SYN in TIME_WAIT or
+    CLOSE) goes back, and a record of the old life can then look further along than the new.
+    """
+    return type(state) is type(than) and _PROGRESS[state] > _PROGRESS[than]
+
+
+_PROGRESS: dict[CtState, int] = {
+    **{s: i for i, s in enumerate(TcpState)},
+    **{s: i for i, s in enumerate(PseudoState)},
+}
 
 
 DIGEST_FIELDS = 14  # a wire record's key, origin, state, rule and flags: what must agree

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from nicd.datapath.classifier import Classifier
-from nicd.datapath.conntrack import ConntrackTable, CtRecord
+from nicd.datapath.conntrack import ConntrackTable, CtRecord, CtState
 from nicd.datapath.decision import Decision, Emit, PortKind, path_actions
 from nicd.datapath.eswitch import ESwitch
 from nicd.datapath.flowcache import FlowCache
@@ -315,6 +315,16 @@ class Upkeep:
         finally:
             self.ct.journal = journal
         return len(doomed)
+
+    def catch_up(self, rec: CtRecord, state: CtState, last_seen: float) -> bool:
+        """Move a tracked record to a later state its copy's origin reported (`ConntrackTable.
+        catch_up`); a record no longer established leaves the fast tiers. True if it moved."""
+        was_established = rec.established
+        if not self.ct.catch_up(rec, state, last_seen):
+            return False
+        if was_established and not rec.established:
+            self._evict(rec)
+        return True
 
     def tier_stats(self) -> dict[str, TierStats]:
         """Counters of each fast tier."""

@@ -9,12 +9,16 @@ moved once, and only to a NIC that was running after the loss was detected.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address
 from pathlib import Path
 
 from structlog.testing import capture_logs
 
 from bus.messages import Fault, FaultKind, MapUpdate
 from bus.syncrows import RowKey
+from hoststack.traffic import FlowSpec
+from nicd.datapath.conntrack import CtRecord, TcpState
+from nicd.datapath.pipeline import Pipeline
 from nicd.worker import NicWorker
 from tests.unit.workerrig import Rig, rig, until
 
@@ -202,3 +206,82 @@ async def test_a_takeover_by_bus_message_times_the_first_frames_on_the_new_path(
                         lambda: [e for e in logs if e["event"] == "team.first_frame"])  # fmt: skip
     firsts = [e for e in logs if e["event"] == "team.first_frame"]
     assert {e["vpid"] for e in firsts} <= APP1 | {v for v in range(1, 6)}
+
+
+def cut_after_the_syn(r: Rig, dport: int, seconds: float) -> list[bool]:
+    """Partition nic1 and nic2 the moment nic2 has streamed the SYN of a connection to `dport`
+    (its record at SYN_SENT) and nothing later: the cut the nemesis' seed 11 landed."""
+    n2 = r.nics["nic2"]
+    stream = n2.sync.replicate
+    cut: list[bool] = []
+
+    def replicate(p: Pipeline, made_at: float) -> None:
+        journal: list[tuple[bool, CtRecord]] = p.ct.journal or []
+        syn = any(alive and rec.dport == dport and rec.state is TcpState.SYN_SENT
+                  for alive, rec in journal)  # fmt: skip
+        stream(p, made_at)
+        if syn and not cut:  # on nic2's side only: the SYN's batch is on its way already
+            cut.append(True)
+            n2.node.apply_fault(Fault(FaultKind.PARTITION, "nic1", seconds))
+
+    n2.sync.replicate = replicate  # type: ignore[method-assign]
+    return cut
+
+
+async def test_a_connection_whose_handshake_the_copy_missed_survives_its_homes_hang(
+    tmp_path: Path,
+) -> None:
+    # The nemesis, seed 11, on a loaded machine: a connection opened on nic2 just as a partition
+    # cut nic2's stream (nic1's copy: SYN_SENT), nic2 hung, nic1 took over with that copy and
+    # dropped every segment of the client even after nic2's stream came back; 15 s later the
+    # VM's TCP gave up. Real workers and the host's real TCP, on the memory bus.
+    async with rig(tmp_path) as r:
+        n1, n2 = r.nics["nic1"], r.nics["nic2"]
+        r.host.commands.migrate({"vm": "app1", "nic": "nic2"})  # app1 and db1 both on nic2
+
+        def migrated() -> bool:
+            return all(n.pipeline is not None and n.pipeline.map.epoch == r.host.fpag.epoch
+                       for n in (n1, n2))  # fmt: skip
+
+        await until("both NICs applied the migrate", migrated)
+        cut = cut_after_the_syn(r, 5432, seconds=3.0)
+        db1 = IPv4Address("10.0.20.14")
+        app1 = next(ep for ep in r.host.endpoints.values() if ep.name.startswith("app1")
+                    and any(db1 in i.network for i in ep.interfaces))  # fmt: skip
+        books = app1.add_flow(
+            FlowSpec("late-sql", "tcp", app1.name, db1, 5432, 40, 128), r.host.now()
+        )
+
+        def delivered() -> int:
+            sink = r.host.flow_stats().get("late-sql", {}).get("sink", {})
+            return int(sink.get("delivered", 0))
+
+        await until("the connection runs on nic2, cut off from nic1",
+                    lambda: cut and delivered() > 5)  # fmt: skip
+        # nic2 hangs (SIGSTOP): the host hears nothing from it and moves its VPIDs to nic1;
+        # nic2's loop, when it runs again, finds it stood still and fences itself.
+        r.host.node.apply_fault(Fault(FaultKind.PARTITION, "nic2", 1.0))
+        n2.core.check_stall(n2.now() + n2.core.stall_after)
+        assert n2.core.fenced
+        await until("nic1 took nic2's VPIDs over", lambda: set(homes(r).values()) == {"nic1"})
+        stalled = delivered()
+        # Then nic2 learns the map, releases, resyncs from nic1 once the cut heals, and takes its
+        # VMs back: every copy descends from nic1's. Without the old home's late stream caught
+        # up, the connection delivers nothing more (ct.invalid) until its TCP gives up.
+        await until("the connection delivers again once nic2 is back",
+                    lambda: delivered() > stalled + 5, timeout=12.0)  # fmt: skip
+        assert books.resets == 0
+
+
+async def test_the_periodic_stats_event_says_why_frames_were_dropped(tmp_path: Path) -> None:
+    """`nic.stats` in the logs carries the drops per reason and the conntrack counters: a stall
+    in a kept run is explained by them (the nemesis' seed 11 needed them and had none)."""
+    with capture_logs() as logs:
+        async with rig(tmp_path) as r:
+            r.nics["nic1"].pipeline.stats.drops["ct.invalid"] += 3  # type: ignore[union-attr]
+            await until("nic1 logs its stats",
+                        lambda: [e for e in logs if e["event"] == "nic.stats"
+                                 and e["nic"] == "nic1"])  # fmt: skip
+    stats = next(e for e in logs if e["event"] == "nic.stats" and e["nic"] == "nic1")
+    assert stats["drops"]["ct.invalid"] >= 3
+    assert set(stats["ct"]) >= {"created", "expired", "invalid"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
+from itertools import pairwise
 
 import msgpack
 import pytest
@@ -20,6 +21,7 @@ from nicd.datapath.conntrack import (
     TcpState,
     Timeouts,
     classify,
+    is_further,
 )
 from nicd.datapath.rules import Direction
 from wire import build
@@ -326,6 +328,35 @@ def test_expiry_follows_state_timeouts() -> None:
     assert table.expire(99.0) == [] and table.expire(100.0) == [est.rec]
     assert len(table) == 0 and table.stats.expired == 4 and table.stats.removed == 0
     assert table.expire(1e9) == []
+
+
+def test_catch_up_moves_a_record_only_further_along_journaled_and_rescheduled() -> None:
+    """A copy's later word (the old home's stream, late) moves a record forward, never back."""
+    table = ConntrackTable(short_timeouts(tcp_syn_sent=30, tcp_established=100, tcp_time_wait=2),
+                           limit=10)  # fmt: skip
+    table.journal = []
+    conn = Conn(table, now=0.0)
+    assert conn.send(True, TCP_SYN)
+    table.take_journal()
+    rec = conn.record
+    assert not table.catch_up(rec, S.SYN_SENT, 5.0) and table.take_journal() == []
+    assert table.catch_up(rec, S.ESTABLISHED, 5.0)
+    assert rec.state is S.ESTABLISHED and rec.last_seen == 5.0
+    assert table.take_journal() == [(True, rec)]  # its siblings' copies hear of it
+    assert not table.catch_up(rec, S.SYN_RECV, 6.0)  # older than ours: ours stands
+    assert rec.state is S.ESTABLISHED and rec.last_seen == 5.0
+    assert not table.catch_up(rec, PseudoState.REPLIED, 6.0)  # another protocol's state
+    assert table.catch_up(rec, S.TIME_WAIT, 6.0)
+    assert table.expire(7.9) == [] and table.expire(8.0) == [rec]  # TIME_WAIT's 2 s, not 30
+
+
+def test_is_further_follows_a_connections_life() -> None:
+    life = list(TcpState)
+    assert life[0] is S.SYN_SENT and life[2] is S.ESTABLISHED and life[-1] is S.CLOSE
+    assert all(is_further(b, a) and not is_further(a, b) for a, b in pairwise(life))
+    assert is_further(PseudoState.REPLIED, PseudoState.UNREPLIED)
+    assert not is_further(PseudoState.UNREPLIED, PseudoState.REPLIED)
+    assert not is_further(S.CLOSE, PseudoState.UNREPLIED)
 
 
 def test_set_timeouts_shrinking_takes_effect() -> None:

@@ -614,6 +614,21 @@ def test_syn_fin_rst_of_an_offloaded_flow_go_to_the_slow_path() -> None:
     assert len(p.eswitch) == 0 and len(p.cache) == 0
 
 
+def test_a_record_caught_up_past_established_leaves_the_fast_tiers() -> None:
+    """A late word of a copy's origin (FIN seen by the old home) moves the record on: its
+    fast entries go, as if the slow path had seen the FIN."""
+    p = make_pipeline("nic1")
+    assert all_forward(connect_out(p, VM2, 40000, 443))
+    data_in(p, VM2, 40000, 443)
+    assert data_out(p, VM2, 40000, 443).tier is Tier.ESWITCH
+    rec = record(p, 2, 443)
+    assert not p.catch_up(rec, TcpState.SYN_RECV, 1.0)  # behind ours: nothing moves
+    assert in_fast_tiers(p, rec)
+    assert p.catch_up(rec, TcpState.FIN_WAIT, 1.0)
+    assert rec.state is TcpState.FIN_WAIT and not in_fast_tiers(p, rec)
+    assert data_out(p, VM2, 40000, 443).tier is Tier.SLOW
+
+
 def test_rst_closes_and_removes_the_fast_entries() -> None:
     """A RST is the slow path's: the record closes and leaves every fast tier."""
     p = make_pipeline("nic1")
