@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ class CurveKeys:
             raise MissingKey(
                 f"no CURVE public key for {name}: {path} (run `nicteam keys`)"
             ) from None
+        _check_z85(public, name, path)
         return public
 
     def pair(self, name: str) -> tuple[bytes, bytes]:
@@ -70,6 +72,8 @@ class CurveKeys:
             ) from None
         if secret is None:
             raise MissingKey(f"no CURVE secret key for {name} in {path}")
+        _check_z85(public, name, path)
+        _check_z85(secret, name, path)
         return public, secret
 
     def names(self) -> dict[bytes, str]:
@@ -83,6 +87,17 @@ class CurveKeys:
             if self.members is None or path.stem in self.members:
                 out[public] = path.stem
         return out
+
+
+def _check_z85(key: bytes, name: str, path: Path) -> None:
+    """A key libzmq will take (40 z85 characters), or MissingKey: a damaged file (a bad copy
+    between machines) would otherwise fail inside setsockopt with a bare EINVAL traceback."""
+    try:
+        ok = len(key) == 40 and len(z85.decode(key)) == 32
+    except (ValueError, LookupError, TypeError, struct.error):  # not z85 (or past 2**32)
+        ok = False
+    if not ok:
+        raise MissingKey(f"damaged CURVE key for {name}: {path} (copy or make it again)")
 
 
 def speaks_as(key_name: str, claimed: str) -> bool:

@@ -44,10 +44,11 @@ def curve_keys(config: Config) -> CurveKeys | None:
 
 
 def daemon_node(prog: str, config: Config, name: str) -> BusNode:
-    """The bus node of daemon `name`: CURVE on tcp, changing commands only from the operator.
+    """The bus node of daemon `name`: CURVE on tcp, changing commands only from the operator
+    (and, for a NIC, its own host: another host's key is not the operator of this one).
 
-    A tcp cluster without this process's keys exits with one line saying which file is missing
-    and how to make it: never plaintext.
+    A tcp cluster without this process's keys (or with damaged ones) exits with one line
+    saying which file and how to make it: never plaintext.
     """
     keys = curve_keys(config)
     if keys is not None:
@@ -56,5 +57,6 @@ def daemon_node(prog: str, config: Config, name: str) -> BusNode:
         except MissingKey as e:
             sys.exit(f"{prog} {name}: tcp endpoints need CURVE keys: {e}")
     node = BusNode(name, config.endpoint(name), curve=keys)
-    node.guard = operator_only(h.name for h in config.hosts)
+    own_host = [n.host for n in config.nics if n.name == name]
+    node.guard = operator_only(own_host)
     return node
