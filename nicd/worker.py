@@ -73,6 +73,7 @@ class NicWorker:
         self._ingress = {self.host: PortKind.VF, FABRIC: PortKind.UPLINK}  # who sends frames
         self._stopping = asyncio.Event()
         self.crashed = False
+        self.unexpected: dict[str, int] = {}  # messages from a peer that may not send them
         self._handlers: dict[type, Callable[[str, Any], object]] = {
             PolicyUpdate: self._on_policy,
             MapUpdate: self._on_map,  # the core's, then `map_settled` at a fresh `now`
@@ -160,13 +161,13 @@ class NicWorker:
             if isinstance(msg, FrameBatch):
                 ingress = self._ingress.get(peer)
                 if ingress is None:
-                    self.log.warning("nic.drop.unexpected_frames", peer=peer)
+                    self._unexpected("nic.drop.unexpected_frames", peer)
                     continue
                 frames.extend((ingress, port, f) for port, f in msg.frames)
                 if self.captures.taps:
                     self.captures.see(ingress, IN, msg.frames, self._wall())
             elif isinstance(msg, Handover) and peer not in core.siblings:
-                self.log.warning("nic.drop.unexpected_handover", peer=peer)
+                self._unexpected("nic.drop.unexpected_handover", peer)
             elif isinstance(msg, Handover) and msg.kind is HandoverKind.DELIVER:
                 core.channels.data(peer, made_at)
                 frames.extend((PortKind.PEER_DELIVER, port, f) for port, f in msg.frames)
@@ -188,6 +189,12 @@ class NicWorker:
         self._flush(frames)
         self._transmit(transmit)
         core.replicate(made_at)
+
+    def _unexpected(self, event: str, peer: str) -> None:
+        """Counted; logged the 1st, 2nd, 4th... time: a peer's key must not flood the logs."""
+        count = self.unexpected[event] = self.unexpected.get(event, 0) + 1
+        if count & (count - 1) == 0:
+            self.log.warning(event, peer=peer, count=count)
 
     @staticmethod
     def _wall() -> float:
