@@ -454,12 +454,15 @@ def _flows(v: object, cfg: Config) -> tuple[WorkloadFlow, ...]:
 def _endpoints(v: object, processes: tuple[str, ...]) -> dict[str, str]:
     d = _table(v, "endpoints", processes)
     seen: dict[str, str] = {}
+    out: dict[str, str] = {}
     for proc, url in d.items():
         where = f"endpoints.{proc}"
         m = _TCP_ENDPOINT_RE.fullmatch(url) if isinstance(url, str) else None
         if m is None or not 1 <= int(m[2]) <= 65535:
             raise ConfigError(where, f"must be 'tcp://host:port', got {url!r}")
+        # One spelling per endpoint (port 07100 is 7100): collisions are found by comparing them.
+        url = out[proc] = f"tcp://{m[1]}:{int(m[2])}"
         if url in seen:
             raise ConfigError(where, f"{url} already used by endpoints.{seen[url]}")
         seen[url] = proc
-    return dict(d)
+    return out

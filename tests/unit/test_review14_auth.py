@@ -14,6 +14,7 @@ from bus.guard import MUTATING
 from bus.messages import ControlRequest, Fault, FaultKind
 from configs import FABRICD, load_config
 from configs.cmdline import daemon_node
+from configs.model import ConfigError
 
 TWO_HOSTS = Path("configs/two-hosts.toml")
 
@@ -106,3 +107,36 @@ def test_a_daemon_with_a_garbled_own_key_exits_with_one_line(tmp_path: Path) -> 
     with pytest.raises(SystemExit) as exit_:
         daemon_node("nicd", config, "nic1")
     assert "\n" not in str(exit_.value.code)
+
+
+_MACHINES = """
+[machines.m1]
+address = "10.99.0.1"
+processes = ["fabricd"]
+[machines.m2]
+address = "10.99.0.2"
+processes = ["h1"]
+[machines.m3]
+address = "10.99.0.3"
+processes = ["h2"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "field"),
+    [
+        ('h2 = "tcp://10.99.0.2:07100"\n', "endpoints.h2"),  # h1's derived 10.99.0.2:7100
+        ('h2 = "tcp://10.99.0.3:7200"\nnic4 = "tcp://10.99.0.3:07200"\n', "endpoints.nic4"),
+    ],
+)
+def test_an_endpoint_spelled_another_way_still_collides(
+    tmp_path: Path, endpoints: str, field: str
+) -> None:
+    # Compared as strings, a leading zero in the port slipped past the collision checks: two
+    # processes on one port, found only when the second one's bind fails at launch.
+    text = TWO_HOSTS.read_text().replace("[endpoints]\n", "[endpoints]\n" + endpoints, 1)
+    path = tmp_path / "m.toml"
+    path.write_text(text + _MACHINES)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, tmp_path / "run")
+    assert field in str(err.value)
