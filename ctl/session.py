@@ -56,7 +56,9 @@ def _state(path: Path) -> dict[str, Any] | None:
         state = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return state if isinstance(state, dict) else None
+    # A damaged file (a crash mid-write, a hand edit) is no cluster: not a KeyError later.
+    ok = isinstance(state, dict) and isinstance(state.get("tag"), str)
+    return state if ok and type(state.get("pid")) is int else None
 
 
 def _state_files(run_dir: Path) -> list[Path]:
