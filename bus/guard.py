@@ -3,7 +3,8 @@
 Reading (stats, flows, trace) is open to every connection the transport admits; a command that
 changes the cluster (a fault, a migrate, a team policy, a cable or port, a capture of traffic)
 is taken only from the CLI (its connections speak as ``ctl-...``, on tcp with the CLI's own
-key) or from a host daemon. Anything else is refused by the node before the daemon sees it,
+key) or from the hosts the guard is given (a NIC's own host: another host's key is not the
+operator of this one's NICs). Anything else is refused by the node before the daemon sees it,
 counted and logged as ``bus.auth.denied``. Names are bound to keys on tcp (``bus.curve``); on
 ipc the run directory's permissions already say every speaker is the cluster's own user.
 """

@@ -279,7 +279,13 @@ def _hosts(v: object) -> list[_HostDraft]:
     items = _array(v, "hosts")
     if not items:
         raise ConfigError("hosts", "at least one host is needed")
-    procs: dict[str, str] = {FABRICD: "the fabric daemon"}  # process names: hosts and NICs
+    # Process names: hosts and NICs. "fabric" names fabricd's Procfile line and "system" is
+    # honcho's own: a process under either would be launched (or judged) as the wrong one.
+    procs: dict[str, str] = {
+        FABRICD: "the fabric daemon",
+        "fabric": "the fabric daemon's Procfile line",
+        "system": "honcho's own messages",
+    }
     hosts: list[_HostDraft] = []
     for i, raw in enumerate(items):
         where = _at("hosts", i)

@@ -3,10 +3,13 @@ not a KeyError traceback from `up`, `down` or `status`."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from configs import load_config
+from configs.model import ConfigError
 from ctl import session
 
 
@@ -17,3 +20,18 @@ def test_a_damaged_state_file_is_no_cluster(tmp_path: Path, text: str) -> None:
     assert session.launched_config(tmp_path) is None
     assert session.down(tmp_path) == 0
     assert session.down(tmp_path, "m1") == 0
+
+
+@pytest.mark.parametrize("reserved", ["fabric", "system"])
+def test_a_process_may_not_take_a_procfile_name_of_the_launcher(
+    tmp_path: Path, reserved: str
+) -> None:
+    # A host named "fabric" was accepted: the generated Procfile then had two "fabric" lines,
+    # and `procfile --machine` put that host on fabricd's machine and on none of its own.
+    # "system" is honcho's name for its own lines: a process under it dies unseen at launch.
+    text = re.sub(r"\bh2\b", reserved, Path("configs/two-hosts.toml").read_text())
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, tmp_path / "run")
+    assert "hosts[1].name" in str(err.value)
