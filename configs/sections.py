@@ -33,6 +33,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from bus.curve import CLI
 from bus.policy import (
     MAX_TIMEOUT_MS,
     TIMEOUT_NAMES,
@@ -273,6 +274,15 @@ _HOST_KEYS = ("name", "nics", "team_policy", "failback", "uplink_mbps", "load_th
 _NIC_KEYS = ("name", "uplinks", "eswitch_capacity", "ct_limit")
 
 
+def _process_name(v: object, where: str) -> str:
+    """A host's or NIC's name: not the CLI's (its key is ``ctl``, and ``ctl-...`` names may
+    send every changing command: a process under one would hold the operator's rights)."""
+    name = _name(v, where)
+    if name == CLI or name.startswith(f"{CLI}-"):
+        raise ConfigError(where, f"{name!r}: {CLI!r} and {CLI}-... are the operator CLI's names")
+    return name
+
+
 def _hosts(v: object) -> list[_HostDraft]:
     if v is None:
         raise ConfigError("hosts", "missing (at least one [[hosts]] is needed)")
@@ -290,7 +300,7 @@ def _hosts(v: object) -> list[_HostDraft]:
     for i, raw in enumerate(items):
         where = _at("hosts", i)
         d = _table(raw, where, _HOST_KEYS, ("name", "nics"))
-        name = _claim(procs, _name(d["name"], f"{where}.name"), f"{where}.name")
+        name = _claim(procs, _process_name(d["name"], f"{where}.name"), f"{where}.name")
         try:
             policy = team_policy_name(d.get("team_policy", "port-id"), f"{where}.team_policy")
         except PolicyError as e:
@@ -309,7 +319,7 @@ def _hosts(v: object) -> list[_HostDraft]:
         for j, nraw in enumerate(nic_items):
             nwhere = f"{where}.nics[{j}]"
             nd = _table(nraw, nwhere, _NIC_KEYS, ("name", "uplinks"))
-            nic_name = _claim(procs, _name(nd["name"], f"{nwhere}.name"), f"{nwhere}.name")
+            nic_name = _claim(procs, _process_name(nd["name"], f"{nwhere}.name"), f"{nwhere}.name")
             uplinks = _array(nd["uplinks"], f"{nwhere}.uplinks")
             if not uplinks:
                 raise ConfigError(f"{nwhere}.uplinks", "a NIC needs at least one uplink")

@@ -35,3 +35,20 @@ def test_a_process_may_not_take_a_procfile_name_of_the_launcher(
     with pytest.raises(ConfigError) as err:
         load_config(path, tmp_path / "run")
     assert "hosts[1].name" in str(err.value)
+
+
+@pytest.mark.parametrize(("old", "new", "field"), [("nic4", "ctl", "hosts[1].nics[1].name"),
+                                                   ("nic4", "ctl-1", "hosts[1].nics[1].name"),
+                                                   ("h2", "ctl-h2", "hosts[1].name")])  # fmt: skip
+def test_a_process_may_not_take_the_clis_names(
+    tmp_path: Path, old: str, new: str, field: str
+) -> None:
+    # A NIC named "ctl" was given the CLI's key file (ctl.key_secret): the operator's secret in
+    # a NIC's hands. One named "ctl-1" speaks under its own key as "ctl-1", which the guard
+    # takes for the CLI: every changing command on every node, from one NIC's key.
+    text = re.sub(rf"\b{old}\b", new, Path("configs/two-hosts.toml").read_text())
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, tmp_path / "run")
+    assert field in str(err.value)
