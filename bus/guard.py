@@ -1,4 +1,4 @@
-"""Who may change things: the commands only the operator's CLI and the host daemons may send.
+"""Who may change things: the commands only the operator's CLI (and a NIC's own host) may send.
 
 Reading (stats, flows, trace) is open to every connection the transport admits; a command that
 changes the cluster (a fault, a migrate, a team policy, a cable or port, a capture of traffic)

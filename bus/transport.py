@@ -79,6 +79,7 @@ NAME_PROPERTY = "X-Name"  # the handshake property a bus node's connections clai
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _MAX_IPC_PATH = 107  # sun_path is 108 bytes on Linux, including the NUL
 TCP_HEARTBEAT_IVL_MS = 200
+TCP_HANDSHAKE_IVL_MS = 2000  # a real peer's CURVE handshake takes milliseconds, even loaded
 TCP_HEARTBEAT_TIMEOUT_MS = 1000  # several lost pings: a busy Python loop does not delay them
 
 
@@ -167,6 +168,9 @@ class BusNode(BaseNode[_Link]):
         events = _INBOX_EVENTS
         if _is_tcp(self.bind_endpoint):
             _heartbeat(router)
+            # Anyone who reaches the port may connect; one who never finishes the handshake
+            # holds an fd for libzmq's default 30 s: opened faster, they exhaust our fds.
+            router.setsockopt(zmq.HANDSHAKE_IVL, TCP_HANDSHAKE_IVL_MS)
         if self._curve is not None and _is_tcp(self.bind_endpoint):
             public, secret = self._curve.pair(self.name)  # first: a missing key starts nothing
             self._auth = ClusterAuthenticator(self._ctx, self._curve, self._auth_denied)

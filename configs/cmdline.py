@@ -47,13 +47,16 @@ def daemon_node(prog: str, config: Config, name: str) -> BusNode:
     """The bus node of daemon `name`: CURVE on tcp, changing commands only from the operator
     (and, for a NIC, its own host: another host's key is not the operator of this one).
 
-    A tcp cluster without this process's keys (or with damaged ones) exits with one line
+    A tcp cluster without this process's keys or a peer's public key (or with damaged ones)
+    exits with one line
     saying which file and how to make it: never plaintext.
     """
     keys = curve_keys(config)
     if keys is not None:
         try:
             keys.pair(name)
+            for peer in config.processes:  # whichever it links to: checked before any link
+                keys.public(peer)
         except MissingKey as e:
             sys.exit(f"{prog} {name}: tcp endpoints need CURVE keys: {e}")
     node = BusNode(name, config.endpoint(name), curve=keys)

@@ -215,7 +215,7 @@ def test_a_daemon_on_tcp_without_its_key_exits_with_one_line(tmp_path: Path) -> 
     assert "\n" not in message
     assert message.startswith("nicd nic1: tcp endpoints need CURVE keys: no CURVE secret key")
     assert "nicteam keys" in message
-    generate_keys(tmp_path / "run" / "keys", ["nic1"])
+    generate_keys(tmp_path / "run" / "keys", [*config.processes, CLI])
     assert daemon_node("nicd", config, "nic1").guard is not None
 
 

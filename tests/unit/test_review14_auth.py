@@ -77,12 +77,6 @@ def test_a_garbled_key_file_is_one_clear_error_not_a_zmq_traceback(
         keys.public("nic2") if which == "key" else keys.pair("nic2")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon_node checks only the process's own pair; checking peers' public keys there "
-    "breaks test_a_daemon_on_tcp_without_its_key_exits_with_one_line (it makes nic1's key "
-    "only): the daemons' run()/main() (the lead's area) should turn MissingKey into one line",
-)
 def test_a_daemon_missing_a_peers_public_key_exits_with_one_line(tmp_path: Path) -> None:
     # daemon_node checked only the process's own pair; a peer's missing public key raised
     # MissingKey from connect() inside run(): a traceback instead of one line.
