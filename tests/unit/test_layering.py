@@ -1,6 +1,7 @@
 """The layering of README's "Architecture", checked by walking every import of the product.
 
-Floors from the ground up: wire, hoststack -> bus -> configs -> nicd | hostd | fabricd -> ctl.
+Floors from the ground up: wire, hoststack, kernel -> bus -> configs -> nicd | hostd | fabricd
+-> ctl (kernel, TAPs and namespaces, only for hostd, fabricd and ctl).
 A package imports only from floors below it (and itself); the rules are data, below. Every
 import counts, also one inside a function or under `if TYPE_CHECKING:`. bench/ and tests/ are
 harnesses: they may import anything, and no product package may import them.
@@ -19,14 +20,16 @@ ROOT = Path(__file__).resolve().parents[2]
 ALLOWED: dict[str, frozenset[str]] = {
     "wire": frozenset(),
     "hoststack": frozenset({"wire"}),
+    # TAP devices and network namespaces: for the daemons that plug them in, and the CLI
+    "kernel": frozenset({"wire"}),
     "bus": frozenset({"wire", "hoststack"}),
     "configs": frozenset({"wire", "hoststack", "bus"}),
     # the daemons; nicd and hostd meet only on the bus
     "nicd": frozenset({"wire", "hoststack", "bus", "configs"}),
-    "hostd": frozenset({"wire", "hoststack", "bus", "configs"}),
-    "fabricd": frozenset({"wire", "hoststack", "bus", "configs"}),
+    "hostd": frozenset({"wire", "hoststack", "bus", "configs", "kernel"}),
+    "fabricd": frozenset({"wire", "hoststack", "bus", "configs", "kernel"}),
     # the CLI; nothing outside nicd imports nicd
-    "ctl": frozenset({"wire", "hoststack", "bus", "configs", "hostd", "fabricd"}),
+    "ctl": frozenset({"wire", "hoststack", "bus", "configs", "kernel", "hostd", "fabricd"}),
 }
 HARNESSES = frozenset({"bench", "tests"})
 FIRST_PARTY = frozenset(ALLOWED) | HARNESSES
