@@ -14,12 +14,15 @@ $(STAMP): pyproject.toml
 
 # tcpdump reads the tests' captures back: `nicteam capture` must write what it can open.
 # iproute2's `ip` makes the network namespaces the netns test emulates machines with.
+# ping crosses the kernel tests' TAP relay (tests/netns/test_kernel.py).
 TOOLS := $(VENV)/.tools
-$(TOOLS): $(STAMP)
+$(TOOLS): $(STAMP) Makefile
 	command -v tcpdump >/dev/null || apt-get install -y -q tcpdump \
 		|| (apt-get update -q && apt-get install -y -q tcpdump)
 	command -v ip >/dev/null || apt-get install -y -q iproute2 \
 		|| (apt-get update -q && apt-get install -y -q iproute2)
+	command -v ping >/dev/null || apt-get install -y -q iputils-ping \
+		|| (apt-get update -q && apt-get install -y -q iputils-ping)
 	touch $(TOOLS)
 
 setup: $(STAMP) $(TOOLS)
