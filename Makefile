@@ -12,17 +12,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# tcpdump reads the tests' captures back: `nicteam capture` must write what it can open.
-# iproute2's `ip` makes the network namespaces the netns test emulates machines with.
-# ping crosses the kernel tests' TAP relay (tests/netns/test_kernel.py).
+# The tools tests use, from Debian packages, as command:package; a machine that has every
+# command installs nothing. tcpdump and tshark read the tests' captures back (`nicteam capture`
+# must write what they open); iproute2's `ip` makes the network namespaces that netns VMs and
+# the machines test live in, `nstat` and `ss` read their kernel's TCP counters; iperf3 and curl
+# are the real applications the netns tests run through the NICs, and ping too.
+TOOL_PKGS := tcpdump:tcpdump ip:iproute2 nstat:iproute2 ss:iproute2 iperf3:iperf3 curl:curl \
+	tshark:tshark ping:iputils-ping
+# No questions: tshark's setuid dumpcap and iperf3's daemon both stay off.
+DEBCONF := "wireshark-common wireshark-common/install-setuid boolean false" \
+	"iperf3 iperf3/start_daemon boolean false"
+APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	-o DPkg::Lock::Timeout=300
 TOOLS := $(VENV)/.tools
 $(TOOLS): $(STAMP) Makefile
-	command -v tcpdump >/dev/null || apt-get install -y -q tcpdump \
-		|| (apt-get update -q && apt-get install -y -q tcpdump)
-	command -v ip >/dev/null || apt-get install -y -q iproute2 \
-		|| (apt-get update -q && apt-get install -y -q iproute2)
-	command -v ping >/dev/null || apt-get install -y -q iputils-ping \
-		|| (apt-get update -q && apt-get install -y -q iputils-ping)
+	@missing=$$(for t in $(TOOL_PKGS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done \
+		| sort -u | tr '\n' ' '); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing(Debian packages)"; \
+		printf '%s\n' $(DEBCONF) | debconf-set-selections; \
+		$(APT) $$missing || (apt-get update -q && $(APT) $$missing); \
+	fi
 	touch $(TOOLS)
 
 setup: $(STAMP) $(TOOLS)

@@ -6,8 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from configs.model import (
+    BUILTIN,
     FABRICD,
+    KINDS,
+    NETNS,
     RUN_DIR_ENV,
+    CheckSpec,
     Config,
     ConfigError,
     HostSpec,
@@ -22,9 +26,13 @@ from configs.model import (
 from configs.sections import config_from_dict, load_config
 
 __all__ = [
+    "BUILTIN",
     "DEFAULT_CONFIG",
     "FABRICD",
+    "KINDS",
+    "NETNS",
     "RUN_DIR_ENV",
+    "CheckSpec",
     "Config",
     "ConfigError",
     "HostSpec",

@@ -8,6 +8,9 @@ Conventions every process shares, fixed here:
 - MACs are unique in the cluster; IP addresses are unique per segment.
 - A flow targets the destination's first IPv4 address on a segment the source is also on
   (first IPv6 if it has none there); there is no router between segments.
+- A VM or external peer is of one of ``KINDS``: ``builtin`` (nicteam's own host stack in its
+  daemon, which runs the workload's flows) or ``netns`` (a Linux network namespace with real
+  applications: its ``run`` services and ``checks``; no workload flow ends there).
 - ``Config.policy`` is a host's typed ``bus.policy.Policy``; it carries conntrack timeouts as
   integer milliseconds (``timeouts_ms``) because the bus carries no floats.
 """
@@ -35,8 +38,13 @@ from bus.policy import (
 from hoststack.traffic import FlowSpec
 
 __all__ = [
+    "BUILTIN",
+    "CHECK_EXPECTS",
     "FABRICD",
+    "KINDS",
+    "NETNS",
     "RUN_DIR_ENV",
+    "CheckSpec",
     "Config",
     "ConfigError",
     "HostSpec",
@@ -59,6 +67,12 @@ FABRICD = "fabricd"
 RUN_DIR_ENV = "NICTEAM_RUN_DIR"
 MAX_NICS_PER_HOST = 8
 EXPECTS = ("deliver", "deny")
+#: A VM's or peer's kind: the built-in sans-I/O stack (the default), or a network namespace.
+BUILTIN = "builtin"
+NETNS = "netns"
+KINDS = (BUILTIN, NETNS)
+#: What a netns check's command should do: exit 0 ("ok"), or exit non-zero or time out ("fail").
+CHECK_EXPECTS = ("ok", "fail")
 
 # Names become file names (run/<proc>.sock, logs/<proc>.jsonl), ZeroMQ identities and parts of
 # field paths, so no '.', '/' or spaces.
@@ -131,8 +145,19 @@ class IfaceSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckSpec:
+    """A command `up --test` runs in a netns VM or peer: passes if its outcome is ``expect``."""
+
+    name: str
+    cmd: str
+    expect: str = "ok"  # "ok": exits 0 in time; "fail": exits non-zero or times out
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class VmSpec:
-    """One VM: its host, home NIC, interfaces and the ports its endpoint listens on."""
+    """One VM: its host, home NIC, interfaces and the ports its endpoint listens on; a netns
+    VM (``kind``) instead runs the ``run`` commands and declares ``checks``."""
 
     name: str
     host: str
@@ -140,6 +165,9 @@ class VmSpec:
     interfaces: tuple[IfaceSpec, ...]
     tcp_listen: tuple[int, ...] = ()
     udp_listen: tuple[int, ...] = ()
+    kind: str = BUILTIN
+    run: tuple[str, ...] = ()
+    checks: tuple[CheckSpec, ...] = ()
 
     def interface_name(self, index: int) -> str:
         """The name of interface ``index``: the VM's own, or ``"<vm>/<index>"`` if it has more."""
@@ -170,6 +198,9 @@ class PeerSpec:
     gateway_mac: bytes | None
     tcp_listen: tuple[int, ...]
     udp_listen: tuple[int, ...]
+    kind: str = BUILTIN  # and run, checks: as VmSpec's
+    run: tuple[str, ...] = ()
+    checks: tuple[CheckSpec, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +277,14 @@ class Config:
     def peer(self, name: str) -> PeerSpec:
         """The external peer called ``name``; KeyError if none."""
         return _find(self.peers, name, "peer")
+
+    def kind_of(self, name: str) -> str:
+        """The kind (``KINDS``) of the VM or external peer called ``name``; KeyError if none."""
+        items: tuple[VmSpec | PeerSpec, ...] = (*self.vms, *self.peers)
+        for item in items:
+            if item.name == name:
+                return item.kind
+        raise KeyError(f"unknown VM or peer {name!r}")
 
     def flow(self, name: str) -> WorkloadFlow:
         """The workload flow called ``name``; KeyError if none."""

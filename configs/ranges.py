@@ -13,13 +13,26 @@ from dataclasses import dataclass
 
 from bus.policy import MAX_TIMEOUT_MS
 
-__all__ = ["MAX_CONFIG_BYTES", "MAX_NESTING", "RANGES", "Range", "fmt_number"]
+__all__ = [
+    "MAX_COMMANDS",
+    "MAX_COMMAND_CHARS",
+    "MAX_CONFIG_BYTES",
+    "MAX_NESTING",
+    "RANGES",
+    "Range",
+    "fmt_number",
+]
 
 #: A config is a few KB (default.toml is ~10 KB); a megabyte is a mistake or an attack, and
 #: tomllib would spend seconds and hundreds of MB on it before any field is checked.
 MAX_CONFIG_BYTES = 1 << 20
 #: Arrays and inline tables nest at most this deep (a config needs 3; tomllib recurses per level).
 MAX_NESTING = 32
+#: A netns VM or peer runs at most this many services (``run``) and declares as many ``checks``:
+#: each is a process in its namespace, and a VM is a test endpoint, not a server farm.
+MAX_COMMANDS = 32
+#: One command line, in characters: a shell's whole script does not belong in a config.
+MAX_COMMAND_CHARS = 4096
 
 
 def fmt_number(x: float) -> str:
@@ -80,6 +93,9 @@ RANGES: dict[str, Range] = {
     # Also capped by the protocol: a UDP datagram's payload, a TCP message's framing.
     "flows.size": Range(1, 65535, integer=True, unit="bytes"),
     "vms.tcp_listen": Range(1, 65535, integer=True),
+    # A netns check's command: ping -c 3 takes 2 s, curl with retries some more; past ten
+    # minutes `up --test` seems to hang.
+    "vms.checks.timeout_s": Range(0.1, 600, unit="s"),
     "segments.vlan": Range(1, 4094, integer=True),  # IEEE 802.1Q: 0 and 4095 are reserved
     # A machine's first bus port: unprivileged (the daemons need no root), and its processes'
     # ports (port, port + 1, ...) must all stay below 65536.

@@ -19,7 +19,8 @@ File shape (``configs/default.toml`` is the commented example)::
     [firewall]  [[firewall.rules]]             default action, rule tables (bus.policy)
     [[hosts]]  [[hosts.nics]]                  team policy, failback; NIC uplinks and sizes
     [vms.<name>]  [[vms.<name>.interfaces]]    home NIC, listening ports; MAC, IPs, segment
-    [peers.<name>]                             external endpoints on the fabric
+                                               kind; a netns VM's run and checks (kinds.py)
+    [peers.<name>]                             external endpoints on the fabric (kinds too)
     [flows.<name>]                             the workload: proto, src, dst, dport, rate, size
 """
 
@@ -45,6 +46,7 @@ from bus.policy import (
     segment_from_plain,
     team_policy_name,
 )
+from configs.kinds import KIND_KEYS, kind_fields, netns_flow_end
 from configs.machines import machines_section
 from configs.model import (
     EXPECTS,
@@ -348,7 +350,7 @@ def _hosts(v: object) -> list[_HostDraft]:
     return hosts
 
 
-_VM_KEYS = ("host", "nic", "interfaces", "tcp_listen", "udp_listen")
+_VM_KEYS = ("host", "nic", "interfaces", "tcp_listen", "udp_listen", *KIND_KEYS)
 _IFACE_KEYS = ("mac", "ips", "segment")
 
 
@@ -359,6 +361,7 @@ def _vms(v: object, hosts: list[_HostDraft], seg_names: set[str], ids: _Identiti
         where = f"vms.{name}"
         _claim(ids.names, _name(name, where), where)
         d = _table(raw, where, _VM_KEYS, ("nic", "interfaces"))
+        kind = kind_fields(d, where, "VM")
         nic = _ref(d["nic"], f"{where}.nic", nic_host, "NIC")
         host = nic_host[nic]
         if "host" in d and d["host"] != host:
@@ -384,12 +387,15 @@ def _vms(v: object, hosts: list[_HostDraft], seg_names: set[str], ids: _Identiti
                 interfaces=tuple(ifaces),
                 tcp_listen=_ports(d.get("tcp_listen", []), f"{where}.tcp_listen"),
                 udp_listen=_ports(d.get("udp_listen", []), f"{where}.udp_listen"),
+                kind=kind.kind,
+                run=kind.run,
+                checks=kind.checks,
             )
         )
     return vms
 
 
-_PEER_KEYS = ("mac", "ips", "segment", "gateway_mac", "tcp_listen", "udp_listen")
+_PEER_KEYS = ("mac", "ips", "segment", "gateway_mac", "tcp_listen", "udp_listen", *KIND_KEYS)
 
 
 def _peers(v: object, seg_names: set[str], ids: _Identities) -> tuple[PeerSpec, ...]:
@@ -398,6 +404,7 @@ def _peers(v: object, seg_names: set[str], ids: _Identities) -> tuple[PeerSpec, 
         where = f"peers.{name}"
         _claim(ids.names, _name(name, where), where)
         d = _table(raw, where, _PEER_KEYS, ("mac", "ips", "segment"))
+        kind = kind_fields(d, where, "peer")
         mac = _mac(d["mac"], f"{where}.mac")
         ips = _ips(d["ips"], f"{where}.ips")
         if not ips:
@@ -415,6 +422,9 @@ def _peers(v: object, seg_names: set[str], ids: _Identities) -> tuple[PeerSpec, 
                 gateway_mac=None if gateway is None else _mac(gateway, f"{where}.gateway_mac"),
                 tcp_listen=_ports(d.get("tcp_listen", []), f"{where}.tcp_listen"),
                 udp_listen=_ports(d.get("udp_listen", []), f"{where}.udp_listen"),
+                kind=kind.kind,
+                run=kind.run,
+                checks=kind.checks,
             )
         )
     return tuple(peers)
@@ -425,6 +435,7 @@ _FLOW_KEYS = ("proto", "src", "dst", "dport", "rate", "size", "expect")
 
 def _flows(v: object, cfg: Config) -> tuple[WorkloadFlow, ...]:
     endpoints = {vm.name: vm for vm in cfg.vms} | {p.name: p for p in cfg.peers}
+    kinds = {name: e.kind for name, e in endpoints.items()}
     flows: list[WorkloadFlow] = []
     for name, raw in _table(v, "flows", None).items():
         where = f"flows.{name}"
@@ -437,6 +448,15 @@ def _flows(v: object, cfg: Config) -> tuple[WorkloadFlow, ...]:
         dst = _ref(d["dst"], f"{where}.dst", endpoints, "VM or peer")
         if src == dst:
             raise ConfigError(f"{where}.dst", "same as src")
+        netns = netns_flow_end(kinds, src, dst)
+        if netns is not None:
+            key, end = netns
+            section = "vms" if end in {vm.name for vm in cfg.vms} else "peers"
+            raise ConfigError(
+                f"{where}.{key}",
+                f"{end!r} is a netns endpoint: the workload runs between built-in VMs and peers "
+                f"only (a netns one carries real applications: see {section}.{end}.run)",
+            )
         dport = _int(d["dport"], f"{where}.dport", 1, 65535)
         rate = _ranged(d.get("rate", 10.0), f"{where}.rate", "flows.rate")
         size = _int(d.get("size", 64), f"{where}.size", 1)

@@ -33,6 +33,7 @@ from ctl.context import CONFIG_HELP, RUN_DIR_HELP, Commands, Context
 from ctl.hosts import UnknownHost, only, report_of
 from ctl.migrate import format_migrate, migrate
 from ctl.nemesis import DEFAULT_FAULTS, KINDS, Topology, parse_faults, plan, run_and_check
+from ctl.nsexec import exec_command
 from ctl.params import Count, Seconds
 from ctl.pcap import PcapWriter
 from ctl.pcap import summary as pcap_summary
@@ -246,6 +247,9 @@ def status_command(obj: Context, host: str | None, as_json: bool) -> None:
     if why is not None:
         click.echo(f"Error: {why}", err=True)
         sys.exit(1)
+
+
+main.add_command(exec_command)
 
 
 @main.command("top")

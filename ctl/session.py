@@ -76,6 +76,13 @@ def launched_config(run_dir: Path) -> str | None:
     return None
 
 
+def running_states(run_dir: Path) -> list[dict[str, Any]]:
+    """The state of each cluster, or machine's share of one, that `up` started in `run_dir` and
+    that still runs: `tag`, `pid`, `config`, and `machine` for a share."""
+    states = (_state(path) for path in _state_files(run_dir))
+    return [s for s in states if s is not None and tagged_pids(s["tag"])]
+
+
 def up(
     config_path: Path,
     run_dir: Path,

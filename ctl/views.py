@@ -24,7 +24,8 @@ def ask(
 
 
 def status(config: Config) -> dict[str, Any]:
-    """Hosts (map epoch, NIC states as the host sees them) and every NIC's own view."""
+    """Hosts (map epoch, NIC states as the host sees them), every NIC's own view, and each VM's
+    and external peer's kind (built-in stack or netns)."""
     hosts, nics = [], []
     for host in config.hosts:
         stats = ask(config, host.name, "stats")
@@ -64,15 +65,22 @@ def status(config: Config) -> dict[str, Any]:
                     },
                 }
             nics.append(nic)
-    return {"hosts": hosts, "nics": nics}
+    vms = [{"name": vm.name, "host": vm.host, "kind": vm.kind} for vm in config.vms]
+    peers = [{"name": p.name, "kind": p.kind} for p in config.peers]
+    return {"hosts": hosts, "nics": nics, "vms": vms, "peers": peers}
 
 
 def format_status(st: dict[str, Any]) -> str:
-    """Hosts, then one line per NIC."""
+    """Hosts (each with its VMs' kinds), the peers' kinds, then one line per NIC."""
     lines = []
     for h in st["hosts"]:
         state = f"epoch {h['epoch']}, team {h['team_policy']}" if h["up"] else "DOWN"
         lines.append(f"host {h['name']}: {state}")
+        vms = [vm for vm in st.get("vms", []) if vm["host"] == h["name"]]
+        if vms:
+            lines.append(f"  vms: {_kinds(vms)}")
+    if st.get("peers"):
+        lines.append(f"peers: {_kinds(st['peers'])}")
     head = f"{'host':<6} {'nic':<6} {'state':<10} {'epoch':>5} {'conntrack':>9}  {'vpids':<14}"
     lines.append(head + " team")
     for n in st["nics"]:
@@ -84,6 +92,11 @@ def format_status(st: dict[str, Any]) -> str:
         for peer, state in sorted(n.get("channels", {}).items()):
             lines.append(f"channel {n['name']} <- {peer}: {state}")
     return "\n".join(lines)
+
+
+def _kinds(items: list[dict[str, Any]]) -> str:
+    """`web1 builtin, nsweb netns`: names with their kinds, in config order."""
+    return ", ".join(f"{item['name']} {item['kind']}" for item in items)
 
 
 def unreachable(config: Config, st: dict[str, Any]) -> str | None:
