@@ -32,6 +32,7 @@ from bus.rundir import PRIVATE_UMASK, private_dir, private_file, write_private
 from configs import FABRICD, Config, load_config
 from configs.cmdline import curve_keys
 from ctl.client import ControlError, request
+from kernel import netns
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -133,18 +134,29 @@ def wait_for(
 def stop(
     proc: subprocess.Popen[bytes], tag: str, sig: int = signal.SIGTERM, timeout: float = 20.0
 ) -> int | None:
-    """Stop honcho with `sig`; SIGKILL every tagged process if it does not finish in time."""
+    """Stop honcho with `sig`; SIGKILL every tagged process if it does not finish in time;
+    then remove the netns VMs' namespaces (they outlive their daemons on purpose)."""
+    rc: int | None = None
     if proc.poll() is None:
         proc.send_signal(sig)
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    for pid in tagged_pids(tag):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    proc.wait(5)
-    return None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            rc = proc.wait(timeout)
+    if rc is None:
+        for pid in tagged_pids(tag):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(5)
+    remove_namespaces(tag)
+    return rc
+
+
+def remove_namespaces(tag: str) -> list[str]:
+    """Every network namespace of cluster `tag` (netns VMs and peers, their TAPs and services),
+    gone; the names removed."""
+    gone = netns.leftovers(tag)
+    for ns in gone:
+        netns.destroy(ns)
+    return gone
 
 
 def _templates(text: str) -> dict[str, str]:
@@ -203,6 +215,10 @@ def launchable(config: Config, machine: str | None) -> tuple[str, ...]:
             f"the config places its processes on machines {where}; run "
             f"`nicteam up --machine NAME` on each ({away[0].address} is not this machine's)"
         )
+    kernel = [v.name for v in config.vms if v.kind == "netns"]
+    kernel += [p.name for p in config.peers if p.kind == "netns"]
+    if kernel and (why := netns.missing_privilege()) is not None:
+        raise PlacementError(f"netns VMs and peers ({', '.join(kernel)}) need privilege: {why}")
     return procs
 
 

@@ -17,8 +17,8 @@ import click
 
 from configs import FABRICD, NETNS, Config, PeerSpec, VmSpec
 from ctl.context import Context
-from ctl.netns_standin import exec_argv, exists, namespace
 from ctl.session import running_states
+from kernel.netns import exec_argv, exists, namespace
 
 __all__ = ["ExecError", "exec_command", "target"]
 

@@ -30,6 +30,7 @@ from ctl.cluster import (
     NotReady,
     PlacementError,
     launch,
+    remove_namespaces,
     running_cluster,
     stop,
     tagged_pids,
@@ -139,6 +140,7 @@ def _down(path: Path, timeout: float) -> int:
     for pid in tagged_pids(tag):  # whatever did not stop in time
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    remove_namespaces(tag)  # also when the whole cluster was SIGKILLed: found by its tag
     path.unlink(missing_ok=True)
     return len(pids)
 

@@ -25,7 +25,7 @@ import contextlib
 import signal
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
@@ -47,6 +47,7 @@ from configs.cmdline import daemon_node
 from fabricd.switch import DEFAULT_AGING, MacMove, PortMode, Switch
 from hoststack.endpoint import Endpoint
 from hoststack.traffic import wall_times
+from kernel.port import KernelPort, cluster_tag, plug
 from wire.protocols import ETH_ARP
 
 __all__ = ["NAME", "Fabric", "FabricDaemon", "FabricStats", "serve"]
@@ -76,16 +77,20 @@ class FabricStats:
 class Fabric:
     """The sans-I/O core of fabricd; see the module docstring."""
 
-    def __init__(self, config: Any, now: float) -> None:
-        """Build ports, peers and peer flows from `config` (the `configs` objects)."""
+    def __init__(
+        self, config: Any, now: float, kernel_peers: Mapping[str, KernelPort] | None = None
+    ) -> None:
+        """Build ports, peers and peer flows from `config` (the `configs` objects); a peer of
+        kind netns is its namespace's TAP from `kernel_peers` (made by the daemon: I/O)."""
         aging = getattr(config.timers, "mac_aging_s", None) or DEFAULT_AGING
         self.switch = Switch(aging=aging, max_frame=MAX_FRAME)
         self.stats = FabricStats()
         self.nics: dict[str, list[int]] = {}  # NIC name -> its uplink PPIDs
-        self.peers: dict[str, Endpoint] = {}
+        self.peers: dict[str, Endpoint] = {}  # the built-in peers
+        self.kernel_peers: dict[str, KernelPort] = {}  # the netns peers
         self.labels: dict[Port, str] = {}
         self.ports_by_label: dict[str, PortId] = {}
-        self._peer_ports: dict[Port, Endpoint] = {}
+        self._peer_ports: dict[Port, Endpoint | KernelPort] = {}
         self._out: dict[str, list[tuple[int, bytes]]] = {}
         self._linked: set[str] = set()  # NICs whose uplinks have carrier
         self._cut: set[Port] = set()  # uplinks whose cable is pulled (`link-down`)
@@ -104,13 +109,16 @@ class Fabric:
         for spec in config.peers:
             if spec.segment not in vlans:
                 raise ValueError(f"peer {spec.name!r}: unknown segment {spec.segment!r}")
+            port = (PEER, spec.name)
+            self._add(port, f"{PEER}/{spec.name}", PortMode.ACCESS, vlans[spec.segment])
+            if kernel_peers and spec.name in kernel_peers:
+                self.kernel_peers[spec.name] = self._peer_ports[port] = kernel_peers[spec.name]
+                continue
             peer = Endpoint(spec.name, spec.mac, list(spec.ips), spec.gateway_mac)
             for tcp in spec.tcp_listen:
                 peer.listen_tcp(tcp)
             for udp in spec.udp_listen:
                 peer.bind_udp(udp, echo=True)  # senders measure UDP by its echoes
-            port = (PEER, spec.name)
-            self._add(port, f"{PEER}/{spec.name}", PortMode.ACCESS, vlans[spec.segment])
             self.peers[spec.name] = self._peer_ports[port] = peer
         # A peer's flow to a VM starts on the first ARP frame the peer hears from that VM: a
         # VM says nothing until its host is ready (every NIC holds its policy and map) and
@@ -174,6 +182,12 @@ class Fabric:
             for frame in peer.poll(now):
                 self._switch(port, frame, now)
         self.switch.expire(now)
+
+    def from_kernel(self, name: str, now: float) -> None:
+        """Switch what netns peer `name`'s kernel sent (its TAP is readable)."""
+        port: Port = (PEER, name)
+        for frame in self.kernel_peers[name].poll(now):
+            self._switch(port, frame, now)
 
     def take_output(self) -> dict[str, list[tuple[int, bytes]]]:
         """Frames to send since the last call: NIC name -> ``(uplink ppid, frame)``."""
@@ -308,13 +322,21 @@ class FabricDaemon:
         finally:
             await self.node.close()
             if self.fabric is not None:
+                loop = asyncio.get_running_loop()
+                for port in self.fabric.kernel_peers.values():
+                    loop.remove_reader(port.tap.fd)
+                    port.close()  # the namespace stays: the cluster's, not this daemon's
                 self._log_flows()
                 log.info("fabric.stop", **self.fabric.switch.stats.as_dict())
 
     async def start(self) -> None:
         """Bind the node, connect to every NIC and announce the peers."""
-        now = asyncio.get_running_loop().time()
-        fabric = self.fabric = Fabric(self.config, now)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        kernel = self._plug_peers()
+        fabric = self.fabric = Fabric(self.config, now, kernel)
+        for name, port in kernel.items():
+            loop.add_reader(port.tap.fd, self._on_kernel, name)
         await self.node.start()
         self.node.on_peer_connect(self._on_connect)
         self.node.on_peer_disconnect(self._on_disconnect)
@@ -328,6 +350,24 @@ class FabricDaemon:
             peers=sorted(fabric.peers),
             ports=len(fabric.labels),
         )
+        self._flush()
+
+    def _plug_peers(self) -> dict[str, KernelPort]:
+        """The netns peers' TAPs: made with their namespaces on the first boot, else re-attached."""
+        tag = cluster_tag(self.config.run_dir)
+        out = {}
+        for spec in self.config.peers:
+            if spec.kind != "netns":
+                continue
+            ifaces = [(spec.name, spec.mac, spec.ips)]
+            (port,), made = plug(spec.name, ifaces, spec.run, tag, self.config.run_dir / "logs")
+            log.info("fabric.netns.made" if made else "fabric.netns.attached", peer=spec.name)
+            out[spec.name] = port
+        return out
+
+    def _on_kernel(self, name: str) -> None:
+        assert self.fabric is not None
+        self.fabric.from_kernel(name, asyncio.get_running_loop().time())
         self._flush()
 
     async def _loop(self) -> None:

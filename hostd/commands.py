@@ -68,7 +68,7 @@ class HostCommands:
         """Every VM interface: its VPID, VM, MAC and where it is plugged now."""
         h = self.host
         out: list[dict[str, object]] = []
-        for vpid, ep in sorted(h.endpoints.items()):
+        for vpid, ep in sorted(h.ports().items()):
             b = h.fpag.binding(vpid)
             out.append(
                 {"vpid": vpid, "vm": ep.name, "mac": mac_str(ep.mac), "nic": b.nic, "ppid": b.ppid}
@@ -84,11 +84,9 @@ class HostCommands:
         """
         h = self.host
         vm, nic = str(args.get("vm", "")), str(args.get("nic", ""))
-        vpids = [
-            v for v, ep in h.endpoints.items() if ep.name == vm or ep.name.startswith(f"{vm}/")
-        ]
+        vpids = [v for v, ep in h.ports().items() if ep.name == vm or ep.name.startswith(f"{vm}/")]
         if not vpids:
-            names = ", ".join(sorted(ep.name for ep in h.endpoints.values()))
+            names = ", ".join(sorted(ep.name for ep in h.ports().values()))
             raise ValueError(f"no VM {vm!r} on host {h.spec.name} (VMs: {names})")
         if nic not in h.fpag.nics:
             raise ValueError(

@@ -47,7 +47,7 @@ from bus.nicstate import NicState
 from bus.node import BaseNode, BusClosed
 from bus.policy import Policy, TeamPolicyName
 from bus.runtime import crash_on_error, every, run_loop, run_until_signalled
-from configs import Config, HostSpec
+from configs import Config, HostSpec, VmSpec
 from configs.cmdline import daemon_args, daemon_node
 from hostd.commands import HostCommands
 from hostd.fpag import Fpag
@@ -55,6 +55,7 @@ from hostd.remote import RemoteStart
 from hostd.supervisor import Supervisor
 from hoststack.endpoint import EPHEMERAL, Endpoint
 from hoststack.traffic import FlowSpec, wall_times
+from kernel.port import KernelPort, cluster_tag, plug
 
 POLL_S = 0.005
 RECOVER_WAIT_S = 5.0  # NICs that say nothing for this long are recovered without
@@ -79,7 +80,8 @@ class HostDaemon:
         self.node = node
         self.log = structlog.get_logger().bind(host=spec.name)
         self.fpag = Fpag([n.name for n in spec.nics])
-        self.endpoints: dict[int, Endpoint] = {}
+        self.endpoints: dict[int, Endpoint] = {}  # the built-in VMs' interfaces, by VPID
+        self.kernel: dict[int, KernelPort] = {}  # the netns VMs' interfaces, by VPID
         self.policy_version = 1
         # Changed at run time by the `team-policy` command.
         self.team_policy = TeamPolicyName(spec.team_policy)
@@ -95,7 +97,11 @@ class HostDaemon:
         span = EPHEMERAL[1] - EPHEMERAL[0] + 1
         first_port = EPHEMERAL[0] + (boot - 1) * PORTS_PER_BOOT % span
         seed_of = (lambda n: n) if boot == 1 else (lambda n: f"{n}/{boot}")
+        tag = cluster_tag(config.run_dir)
         for vm in spec.vms:
+            if vm.kind == "netns":
+                self._plug_netns(vm, tag)
+                continue
             for i, iface in enumerate(vm.interfaces):
                 vpid = self.fpag.attach(vm.name, i, vm.nic)
                 name = vm.interface_name(i)
@@ -108,7 +114,7 @@ class HostDaemon:
                 self.endpoints[vpid] = ep
         self.fpag.commit()
         self._add_v6_neighbors()
-        homes = {vpid: self.fpag.binding(vpid).nic for vpid in self.endpoints}
+        homes = {vpid: self.fpag.binding(vpid).nic for vpid in self.ports()}
         self.supervisor = Supervisor(
             list(self.fpag.nics),
             homes,
@@ -142,6 +148,28 @@ class HostDaemon:
         self.crashed = False
         self.commands = HostCommands(self)
 
+    def _plug_netns(self, vm: VmSpec, tag: str) -> None:
+        """A netns VM's TAPs, at VF ports like built-in endpoints (see kernel.port)."""
+        ifaces = [(vm.interface_name(i), f.mac, f.ips) for i, f in enumerate(vm.interfaces)]
+        ports, made = plug(vm.name, ifaces, vm.run, tag, self.config.run_dir / "logs")
+        for i, port in enumerate(ports):
+            vpid = self.fpag.attach(vm.name, i, vm.nic)
+            self.kernel[vpid] = port
+        self.log.info("host.netns.made" if made else "host.netns.attached", vm=vm.name,
+                      ifaces=[p.tap.name for p in ports])  # fmt: skip
+
+    def ports(self) -> dict[int, Endpoint | KernelPort]:
+        """Every VM interface, built-in or netns, by VPID."""
+        return {**self.endpoints, **self.kernel}
+
+    def _on_kernel(self, vpid: int) -> None:
+        """A netns VM's TAP is readable: drain it onto its VF port now, in one batch."""
+        frames = self.kernel[vpid].poll(self.now())
+        if self.recovering:  # which NIC holds the port is not known yet: the kernel retransmits
+            self.dropped_recovering += len(frames)
+            return
+        self._send({vpid: frames})
+
     def now(self) -> float:
         """The loop's monotonic clock."""
         return asyncio.get_running_loop().time()
@@ -149,7 +177,7 @@ class HostDaemon:
     def policy(self) -> Policy:
         """The policy every NIC of this host runs: the config's, with the FPAG's VPIDs."""
         bindings = []
-        for vpid in sorted(self.endpoints):
+        for vpid in sorted(self.ports()):
             b = self.fpag.binding(vpid)
             bindings.append((vpid, b.vm, b.index))
         return self.config.policy(self.spec.name, bindings, self.team_policy)
@@ -173,7 +201,13 @@ class HostDaemon:
         ]
         for task in tasks:
             crash_on_error(task, self._crash)
+        loop = asyncio.get_running_loop()
+        for vpid, port in self.kernel.items():
+            loop.add_reader(port.tap.fd, self._on_kernel, vpid)
         await self._stopping.wait()
+        for port in self.kernel.values():
+            loop.remove_reader(port.tap.fd)
+            port.close()  # the TAP and its namespace stay: the cluster's, not this daemon's
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -229,7 +263,7 @@ class HostDaemon:
 
     def _add_v6_neighbors(self) -> None:
         # IPv6 neighbour discovery is not emulated: every endpoint knows every v6 neighbour.
-        table = [(ip.ip, ep.mac) for ep in self.endpoints.values() for ip in ep.interfaces]
+        table = [(ip.ip, ep.mac) for ep in self.ports().values() for ip in ep.interfaces]
         table += [(ip.ip, p.mac) for p in self.config.peers for ip in p.ips]
         for ep in self.endpoints.values():
             for ip, mac in table:
@@ -269,7 +303,11 @@ class HostDaemon:
             if vpid is None:
                 self.stale_frames[peer] += 1  # a stale NIC delivering for a port it lost
                 continue
-            out[vpid].extend(self.endpoints[vpid].receive(frame, now))
+            ep = self.endpoints.get(vpid)
+            if ep is not None:
+                out[vpid].extend(ep.receive(frame, now))
+            else:
+                self.kernel[vpid].receive(frame, now)
 
     def _on_hello(self, peer: str, msg: Hello) -> None:
         if peer not in self.fpag.nics or self.recovering:
@@ -322,7 +360,8 @@ class HostDaemon:
         if nic in self._announced:
             return
         self._announced.add(nic)
-        self._send({vpid: self.endpoints[vpid].announce() for vpid in self.fpag.vpids_on(nic)})
+        ports = self.ports()
+        self._send({vpid: ports[vpid].announce() for vpid in self.fpag.vpids_on(nic)})
 
     def _on_disconnect(self, peer: str) -> None:
         if peer in self.fpag.nics:
@@ -512,6 +551,8 @@ class HostDaemon:
         if self.remote.waiting:
             self._start_remote(now)
         self._send({vpid: ep.poll(now) for vpid, ep in self.endpoints.items()})
+        for vpid in self.kernel:  # what the readers have not taken yet, if anything
+            self._on_kernel(vpid)
 
     def flow_stats(self) -> dict[str, Any]:
         """Per-flow books of every VM endpoint: senders' and sinks' views."""

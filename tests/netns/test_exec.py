@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ctl.cluster import BIN, REPO
-from ctl.netns_standin import namespace
+from kernel.netns import namespace
 from tests.netns.netlab import can_make_namespaces, ip
 
 pytestmark = pytest.mark.netns

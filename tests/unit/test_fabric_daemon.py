@@ -51,6 +51,8 @@ def make_config(flows: list[NS] | None = None, endpoint: Callable[[str], str] | 
         gateway_mac=None,
         tcp_listen=(80,),
         udp_listen=(5353,),
+        kind="builtin",
+        run=(),
     )
     nics = [NS(name="nic1", uplinks=["p0", "p1"]), NS(name="nic2", uplinks=["p0", "p1"])]
     return NS(
