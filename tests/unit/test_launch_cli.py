@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
+import kernel.netns
 from ctl.cli import main
 from ctl.cluster import launch_death
 
@@ -122,3 +124,16 @@ def test_a_tcp_cluster_without_the_cli_key_is_one_error_line_not_down(tmp_path: 
     assert got.exit_code == 1
     (line,) = got.output.splitlines()
     assert line.startswith("Error: the cluster speaks CURVE on tcp: no CURVE secret key for ctl")
+
+
+def test_a_netns_config_without_privilege_is_one_line_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kernel.netns, "missing_privilege",
+                        lambda: "not root: run nicteam as root (sudo)")  # fmt: skip
+    run = tmp_path / "run"
+    got = CliRunner().invoke(main, ["up", "--config", "configs/netns.toml", "--run-dir", str(run)])
+    assert got.exit_code == 1
+    (line,) = [x for x in got.output.splitlines() if x.startswith("Error:")]
+    assert "netns VMs and peers (nsweb, nslocal, nsclient, nsext) need privilege: not root" in line
+    assert not (run / "cluster.json").exists()
