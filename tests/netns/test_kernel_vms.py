@@ -9,7 +9,10 @@ what tshark reads in a `nicteam capture`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,7 +22,7 @@ from typing import Any
 import pytest
 
 from ctl.chaos import Chaos
-from ctl.cluster import BIN, REPO, Cluster, running_cluster
+from ctl.cluster import BIN, REPO, Cluster, remove_namespaces, running_cluster, tagged_pids
 from ctl.report import report
 from kernel import netns
 from tests.cluster.conftest import wait_for
@@ -218,3 +221,34 @@ def _record(how: str, report: dict[str, Any], before: Any, after: Any, looped: s
     rates = [round(i["sum"]["bits_per_second"] / 1e6) for i in report.get("intervals", [])]
     print(f"{how}: iperf3 Mbit/s per second {rates}; resets before {before} after {after}; "
           f"loop {looped.strip()}")  # fmt: skip
+
+
+def test_down_removes_every_namespace_even_after_the_whole_cluster_was_sigkilled(
+    tmp_path: Path,
+) -> None:
+    if (why := can_make_namespaces()) is not None:
+        pytest.skip(why)
+    run = tmp_path / "run"
+    nicteam = [str(BIN / "nicteam"), "--run-dir", str(run)]
+    up = subprocess.run([*nicteam, "up", "--config", str(CONFIG)], capture_output=True,
+                        text=True, timeout=120)  # fmt: skip
+    tag = json.loads((run / "cluster.json").read_text())["tag"] if up.returncode == 0 else None
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert tag is not None
+        made = netns.leftovers(tag)
+        assert len(made) == 4, made  # nsweb, nslocal, nsclient, nsext
+        for pid in tagged_pids(tag):  # the whole cluster dies at once, services included
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_for("every process of the cluster gone", lambda: not tagged_pids(tag), timeout=10)
+        assert netns.leftovers(tag) == made  # namespaces outlive every process, by design
+        down = subprocess.run([*nicteam, "down"], capture_output=True, text=True, timeout=60)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert netns.leftovers(tag) == []
+    finally:
+        if tag is not None:
+            remove_namespaces(tag)
+            for pid in tagged_pids(tag):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
