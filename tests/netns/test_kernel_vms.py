@@ -252,3 +252,19 @@ def test_down_removes_every_namespace_even_after_the_whole_cluster_was_sigkilled
             for pid in tagged_pids(tag):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def test_a_kernel_client_reaches_a_built_in_vm_and_hears_back(cluster: Cluster) -> None:
+    # nsclient (kernel TCP, nic2) to web1's built-in stack (nic1, port 80): the handshake
+    # completes both ways and the built-in side's ACK of our data comes back.
+    code = (
+        "import socket; s = socket.create_connection(('10.0.10.11', 80), timeout=5); "
+        "s.sendall(b'x' * 3000); s.shutdown(socket.SHUT_WR); s.settimeout(5); "
+        "print(s.getsockname()[1], s.recv(1) == b'')"
+    )
+    got = run_in(cluster, "nsclient", "python3", "-c", code)
+    assert got.returncode == 0, got.stderr
+    sport, closed = got.stdout.split()
+    assert closed == "True"  # web1's stack acknowledged our FIN with its own
+    rows = cluster.control("nic2", "conntrack")["records"]
+    assert any(r["sport"] == int(sport) and r["dst"] == "10.0.10.11" for r in rows), rows
