@@ -268,3 +268,26 @@ def test_a_kernel_client_reaches_a_built_in_vm_and_hears_back(cluster: Cluster) 
     assert closed == "True"  # web1's stack acknowledged our FIN with its own
     rows = cluster.control("nic2", "conntrack")["records"]
     assert any(r["sport"] == int(sport) and r["dst"] == "10.0.10.11" for r in rows), rows
+
+
+def test_garbage_a_namespace_sends_is_counted_by_its_nic_never_fatal(cluster: Cluster) -> None:
+    # Raw frames from inside nsclient, as any program with CAP_NET_RAW there may send them: an
+    # IPv4 frame with no IP header, and one whose header claims more than the frame holds.
+    code = (
+        "import socket; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); "
+        "s.bind(('eth0', 0)); mac = bytes.fromhex('020000000123'); "
+        "s.send(b'\\xff' * 6 + mac + b'\\x08\\x00'); "
+        "s.send(b'\\xff' * 6 + mac + b'\\x08\\x00' + b'\\x4f' + bytes(30))"
+    )
+    before = cluster.control("nic2", "stats")["drops"]
+    got = run_in(cluster, "nsclient", "python3", "-c", code)
+    assert got.returncode == 0, got.stderr
+
+    def counted() -> dict[str, int] | None:
+        drops = cluster.control("nic2", "stats")["drops"]
+        new = {k: n - before.get(k, 0) for k, n in drops.items() if k.startswith("malformed")}
+        return new if sum(new.values()) >= 2 else None
+
+    wait_for("nic2 counting both malformed frames", counted, timeout=10)
+    assert cluster.control("nic2", "stats")["state"] == "up"
+    ping(cluster, "nsclient", NSWEB)  # and it goes on forwarding
