@@ -104,6 +104,12 @@ def tier_rates(to_peer: bool) -> dict[str, float]:
         assert tiers == {p.eswitch.tier if name == "eswitch" else p.cache.tier}, tiers
         out[name] = rate(_hits(p, batch))
 
+    out["slow"] = slow_miss_rate(to_peer)
+    return out
+
+
+def slow_miss_rate(to_peer: bool, seconds: float = 1.0, repeats: int = 3) -> float:
+    """Slow-path misses/s in-process: each frame the SYN of a new connection (bench.e2e too)."""
     syns = [
         (PortKind.VF, 101, _tcp(sp % 60000 + 1, TCP_SYN, False, to_peer)) for sp in range(60000)
     ]
@@ -118,8 +124,7 @@ def tier_rates(to_peer: bool) -> dict[str, float]:
         at += 1
         return BATCH
 
-    out["slow"] = rate(miss_batch)
-    return out
+    return rate(miss_batch, seconds, repeats)
 
 
 def random_rules(n: int, rng: random.Random) -> RuleSet:
