@@ -22,9 +22,11 @@ from kernel.netns import exec_argv, namespace
 
 __all__ = [
     "CheckResult",
+    "OnCheck",
     "Outcome",
     "Runner",
     "check_problems",
+    "count_checks",
     "format_checks",
     "netns_checks",
     "passes",
@@ -46,6 +48,8 @@ class Outcome:
 
 #: Runs argv with a timeout in seconds; how it ended.
 Runner = Callable[[Sequence[str], float], Outcome]
+#: Told (endpoint, check, how many ran before it) as each check starts: progress.
+OnCheck = Callable[[str, CheckSpec, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,19 +88,27 @@ def netns_checks(config: Config) -> list[tuple[str, tuple[CheckSpec, ...]]]:
     return ends + [(p.name, p.checks) for p in config.peers if p.kind == NETNS]
 
 
+def count_checks(config: Config) -> int:
+    """How many checks `run_checks` runs for `config`."""
+    return sum(len(checks) for _, checks in netns_checks(config))
+
+
 def run_checks(
     config: Config,
     tag: str,
     runner: Runner | None = None,
     clock: Callable[[], float] = time.monotonic,
+    on_check: OnCheck | None = None,
 ) -> list[CheckResult]:
     """Run every check of every netns endpoint of cluster `tag`, one after the other (so that
     an iperf3 check does not starve a ping), in its namespace with its timeout."""
     run = runner or run_in_namespace
-    results = []
+    results: list[CheckResult] = []
     for endpoint, checks in netns_checks(config):
         ns = namespace(tag, endpoint)
         for check in checks:
+            if on_check is not None:
+                on_check(endpoint, check, len(results))
             t0 = clock()
             outcome = run(exec_argv(ns, ["sh", "-c", check.cmd]), check.timeout_s)
             results.append(CheckResult(endpoint, check, outcome, clock() - t0))

@@ -25,7 +25,7 @@ from typing import Any
 from bus.nicstate import NicState
 from bus.rundir import RunDirError, write_private
 from configs import Config
-from ctl.checks import CheckResult, Runner, check_problems, netns_checks, run_checks
+from ctl.checks import CheckResult, OnCheck, Runner, check_problems, netns_checks, run_checks
 from ctl.cluster import (
     ClusterExited,
     NotReady,
@@ -187,10 +187,30 @@ def selftest(
     seconds: float,
     on_up: Callable[[str, float], None],
     on_tick: Callable[[float], None],
+    on_check: OnCheck | None = None,
     runner: Runner | None = None,
 ) -> TestResult:
     """Launch a private cluster, run the workload `seconds`, judge the books, run the netns
-    endpoints' checks (with `runner`, default: for real) and judge them, stop it."""
+    endpoints' checks (with `runner`, default: for real) and judge them, stop it.
+
+    SessionError (one line) if the cluster cannot start: the place, the privilege, a daemon.
+    """
+    try:
+        return _selftest(config_path, seconds, on_up, on_tick, on_check, runner)
+    except (RunDirError, PlacementError) as e:
+        raise SessionError(str(e)) from None
+    except (NotReady, ClusterExited) as e:
+        raise SessionError(f"{e}; the test's cluster is stopped") from None
+
+
+def _selftest(
+    config_path: Path,
+    seconds: float,
+    on_up: Callable[[str, float], None],
+    on_tick: Callable[[float], None],
+    on_check: OnCheck | None,
+    runner: Runner | None,
+) -> TestResult:
     with running_cluster(config_path=config_path, on_up=on_up) as c:
         # Datagrams sent before the NICs were up count as gaps at the first delivery: the
         # window opens once every flow that should deliver does.
@@ -208,18 +228,20 @@ def selftest(
             on_tick(time.monotonic() - t0)
         after = books(c.config)
         # After the window, one at a time: a check's traffic never competes with the workload.
-        checks = _netns_checks(c.config, c.tag, runner)
+        checks = _netns_checks(c.config, c.tag, on_check, runner)
     table = window(rows(c.config, before), rows(c.config, after))
     problems = judge(c.config, before, after) + check_problems(checks)
     return TestResult(table, problems, seconds, checks)
 
 
-def _netns_checks(config: Config, tag: str, runner: Runner | None) -> list[CheckResult]:
+def _netns_checks(
+    config: Config, tag: str, on_check: OnCheck | None, runner: Runner | None
+) -> list[CheckResult]:
     """Every netns endpoint's checks, once its namespace is there (its daemon makes it)."""
     names = [netns.namespace(tag, name) for name, _ in netns_checks(config)]
     if names:
         wait_for("every netns VM's and peer's namespace", lambda: all(map(netns.exists, names)))
-    return run_checks(config, tag, runner)
+    return run_checks(config, tag, runner, on_check=on_check)
 
 
 def resync_progress(stats: dict[str, Any]) -> tuple[int, int] | None:

@@ -3,24 +3,29 @@ runner standing in for `ip netns exec`; and the real runner's timeout on plain p
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from configs import CheckSpec, Config, load_config
 from ctl.checks import (
     CheckResult,
     Outcome,
     check_problems,
+    count_checks,
     format_checks,
     netns_checks,
     passes,
     run_checks,
     run_in_namespace,
 )
+from ctl.cli import main
 from ctl.cluster import REPO
+from kernel import netns
 from kernel.netns import namespace
 
 TAG = "nt-checks0"
@@ -132,3 +137,30 @@ def test_the_real_runner_kills_the_whole_command_at_its_timeout(tmp_path: Path) 
     assert got.status is None and time.monotonic() - t0 < 5
     r = CheckResult("vm", CheckSpec("slow", "sleep 30", "ok", 0.5), got, 0.5)
     assert r.got == "fail (timeout 0.5 s)" and not r.passed
+
+
+def test_progress_is_told_each_check_as_it_starts(config: Config) -> None:
+    runner, told = FakeRunner({}), []
+
+    def on_check(vm: str, check: CheckSpec, i: int) -> None:
+        told.append((vm, check.name, i))
+
+    results = run_checks(config, TAG, runner, runner.clock, on_check=on_check)
+    assert told == [(r.endpoint, r.check.name, i) for i, r in enumerate(results)]
+    assert count_checks(config) == len(told) == 15
+
+
+def test_up_test_without_the_privilege_is_one_line_and_leaves_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    why = "netns VMs need root (or CAP_NET_ADMIN and CAP_SYS_ADMIN): run as root, e.g. with sudo"
+    monkeypatch.setattr(netns, "missing_privilege", lambda: why)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where running_cluster makes its own
+    args = ["up", "--test", "--config", str(REPO / "configs" / "netns.toml"), "--seconds", "1"]
+    done = CliRunner().invoke(main, [*args, "--run-dir", str(tmp_path / "run")])
+    assert done.exit_code == 1
+    (line,) = done.output.splitlines()
+    assert line == (
+        "Error: netns VMs and peers (nsweb, nslocal, nsclient, nsext) need privilege: " + why
+    )
+    assert list(tmp_path.iterdir()) == []
