@@ -27,6 +27,7 @@ from ctl.capture import as_dict as capture_dict
 from ctl.capture import capture, stop_on_signals
 from ctl.chaos import Chaos, ChaosError, note
 from ctl.checker import check_logs, format_verdict
+from ctl.checks import count_checks, format_checks
 from ctl.client import ControlError
 from ctl.cluster import NotReady, PlacementError, make_keys, procfile, wait_for
 from ctl.context import CONFIG_HELP, RUN_DIR_HELP, Commands, Context
@@ -502,21 +503,32 @@ def _nic_up(config: Config, step: Update) -> Callable[[str, float], None]:
 
 
 def _up_test(config: Config, path: Path, seconds: float) -> None:
-    with progress("test", len(config.nics) + seconds) as step:
-        result = selftest(
-            path,
-            seconds,
-            _nic_up(config, step),
-            lambda t: step(f"workload {t:.1f} / {seconds:g} s", len(config.nics) + t),
-        )
+    n, checks = len(config.nics), count_checks(config)
+    with progress("test", n + seconds + checks) as step:
+        try:
+            result = selftest(
+                path,
+                seconds,
+                _nic_up(config, step),
+                lambda t: step(f"workload {t:.1f} / {seconds:g} s", n + t),
+                lambda vm, check, i: step(f"check {vm} {check.name}", n + seconds + i),
+            )
+        except SessionError as e:
+            raise click.ClickException(str(e)) from None
     click.echo(f"over the {seconds:g} s after every flow delivered:")
     click.echo(summary.format_table(result.rows))
+    if result.checks:
+        click.echo("checks of the netns VMs and peers, in their namespaces:")
+        click.echo(format_checks(result.checks))
     if result.problems:
         for problem in result.problems:
             click.echo(f"UNEXPECTED: {problem}")
         click.echo(f"*** Results: {len(result.problems)} unexpected outcomes in {seconds:g} s")
         sys.exit(1)
-    click.echo(f"*** Results: every flow as expected over {seconds:g} s (0 lost, 0 reset)")
+    declared = f"; {len(result.checks)} checks as declared" if result.checks else ""
+    click.echo(
+        f"*** Results: every flow as expected over {seconds:g} s (0 lost, 0 reset){declared}"
+    )
 
 
 @main.command("down")

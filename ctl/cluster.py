@@ -391,7 +391,11 @@ def running_cluster(
     if config_text is not None:
         config_path = top / "cluster.toml"
         config_path.write_text(config_text)
-    c = launch(config_path or DEFAULT_CONFIG, top / "run", top.name, top / "honcho.out")
+    try:
+        c = launch(config_path or DEFAULT_CONFIG, top / "run", top.name, top / "honcho.out")
+    except BaseException:  # nothing started (no place, no privilege): nothing left either
+        shutil.rmtree(top, ignore_errors=True)
+        raise
     try:
         wait_ready(c, on_up=on_up)
         yield c

@@ -18,13 +18,14 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bus.nicstate import NicState
 from bus.rundir import RunDirError, write_private
 from configs import Config
+from ctl.checks import CheckResult, OnCheck, Runner, check_problems, netns_checks, run_checks
 from ctl.cluster import (
     ClusterExited,
     NotReady,
@@ -39,6 +40,7 @@ from ctl.cluster import (
 )
 from ctl.summary import books, losses, rows, window
 from ctl.views import ask
+from kernel import netns
 
 STATE_FILE = "cluster.json"
 
@@ -147,11 +149,13 @@ def _down(path: Path, timeout: float) -> int:
 
 @dataclass(slots=True)
 class TestResult:
-    """What `up --test` measured: per-flow rows over the window, and what was unexpected."""
+    """What `up --test` measured: per-flow rows over the window, the netns endpoints' checks,
+    and what was unexpected in either."""
 
     rows: list[dict[str, Any]]
     problems: list[str]
     seconds: float
+    checks: list[CheckResult] = field(default_factory=list)
 
 
 def judge(config: Config, before: dict[str, Any], after: dict[str, Any]) -> list[str]:
@@ -183,8 +187,30 @@ def selftest(
     seconds: float,
     on_up: Callable[[str, float], None],
     on_tick: Callable[[float], None],
+    on_check: OnCheck | None = None,
+    runner: Runner | None = None,
 ) -> TestResult:
-    """Launch a private cluster, run the workload `seconds`, judge the books, stop it."""
+    """Launch a private cluster, run the workload `seconds`, judge the books, run the netns
+    endpoints' checks (with `runner`, default: for real) and judge them, stop it.
+
+    SessionError (one line) if the cluster cannot start: the place, the privilege, a daemon.
+    """
+    try:
+        return _selftest(config_path, seconds, on_up, on_tick, on_check, runner)
+    except (RunDirError, PlacementError) as e:
+        raise SessionError(str(e)) from None
+    except (NotReady, ClusterExited) as e:
+        raise SessionError(f"{e}; the test's cluster is stopped") from None
+
+
+def _selftest(
+    config_path: Path,
+    seconds: float,
+    on_up: Callable[[str, float], None],
+    on_tick: Callable[[float], None],
+    on_check: OnCheck | None,
+    runner: Runner | None,
+) -> TestResult:
     with running_cluster(config_path=config_path, on_up=on_up) as c:
         # Datagrams sent before the NICs were up count as gaps at the first delivery: the
         # window opens once every flow that should deliver does.
@@ -201,8 +227,21 @@ def selftest(
             time.sleep(min(0.5, left))
             on_tick(time.monotonic() - t0)
         after = books(c.config)
+        # After the window, one at a time: a check's traffic never competes with the workload.
+        checks = _netns_checks(c.config, c.tag, on_check, runner)
     table = window(rows(c.config, before), rows(c.config, after))
-    return TestResult(table, judge(c.config, before, after), seconds)
+    problems = judge(c.config, before, after) + check_problems(checks)
+    return TestResult(table, problems, seconds, checks)
+
+
+def _netns_checks(
+    config: Config, tag: str, on_check: OnCheck | None, runner: Runner | None
+) -> list[CheckResult]:
+    """Every netns endpoint's checks, once its namespace is there (its daemon makes it)."""
+    names = [netns.namespace(tag, name) for name, _ in netns_checks(config)]
+    if names:
+        wait_for("every netns VM's and peer's namespace", lambda: all(map(netns.exists, names)))
+    return run_checks(config, tag, runner, on_check=on_check)
 
 
 def resync_progress(stats: dict[str, Any]) -> tuple[int, int] | None:
