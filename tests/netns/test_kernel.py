@@ -190,7 +190,11 @@ def test_a_service_inside_serves_a_page_to_the_other_namespace(pair: Pair, tmp_p
     (pid,) = netns.start_services(pair.names[1], [server], logs, "b")
     log = logs / "b.svc0.log"
     assert log.stat().st_mode & 0o777 == 0o600
-    assert pid in netns.pids(pair.names[1])
+    # `ip netns exec` enters the namespace after it starts: under load, a moment later.
+    deadline = time.monotonic() + 10
+    while pid not in netns.pids(pair.names[1]):
+        assert time.monotonic() < deadline, f"service {pid} never entered {pair.names[1]}"
+        time.sleep(0.05)
     fetch = (
         "import time, urllib.request\n"
         "deadline = time.monotonic() + 20\n"
