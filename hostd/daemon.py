@@ -82,6 +82,7 @@ class HostDaemon:
         self.fpag = Fpag([n.name for n in spec.nics])
         self.endpoints: dict[int, Endpoint] = {}  # the built-in VMs' interfaces, by VPID
         self.kernel: dict[int, KernelPort] = {}  # the netns VMs' interfaces, by VPID
+        self._lost_taps: set[int] = set()  # TAPs deleted under us: logged once, then dropped to
         self.policy_version = 1
         # Changed at run time by the `team-policy` command.
         self.team_policy = TeamPolicyName(spec.team_policy)
@@ -164,11 +165,20 @@ class HostDaemon:
 
     def _on_kernel(self, vpid: int) -> None:
         """A netns VM's TAP is readable: drain it onto its VF port now, in one batch."""
-        frames = self.kernel[vpid].poll(self.now())
+        port = self.kernel[vpid]
+        frames = port.poll(self.now())
+        if port.lost is not None:
+            self._forget_tap(vpid, port)
         if self.recovering:  # which NIC holds the port is not known yet: the kernel retransmits
             self.dropped_recovering += len(frames)
             return
         self._send({vpid: frames})
+
+    def _forget_tap(self, vpid: int, port: KernelPort) -> None:
+        """Stop watching a TAP that went away (its fd would poll readable forever); log it once."""
+        if asyncio.get_running_loop().remove_reader(port.tap.fd) or vpid not in self._lost_taps:
+            self._lost_taps.add(vpid)
+            self.log.warning("host.netns.lost", vpid=vpid, port=port.name, error=port.lost)
 
     def now(self) -> float:
         """The loop's monotonic clock."""

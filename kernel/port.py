@@ -59,20 +59,38 @@ class KernelPort:
     tap: Tap
     stats: KernelStats = field(default_factory=KernelStats)
     kind: str = "netns"
+    # Why the TAP is gone (deleted from inside the namespace or outside it): from then on every
+    # frame to it is a counted drop, never an exception in the daemon (a guest may do this).
+    lost: str | None = None
 
     def receive(self, frame: bytes, now: float) -> list[bytes]:
         """A frame the NIC delivered: into the kernel (nothing to answer ourselves)."""
-        if self.tap.write_batch((frame,)):
+        written = 0
+        if self.lost is None:
+            try:
+                written = self.tap.write_batch((frame,))
+            except OSError as e:
+                self._lose(e)
+        if written:
             self.stats.to_kernel += 1
         else:
             self.stats.dropped_to_kernel += 1
         return []
 
     def poll(self, now: float, max_frames: int = 256) -> list[bytes]:
-        """What the kernel sent since the last call, up to `max_frames`."""
-        frames = self.tap.read_batch(max_frames)
+        """What the kernel sent since the last call, up to `max_frames`; none once it is lost."""
+        if self.lost is not None:
+            return []
+        try:
+            frames = self.tap.read_batch(max_frames)
+        except OSError as e:
+            self._lose(e)
+            return []
         self.stats.from_kernel += len(frames)
         return frames
+
+    def _lose(self, error: OSError) -> None:
+        self.lost = f"TAP {self.tap.name!r} in netns {self.tap.netns!r}: {error.strerror or error}"
 
     def announce(self) -> list[bytes]:
         """Gratuitous ARPs for its IPv4 addresses, as a hypervisor announces a VM it plugs in
