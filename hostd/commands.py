@@ -43,6 +43,8 @@ class HostCommands:
                 "stale_frames": dict(h.stale_frames),
                 "epoch": h.fpag.epoch,
                 "bus": asdict(h.node.stats),
+                # netns VMs' TAPs: what was relayed and dropped, and whether the TAP is gone
+                "kernel": {p.name: {**asdict(p.stats), "lost": p.lost} for p in h.kernel.values()},
             }
         elif msg.cmd == "team-policy":
             try:

@@ -24,6 +24,8 @@ from kernel.tap import Tap, TapMissing, open_tap
 from wire.build import gratuitous_arp
 
 TAG_ENV = "NICTEAM_TEST_TAG"  # every process a launcher starts inherits its cluster's tag
+MTU = 1500  # every netns interface's; root inside may raise it, the VF port does not follow
+MAX_FRAME = MTU + 14  # Ethernet header, untagged (a VM's tagged frame is dropped anyway)
 
 
 def cluster_tag(run_dir: Path, env: dict[str, str] | None = None) -> str:
@@ -47,6 +49,7 @@ class KernelStats:
     to_kernel: int = 0
     from_kernel: int = 0
     dropped_to_kernel: int = 0  # the TAP's queue was full (the namespace is not reading)
+    dropped_oversize: int = 0  # longer than the interface's MTU allows (root inside raised it)
 
 
 @dataclass(slots=True)
@@ -87,6 +90,10 @@ class KernelPort:
             self._lose(e)
             return []
         self.stats.from_kernel += len(frames)
+        if any(len(f) > MAX_FRAME for f in frames):  # a VF port's MTU, as a real NIC's
+            kept = [f for f in frames if len(f) <= MAX_FRAME]
+            self.stats.dropped_oversize += len(frames) - len(kept)
+            return kept
         return frames
 
     def _lose(self, error: OSError) -> None:
@@ -133,7 +140,7 @@ def plug(
             tap = open_tap(ns, ifname(i), create=True)
             made = True
         if made:
-            netns.configure(ns, ifname(i), mac, list(ips))
+            netns.configure(ns, ifname(i), mac, list(ips), mtu=MTU)
         ports.append(KernelPort(name, mac, list(ips), tap))
     if made and run:
         netns.start_services(ns, run, log_dir, owner)

@@ -70,6 +70,26 @@ def test_a_udp_flood_from_one_netns_vm_takes_no_alive_nic_down(cluster: Cluster)
     assert after == [], f"{len(after)} NIC-down declarations during a {FLOOD_S:g} s flood"
 
 
+def test_frames_past_the_mtu_a_vm_raised_are_dropped_and_counted(cluster: Cluster) -> None:
+    # Root in nsclient raises its MTU and sends jumbo UDP (no fragments) to nsweb (MTU 1500).
+    send = (
+        "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        "s.setsockopt(socket.IPPROTO_IP, 10, 2); "  # IP_MTU_DISCOVER = IP_PMTUDISC_DO
+        "[s.sendto(b'x' * int(n), ('10.0.10.21', 5000)) for n in sys.argv[1:]]"
+    )
+    try:
+        run_in(cluster, "nsclient", "ip", "link", "set", "eth0", "mtu", "16000")
+        run_in(cluster, "nsclient", "python3", "-c", send, "8000", "15000")
+
+        def dropped() -> int:
+            return int(cluster.control("h1", "stats")["kernel"]["nsclient"]["dropped_oversize"])
+
+        wait_for("hostd dropping both oversize frames", lambda: dropped() >= 2, timeout=10)
+    finally:
+        run_in(cluster, "nsclient", "ip", "link", "set", "eth0", "mtu", "1500")
+    run_in(cluster, "nsclient", "ping", "-c", "2", "-i", "0.2", "-W", "2", NSWEB)
+
+
 def test_a_vm_deleting_its_own_tap_does_not_crash_hostd(cluster: Cluster) -> None:
     # Last in the module: nslocal has no interface afterwards (until a hostd restart makes it).
     pid = (cluster.run_dir / "h1.pid").read_text()
