@@ -10,7 +10,7 @@ import pytest
 
 from nicd.datapath.pipeline import PortKind, Verdict
 from tests.unit.dpfixtures import PEER_IP, PEER_MAC, make_pipeline
-from tests.unit.pipelinerig import VM1, from_vf, only_uplinks_of
+from tests.unit.pipelinerig import VM1, VM2, from_vf, only_uplinks_of
 from wire.build import gratuitous_arp
 
 
@@ -25,3 +25,19 @@ def test_a_vm_cannot_announce_another_stations_mac_on_the_uplinks() -> None:
     d = from_vf(p, VM1, gratuitous_arp(PEER_MAC, PEER_IP))
     out = [e for e in d.emits if e.out is PortKind.UPLINK]
     assert d.verdict is Verdict.DROP and not out, "a spoofed source MAC reached the fabric"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="design limit: no ARP/IP source guard on VF ingress; the NIC keeps its own ARP "
+    "answers right (vswitch ignores claims on a local VM's address) but forwards the claim",
+)
+def test_a_vm_cannot_claim_another_vms_address_to_the_network() -> None:
+    # Seen live: nsclient's gratuitous ARP for nsweb's 10.0.10.21 re-pointed the external
+    # peer nsext's neighbour entry to nsclient's MAC; nsext's curl to nsweb then failed, and a
+    # VM that also added the address would have answered in nsweb's place.
+    p = make_pipeline("nic1")
+    only_uplinks_of(p, "nic1")
+    d = from_vf(p, VM1, gratuitous_arp(VM1.mac, VM2.ip))
+    out = [e for e in d.emits if e.out is PortKind.UPLINK]
+    assert not out, "a claim on another VM's address reached the fabric"
