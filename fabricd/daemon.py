@@ -367,7 +367,12 @@ class FabricDaemon:
 
     def _on_kernel(self, name: str) -> None:
         assert self.fabric is not None
-        self.fabric.from_kernel(name, asyncio.get_running_loop().time())
+        loop = asyncio.get_running_loop()
+        self.fabric.from_kernel(name, loop.time())
+        port = self.fabric.kernel_peers[name]
+        # A TAP deleted under us may poll readable for ever: stop watching it (drops from now).
+        if port.lost is not None and loop.remove_reader(port.tap.fd):
+            log.warning("fabric.netns.lost", peer=name, error=port.lost)
         self._flush()
 
     async def _loop(self) -> None:

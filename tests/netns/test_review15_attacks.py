@@ -100,3 +100,14 @@ def test_a_vm_deleting_its_own_tap_does_not_crash_hostd(cluster: Cluster) -> Non
     assert host_events(cluster, "host.crash") == []
     assert (cluster.run_dir / "h1.pid").read_text() == pid, "hostd was restarted"
     run_in(cluster, "nsclient", "ping", "-c", "2", "-i", "0.2", "-W", "2", NSWEB)
+
+
+def test_the_netns_peer_deleting_its_own_tap_does_not_stop_the_cluster(cluster: Cluster) -> None:
+    # fabricd has no card: before the fix, its crash on the dead TAP made honcho stop everything.
+    run_in(cluster, "nsext", "ip", "link", "del", "eth0")
+    ns = netns.namespace(cluster.tag, "nsweb")
+    subprocess.run(netns.exec_argv(ns, ["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.0.10.201"]),
+                   capture_output=True, timeout=10)  # fmt: skip
+    assert cluster.proc.poll() is None, "the cluster stopped"
+    assert cluster.control("fabricd", "stats")  # fabricd answers
+    run_in(cluster, "nsweb", "ping", "-c", "2", "-i", "0.2", "-W", "2", "10.0.10.12")  # web2
