@@ -58,7 +58,7 @@ def host_events(c: Cluster, event: str) -> list[dict[str, object]]:
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,  # timing: a much faster machine may keep up with the flood (XPASS, not a failure)
     reason="not fixed (needs ingress policing or heartbeat priority, not a local fix): hostd "
     "relays all a kernel sends, the NICs' loops fall behind their 50 ms heartbeats, hostd "
     "declares alive NICs down and fails over back and forth (epoch 1 -> 36 in 10 s seen live)",
