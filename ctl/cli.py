@@ -19,7 +19,6 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from bus.curve import KEY_DIR
 from bus.policy import TeamPolicyName
 from configs import FABRICD, Config
 from ctl import summary, top
@@ -27,11 +26,11 @@ from ctl.capture import as_dict as capture_dict
 from ctl.capture import capture, stop_on_signals
 from ctl.chaos import Chaos, ChaosError, note
 from ctl.checker import check_logs, format_verdict
-from ctl.checks import count_checks, format_checks
 from ctl.client import ControlError
-from ctl.cluster import NotReady, PlacementError, make_keys, procfile, wait_for
+from ctl.cluster import NotReady, wait_for
 from ctl.context import CONFIG_HELP, RUN_DIR_HELP, Commands, Context
 from ctl.hosts import UnknownHost, only, report_of
+from ctl.lifecycle import down_command, keys_command, procfile_command, up_command
 from ctl.migrate import format_migrate, migrate
 from ctl.nemesis import DEFAULT_FAULTS, KINDS, Topology, parse_faults, plan, run_and_check
 from ctl.nsexec import exec_command
@@ -39,9 +38,9 @@ from ctl.params import Count, Seconds
 from ctl.pcap import PcapWriter
 from ctl.pcap import summary as pcap_summary
 from ctl.plot import plot
-from ctl.progress import Update, progress
+from ctl.progress import progress
 from ctl.report import format_report, report
-from ctl.session import SessionError, down, selftest, up, wait_up
+from ctl.session import wait_up
 from ctl.trace import format_trace
 from ctl.verify import format_pairs, verify
 from ctl.views import (
@@ -60,7 +59,6 @@ def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
 
 
 HOST_HELP = "Only this host (default: every host)."
-MACHINE_HELP = "Launch only this machine's processes (see the config's [machines] section)."
 
 
 def _scope(obj: Context, host: str | None) -> Config:
@@ -456,94 +454,6 @@ def migrate_command(obj: Context, vm: str, nic: str, as_json: bool) -> None:
     _emit(result, as_json, format_migrate(result))
 
 
-@main.command("up")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-              help="Launch this config instead (default: configs/default.toml).")  # fmt: skip
-@click.option("--test", "as_test", is_flag=True,
-              help="Run the workload privately, print delivery; exit 1 on loss.")  # fmt: skip
-@click.option("--seconds", type=Seconds(0.5, 3600), default=5.0, show_default=True,
-              help="With --test: how long the workload runs.")  # fmt: skip
-@click.option("--timeout", type=Seconds(1, 600), default=60.0, show_default=True,
-              help="Seconds to wait for every NIC to come up.")  # fmt: skip
-@click.option("--machine", help=MACHINE_HELP)
-@click.pass_obj
-def up_command(
-    obj: Context, config_path: str | None, as_test: bool, seconds: float, timeout: float,
-    machine: str | None,
-) -> None:  # fmt: skip
-    """Launch a cluster from the Procfile in the run directory (stop it with `nicteam down`).
-
-    With --machine M, only the processes the config's [machines] section places on M; it
-    returns once every NIC of every machine is up.
-    """
-    if config_path is not None:
-        obj.config_path = str(Path(config_path).absolute())
-    config = obj.config  # a bad config is reported before anything starts
-    path = Path(obj.config_path).absolute()
-    if as_test:
-        if machine is not None:
-            raise click.UsageError("--test runs the whole cluster here: no --machine")
-        _up_test(config, path, seconds)
-        return
-    with progress("launch", len(config.nics)) as step:
-        try:
-            state = up(path, obj.run_dir, timeout, _nic_up(config, step), machine)
-        except SessionError as e:
-            raise click.ClickException(str(e)) from None
-    share = "cluster" if machine is None else f"machine {machine}"
-    click.echo(f"{share} up: {path.name}, run dir {obj.run_dir} (honcho pid {state['pid']})")
-    click.echo(format_status(status(config)))
-    click.echo("logs: nicteam report " + str(obj.run_dir / "logs") + "; stop: nicteam down")
-
-
-def _nic_up(config: Config, step: Update) -> Callable[[str, float], None]:
-    """Progress of a launch: one step per NIC that comes up."""
-    names = [n.name for n in config.nics]
-    return lambda nic, t: step(f"{nic} up after {t:.1f} s", names.index(nic) + 1)
-
-
-def _up_test(config: Config, path: Path, seconds: float) -> None:
-    n, checks = len(config.nics), count_checks(config)
-    with progress("test", n + seconds + checks) as step:
-        try:
-            result = selftest(
-                path,
-                seconds,
-                _nic_up(config, step),
-                lambda t: step(f"workload {t:.1f} / {seconds:g} s", n + t),
-                lambda vm, check, i: step(f"check {vm} {check.name}", n + seconds + i),
-            )
-        except SessionError as e:
-            raise click.ClickException(str(e)) from None
-    click.echo(f"over the {seconds:g} s after every flow delivered:")
-    click.echo(summary.format_table(result.rows))
-    if result.checks:
-        click.echo("checks of the netns VMs and peers, in their namespaces:")
-        click.echo(format_checks(result.checks))
-    if result.problems:
-        for problem in result.problems:
-            click.echo(f"UNEXPECTED: {problem}")
-        click.echo(f"*** Results: {len(result.problems)} unexpected outcomes in {seconds:g} s")
-        sys.exit(1)
-    declared = f"; {len(result.checks)} checks as declared" if result.checks else ""
-    click.echo(
-        f"*** Results: every flow as expected over {seconds:g} s (0 lost, 0 reset){declared}"
-    )
-
-
-@main.command("down")
-@click.option("--machine", help="Only what `up --machine` started for this machine.")
-@click.pass_obj
-def down_command(obj: Context, machine: str | None) -> None:
-    """Stop the cluster `nicteam up` started in the run directory, every process of it."""
-    n = down(obj.run_dir, machine)
-    share = "cluster" if machine is None else f"machine {machine}"
-    if n:
-        click.echo(f"{share} in {obj.run_dir} stopped ({n} processes)")
-    else:
-        click.echo(f"no {share} running in {obj.run_dir}")
-
-
 @main.group("chaos")
 def chaos_group() -> None:
     """Seeded random faults against the running cluster (a nemesis), and a checker's verdict."""
@@ -605,42 +515,8 @@ def chaos_check_command(obj: Context, logs: Path | None, as_json: bool) -> None:
         sys.exit(1)
 
 
-@main.command("keys")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-              help="Of this config instead (default: as for every command).")  # fmt: skip
-@click.pass_obj
-def keys_command(obj: Context, config_path: str | None) -> None:
-    """Make a CURVE key pair per process and one for this CLI in RUNDIR/keys (those missing).
-
-    Every tcp endpoint is CURVE: copy the folder to each machine's run directory.
-    """
-    if config_path is not None:
-        obj.config_path = str(Path(config_path).absolute())
-    config = obj.config
-    try:
-        made = make_keys(config)
-    except OSError as e:
-        raise click.ClickException(f"keys: {e}") from None
-    folder = config.run_dir / KEY_DIR
-    if made:
-        click.echo(f"made {len(made)} key pairs in {folder}: {', '.join(made)}")
-    else:
-        click.echo(f"every key pair is already in {folder}")
-
-
-@main.command("procfile")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-              help="Of this config instead (default: as for every command).")  # fmt: skip
-@click.option("--machine", help="Only the processes [machines] places on this machine.")
-@click.pass_obj
-def procfile_command(obj: Context, config_path: str | None, machine: str | None) -> None:
-    """Print the Procfile of the config's cluster: fabricd, hostd per host, a card per NIC."""
-    if config_path is not None:
-        obj.config_path = str(Path(config_path).absolute())
-    try:
-        click.echo(procfile(obj.config, machine=machine), nl=False)
-    except PlacementError as e:
-        raise click.UsageError(str(e)) from None
+for command in (up_command, down_command, keys_command, procfile_command):
+    main.add_command(command)
 
 
 if __name__ == "__main__":
