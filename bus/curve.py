@@ -51,28 +51,15 @@ class CurveKeys:
 
     def public(self, name: str) -> bytes:
         """The public key of node ``name`` (what a client needs to reach its server socket)."""
-        path = self.directory / f"{name}.key"
-        try:
-            public, _ = zmq.auth.load_certificate(path)
-        except (OSError, ValueError):
-            raise MissingKey(
-                f"no CURVE public key for {name}: {path} (run `nicteam keys`)"
-            ) from None
-        _check_z85(public, name, path)
+        public, _ = _load(self.directory / f"{name}.key", name, "public")
         return public
 
     def pair(self, name: str) -> tuple[bytes, bytes]:
         """(public, secret) keys of node ``name``."""
         path = self.directory / f"{name}.key_secret"
-        try:
-            public, secret = zmq.auth.load_certificate(path)
-        except (OSError, ValueError):
-            raise MissingKey(
-                f"no CURVE secret key for {name}: {path} (run `nicteam keys`)"
-            ) from None
+        public, secret = _load(path, name, "secret")
         if secret is None:
             raise MissingKey(f"no CURVE secret key for {name} in {path}")
-        _check_z85(public, name, path)
         _check_z85(secret, name, path)
         return public, secret
 
@@ -87,6 +74,17 @@ class CurveKeys:
             if self.members is None or path.stem in self.members:
                 out[public] = path.stem
         return out
+
+
+def _load(path: Path, name: str, what: str) -> tuple[bytes, bytes | None]:
+    """The (public, secret) keys of certificate `path`, the public one checked; MissingKey with
+    the file and what to do if it is absent or unreadable."""
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError):
+        raise MissingKey(f"no CURVE {what} key for {name}: {path} (run `nicteam keys`)") from None
+    _check_z85(public, name, path)
+    return public, secret
 
 
 def _check_z85(key: bytes, name: str, path: Path) -> None:

@@ -98,10 +98,15 @@ def tagged_pids(tag: str) -> list[int]:
     honcho gives each process its own session, and orphans are reparented, so neither the
     session nor the parent chain finds every descendant; the inherited environment does.
     """
-    marker = f"NICTEAM_TEST_TAG={tag}".encode()
+    return pids_with_env("NICTEAM_TEST_TAG", tag)
+
+
+def pids_with_env(name: str, value: str) -> list[int]:
+    """Live (non-zombie) processes other than this one whose environment has `name`=`value`."""
+    marker = f"{name}={value}".encode()
     pids = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             if marker not in (entry / "environ").read_bytes().split(b"\0"):

@@ -27,7 +27,7 @@ from configs import FABRICD
 from ctl.chaos import Chaos
 from ctl.cluster import running_cluster
 from ctl.logs import load
-from ctl.summary import books, losses
+from tests.cluster.books import resets, resumed
 from tests.cluster.conftest import REPO, Cluster, unused_ports, wait_for
 from wire.build import gratuitous_arp
 
@@ -53,27 +53,6 @@ def cluster() -> Iterator[Cluster]:
         yield c
 
 
-def _deliver(c: Cluster) -> list[str]:
-    return [f.name for f in c.config.flows if f.expect == "deliver"]
-
-
-def _sinks(c: Cluster) -> dict[str, int]:
-    return {name: int(sides.get("sink", {}).get("delivered", 0))
-            for name, sides in books(c.config).items()}  # fmt: skip
-
-
-def _resets(c: Cluster) -> dict[str, int]:
-    deliver = set(_deliver(c))
-    return {name: n for name, (_, n) in losses(books(c.config)).items() if name in deliver}
-
-
-def _flowing(c: Cluster, what: str) -> None:
-    before = _sinks(c)
-    wait_for(f"{what}: every flow delivering",
-             lambda: all(_sinks(c).get(f, 0) > before.get(f, 0) + 3 for f in _deliver(c)),
-             timeout=30)  # fmt: skip
-
-
 def _greeting_mechanism(endpoint: str) -> bytes:
     """The security mechanism an endpoint's ZMTP 3 greeting names (bytes 12..31)."""
     host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
@@ -97,7 +76,7 @@ def test_every_endpoint_speaks_curve_with_owner_only_keys(cluster: Cluster) -> N
     names = sorted(p.name for p in folder.iterdir())
     assert names == sorted(f"{n}{ext}" for n in (*PROCS, "ctl") for ext in (".key", ".key_secret"))
     assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o600}
-    _flowing(cluster, "over tcp + CURVE")
+    resumed(cluster.config, "over tcp + CURVE")
 
 
 class Rogue:
@@ -146,10 +125,10 @@ def _bus(c: Cluster, proc: str) -> dict[str, Any]:
 
 def test_rogue_clients_on_every_endpoint_get_nowhere(cluster: Cluster, tmp_path: Path) -> None:
     c = cluster
-    _flowing(c, "before the rogues")
+    resumed(c.config, "before the rogues")
     keys = CurveKeys(c.run_dir / KEY_DIR)
     outsider = generate_keys(tmp_path / "outsider", ["h1"])
-    base_resets = _resets(c)
+    base_resets = resets(c.config)
     epoch = c.control("h1", "map")["epoch"]
     policy = c.control("h1", "stats")["team_policy"]
     refused = {p: _bus(c, p)["identity_refused"] for p in PROCS}
@@ -178,7 +157,7 @@ def test_rogue_clients_on_every_endpoint_get_nowhere(cluster: Cluster, tmp_path:
                              for p in PROCS if p != "h1")
                  and reasons | {"command.migrate", "command.link-down"}
                  <= set(_bus(c, "h1")["auth_denied"]), timeout=15)  # fmt: skip
-        _flowing(c, "with the rogues connected")
+        resumed(c.config, "with the rogues connected")
         # The only reply any rogue may get: fabricd's key reading h1's stats.
         answered = {(r.endpoint, r.claimed): r.replies() for r in rogues}
         assert sum(answered.values()) == 1, answered
@@ -200,17 +179,17 @@ def test_rogue_clients_on_every_endpoint_get_nowhere(cluster: Cluster, tmp_path:
     for proc in PROCS:
         assert {(proc, "handshake"), (proc, "unknown-key"), (proc, "name")} <= denied, denied
     assert not [e for e in events if e["event"] != "bus.auth.denied"], "a rogue's command ran"
-    assert _resets(c) == base_resets
+    assert resets(c.config) == base_resets
 
 
 def test_a_nic_kill_over_tcp_resets_nothing(cluster: Cluster) -> None:
     c = cluster
-    _flowing(c, "before the kill")
-    base = _resets(c)
+    resumed(c.config, "before the kill")
+    base = resets(c.config)
     old = Chaos(c.config).kill("nic1")
     wait_for("nic1 rebooted and up",
              lambda: c.worker_pid("nic1") != old and c.control("nic1", "stats")["state"] == "up",
              timeout=30)  # fmt: skip
     wait_for("VPIDs home again", lambda: not c.ports_away(), timeout=30)
-    _flowing(c, "after the kill")
-    assert _resets(c) == base, "an established connection was reset (nic1 killed over tcp)"
+    resumed(c.config, "after the kill")
+    assert resets(c.config) == base, "an established connection was reset (nic1 killed over tcp)"

@@ -15,7 +15,7 @@ import pytest
 from ctl.chaos import Chaos
 from ctl.cluster import running_cluster
 from ctl.logs import Event, load, select
-from ctl.summary import books, losses
+from tests.cluster.books import deliver_flows, delivered, resets, resumed
 from tests.cluster.conftest import REPO, Cluster, wait_for
 from tests.cluster.test_teaming import nicteam
 
@@ -24,36 +24,13 @@ pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
 TWO_HOSTS = REPO / "configs/two-hosts.toml"
 
 
-def _deliver(c: Cluster) -> list[str]:
-    return [f.name for f in c.config.flows if f.expect == "deliver"]
-
-
-def _sinks(c: Cluster) -> dict[str, int]:
-    """Messages delivered per flow, from every host's and fabricd's books."""
-    return {name: int(sides.get("sink", {}).get("delivered", 0))
-            for name, sides in books(c.config).items()}  # fmt: skip
-
-
-def _resets(c: Cluster) -> dict[str, int]:
-    deliver = set(_deliver(c))
-    return {name: n for name, (_, n) in losses(books(c.config)).items() if name in deliver}
-
-
-def _resumed(c: Cluster, what: str) -> None:
-    """Every deliver flow delivers more than when this was called."""
-    before = _sinks(c)
-    wait_for(f"{what}: data resumed on every flow",
-             lambda: all(_sinks(c).get(f, 0) > before.get(f, 0) + 3 for f in _deliver(c)),
-             timeout=30)  # fmt: skip
-
-
 def _settled(c: Cluster, nic: str, old_pid: int, what: str) -> dict[str, int]:
     """`nic` rebooted and up, every VPID home, data flowing: each host's map epoch then."""
     wait_for(f"{what}: {nic} rebooted and up",
              lambda: c.worker_pid(nic) != old_pid
              and c.control(nic, "stats")["state"] == "up", timeout=30)  # fmt: skip
     wait_for(f"{what}: VPIDs home again", lambda: not c.ports_away(), timeout=30)
-    _resumed(c, what)
+    resumed(c.config, what)
     return {h.name: c.control(h.name, "map")["epoch"] for h in c.config.hosts}
 
 
@@ -74,10 +51,11 @@ def _map(c: Cluster, host: str) -> dict[str, Any]:
 
 def test_a_nic_killed_on_each_host_resets_nothing_and_leaves_the_other_host_alone() -> None:
     with running_cluster(config_path=TWO_HOSTS) as c:
+        deliver = deliver_flows(c.config)
         wait_for("every flow delivering",
-                 lambda: all(n > 5 for f, n in _sinks(c).items() if f in _deliver(c))
-                 and set(_deliver(c)) <= set(_sinks(c)), timeout=30)  # fmt: skip
-        base = _resets(c)
+                 lambda: all(n > 5 for f, n in delivered(c.config).items() if f in deliver)
+                 and set(deliver) <= set(delivered(c.config)), timeout=30)  # fmt: skip
+        base = resets(c.config)
         chaos = Chaos(c.config)
 
         # A NIC of h2 dies, then one of h1: each time the other host sees nothing of it.
@@ -99,7 +77,7 @@ def _kill_leaves_the_other_host_alone(
     old = chaos.kill(nic)
     epochs = _settled(c, nic, old, f"{host}'s {nic} killed")
     t = _kill_time(c, nic)
-    assert _resets(c) == base, f"an established connection was reset ({nic} killed)"
+    assert resets(c.config) == base, f"an established connection was reset ({nic} killed)"
     assert [e["nic"] for e in _failovers(c, host, t)] == [nic]
     assert _failovers(c, other, t) == []
     after = _map(c, other)

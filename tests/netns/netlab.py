@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ctl.cluster import pids_with_env
+
 __all__ = ["Lab", "can_make_namespaces", "lab", "pids_in_run_dir"]
 
 
@@ -115,20 +117,7 @@ def lab(machines: int) -> Iterator[Lab]:
 
 def pids_in_run_dir(run_dir: Path) -> list[int]:
     """Live processes launched for `run_dir` (each inherits NICTEAM_RUN_DIR=<run_dir>)."""
-    marker = f"NICTEAM_RUN_DIR={run_dir}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if marker not in (entry / "environ").read_bytes().split(b"\0"):
-                continue
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            pids.append(int(entry.name))
-    return pids
+    return pids_with_env("NICTEAM_RUN_DIR", str(run_dir))
 
 
 def kill_run_dir(run_dir: Path, timeout: float = 10.0) -> list[int]:

@@ -26,7 +26,7 @@ from configs import Config, load_config
 from ctl.chaos import Chaos, note
 from ctl.client import request
 from ctl.cluster import BIN, REPO
-from ctl.summary import books, losses
+from tests.cluster.books import deliver_flows, delivered, resets, resumed
 from tests.cluster.conftest import wait_for
 from tests.netns.netlab import Lab, can_make_namespaces, kill_run_dir, lab, pids_in_run_dir
 
@@ -122,27 +122,6 @@ def placed() -> Iterator[Placed]:
             shutil.rmtree(top, ignore_errors=True)
 
 
-def _deliver(c: Config) -> list[str]:
-    return [f.name for f in c.flows if f.expect == "deliver"]
-
-
-def _sinks(c: Config) -> dict[str, int]:
-    return {name: int(sides.get("sink", {}).get("delivered", 0))
-            for name, sides in books(c).items()}  # fmt: skip
-
-
-def _resets(c: Config) -> dict[str, int]:
-    deliver = set(_deliver(c))
-    return {name: n for name, (_, n) in losses(books(c)).items() if name in deliver}
-
-
-def _resumed(c: Config, what: str, timeout: float = 30) -> None:
-    before = _sinks(c)
-    wait_for(f"{what}: data resumed on every flow",
-             lambda: all(_sinks(c).get(f, 0) > before.get(f, 0) + 3 for f in _deliver(c)),
-             timeout=timeout)  # fmt: skip
-
-
 def _home(p: Placed) -> bool:
     home = {vm.name: vm.nic for vm in p.config.vms}
     return all(port["nic"] == home[str(port["vm"]).split("/")[0]]
@@ -155,14 +134,14 @@ def test_two_hosts_on_three_machines_survive_a_kill_and_a_cable_cut(placed: Plac
         f"tcp://{p.net.address(i)}" for i in (1, 2, 3)
     }
     wait_for("every flow delivering",
-             lambda: set(_deliver(c)) <= set(_sinks(c))
-             and all(n > 5 for f, n in _sinks(c).items() if f in _deliver(c)),
+             lambda: set(deliver_flows(c)) <= set(delivered(c))
+             and all(n > 5 for f, n in delivered(c).items() if f in deliver_flows(c)),
              timeout=30)  # fmt: skip
     summary = p.nicteam("summary")
-    assert all(f in summary for f in _deliver(c))
+    assert all(f in summary for f in deliver_flows(c))
     status = p.nicteam("status", ns=p.net.namespaces[0])  # any machine reads every process
     assert "host h1:" in status and "host h2:" in status
-    base = _resets(c)
+    base = resets(c)
 
     # A NIC of h2 (on m3) dies and reboots: no connection resets, its VMs come home.
     old = Chaos(c).kill("nic3")
@@ -170,8 +149,8 @@ def test_two_hosts_on_three_machines_survive_a_kill_and_a_cable_cut(placed: Plac
              lambda: p.worker_pids()["nic3"] != old
              and p.control("nic3", "stats")["state"] == "up", timeout=30)  # fmt: skip
     wait_for("VPIDs home again", lambda: _home(p), timeout=30)
-    _resumed(c, "after the kill")
-    assert _resets(c) == base, "an established connection was reset (nic3 killed)"
+    resumed(c, "after the kill")
+    assert resets(c) == base, "an established connection was reset (nic3 killed)"
 
     # m3's cable pulled for 2 s: nothing crashes, nothing restarts, traffic resumes.
     workers, alive = p.worker_pids(), set(pids_in_run_dir(p.run_dir))
@@ -181,8 +160,8 @@ def test_two_hosts_on_three_machines_survive_a_kill_and_a_cable_cut(placed: Plac
     time.sleep(CUT_S)  # the fault's own length, not a wait for something to happen
     p.net.cut(3, down=False)
     note(c, "chaos.machine_heal", machine="m3")
-    _resumed(c, "after the cut", timeout=45)
-    assert _resets(c) == base, "an established connection was reset by a 2 s cable cut"
+    resumed(c, "after the cut", timeout=45)
+    assert resets(c) == base, "an established connection was reset by a 2 s cable cut"
     assert p.worker_pids() == workers, "a NIC worker restarted across the cut"
     gone = alive - set(pids_in_run_dir(p.run_dir))
     assert not gone, f"processes died across the cut: {sorted(gone)}"
